@@ -1,0 +1,208 @@
+"""Batched image augmentation on the trial's device: whole uint8 batches in, float batches out.
+
+Everything here works on (N, C, H, W) tensors and draws per-image randomness from one
+``torch.Generator``, so the same seed gives the same batch. No PIL, no per-image Python loop.
+The notebook equivalents (torchvision's per-image transforms) are named next to each function.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from scipy.special import betaincinv
+
+NORMALIZATION = {
+    # ImageNet statistics (torchvision's ResNet weights)
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # TensorFlow EfficientNet-Lite reference scaling (x - 127) / 128 on 0..255 pixels
+    "tf": ((127 / 255,) * 3, (128 / 255,) * 3),
+    # CIFAR-10 training-set statistics (from-scratch models)
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+# TTA: primitive views whose logits are stored, and the modes built from them (mean of probabilities)
+TTA_VIEWS = ("none", "flip", "shift_tl", "shift_tr", "shift_bl", "shift_br")
+TTA_MODES = {
+    "none": ("none",),
+    "flip": ("none", "flip"),
+    "flip_crops": TTA_VIEWS,
+}
+TTA_SHIFT = 2  # pixels at the native resolution
+
+# augment presets: the seeds' level-2 pipelines
+AUGMENT_PRESETS = {
+    "none": {},
+    "basic": {"pad": 4, "flip": True},  # RandomCrop(32, padding=4) + RandomHorizontalFlip
+    "strong": {"pad": 4, "flip": True, "rotate": 15.0, "jitter": (0.2, 0.2, 0.2, 0.05)},  # + rotation + ColorJitter
+}
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [0, 1] (ToTensor)."""
+    return x.float().div_(255.0)
+
+
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Shift each image by (dy[i], dx[i]) pixels with zero fill, keeping its size."""
+    n, c, h, w = x.shape
+    pad = int(max(dy.abs().max().item(), dx.abs().max().item(), 0))
+    if pad == 0:
+        return x
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (pad - dy).view(n, 1) + torch.arange(h, device=x.device).view(1, h)
+    cols = (pad - dx).view(n, 1) + torch.arange(w, device=x.device).view(1, w)
+    b = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    ch = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[b, ch, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """RandomCrop(size, padding=pad): a random translation in [-pad, pad] with zero fill."""
+    n = x.shape[0]
+    dy = torch.randint(-pad, pad + 1, (n,), generator=gen, device=x.device)
+    dx = torch.randint(-pad, pad + 1, (n,), generator=gen, device=x.device)
+    return translate(x, dy, dx)
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """RandomHorizontalFlip(p), decided per image."""
+    mask = torch.rand(x.shape[0], generator=gen, device=x.device) < p
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image by degrees[i] about its centre (bilinear, zero fill)."""
+    rad = degrees.to(x.dtype) * (math.pi / 180.0)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_rotate(x: torch.Tensor, max_degrees: float, gen: torch.Generator) -> torch.Tensor:
+    """RandomRotation(max_degrees)."""
+    deg = (torch.rand(x.shape[0], generator=gen, device=x.device) * 2 - 1) * max_degrees
+    return rotate(x, deg)
+
+
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _uniform(n: int, amount: float, gen: torch.Generator, device) -> torch.Tensor:
+    return 1.0 + (torch.rand(n, generator=gen, device=device) * 2 - 1) * amount
+
+
+def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
+                 gen: torch.Generator) -> torch.Tensor:
+    """ColorJitter with per-image factors, applied in a fixed order; hue is a rotation in YIQ space."""
+    n, dev = x.shape[0], x.device
+    if brightness:
+        x = (x * _uniform(n, brightness, gen, dev).view(n, 1, 1, 1)).clamp_(0, 1)
+    if contrast:
+        mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+        f = _uniform(n, contrast, gen, dev).view(n, 1, 1, 1)
+        x = ((x - mean) * f + mean).clamp_(0, 1)
+    if saturation:
+        g = _gray(x)
+        f = _uniform(n, saturation, gen, dev).view(n, 1, 1, 1)
+        x = ((x - g) * f + g).clamp_(0, 1)
+    if hue:
+        ang = (torch.rand(n, generator=gen, device=dev) * 2 - 1) * hue * 2 * math.pi
+        x = hue_rotate(x, ang)
+    return x
+
+
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by ``angle`` radians per image (linear YIQ approximation of an HSV hue shift)."""
+    fwd = _RGB2YIQ.to(x.device, x.dtype)
+    inv = torch.linalg.inv(fwd)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rot = torch.stack([torch.stack([one, zero, zero], 1),
+                       torch.stack([zero, cos, -sin], 1),
+                       torch.stack([zero, sin, cos], 1)], 1)  # (n, 3, 3)
+    m = inv @ rot @ fwd
+    return torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 1)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize((size, size)) for the whole batch, bilinear (antialiased when shrinking)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
+
+
+def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:
+    mean, std = NORMALIZATION[kind]
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def augment(x: torch.Tensor, preset: str, gen: torch.Generator) -> torch.Tensor:
+    """Apply an augment preset ('none', 'basic', 'strong') to a float batch at native resolution."""
+    spec = AUGMENT_PRESETS[preset]
+    if spec.get("pad"):
+        x = random_crop(x, spec["pad"], gen)
+    if spec.get("flip"):
+        x = random_flip(x, gen)
+    if spec.get("rotate"):
+        x = random_rotate(x, spec["rotate"], gen)
+    if spec.get("jitter"):
+        x = color_jitter(x, *spec["jitter"], gen=gen)
+    return x
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, kind: str, alpha: float, num_classes: int,
+        gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp or CutMix of a batch with its own permutation; returns images and soft targets.
+
+    One mixing coefficient per batch, as in the papers and torchvision.transforms.v2.MixUp/CutMix.
+    """
+    target = F.one_hot(y, num_classes).to(x.dtype)
+    if kind == "none":
+        return x, target
+    u = float(torch.rand((), generator=gen, device=x.device))
+    lam = float(betaincinv(alpha, alpha, u))  # Beta(alpha, alpha) drawn from this batch's generator
+    perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
+    if kind == "mixup":
+        x = x * lam + x[perm] * (1 - lam)
+    elif kind == "cutmix":
+        h, w = x.shape[-2:]
+        cut = math.sqrt(1 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy = int(torch.randint(h, (1,), generator=gen, device=x.device))
+        cx = int(torch.randint(w, (1,), generator=gen, device=x.device))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually kept
+    else:
+        raise ValueError(f"unknown mix {kind!r}")
+    return x, target * lam + target[perm] * (1 - lam)
+
+
+def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """One deterministic test-time view of a float batch at native resolution."""
+    if view == "none":
+        return x
+    if view == "flip":
+        return x.flip(-1)
+    if view.startswith("shift_"):
+        s = TTA_SHIFT
+        dy = {"t": s, "b": -s}[view[6]]
+        dx = {"l": s, "r": -s}[view[7]]
+        n = x.shape[0]
+        return translate(x, torch.full((n,), dy, device=x.device), torch.full((n,), dx, device=x.device))
+    raise ValueError(f"unknown TTA view {view!r}")

@@ -1,0 +1,199 @@
+"""One trial's configuration: a plain frozen dataclass, validated, hashable into a trial id.
+
+Every key is a column of ``trials.parquet``. Keys listed in ``EXECUTION_KEYS`` say *how* a trial runs
+(device, precision, workers, local paths); they are excluded from the trial id, so the same study run
+on a laptop and on a GPU cluster names its trials the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # --- model
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    head: str = "linear"
+    hidden: int = 512
+    dropout: float = 0.0
+    train_stages: str = "0"
+    resolution: int = 64
+    normalize: str = "auto"
+    # --- optimisation
+    epochs: int = 3
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    backbone_lr_mult: float = 1.0
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    freeze_epochs: int = 0
+    # --- regularisation
+    augment: str = "none"
+    mix: str = "none"
+    mix_alpha: float = 1.0
+    label_smoothing: float = 0.0
+    # --- evaluation: the widest TTA mode evaluated; narrower modes come from the same stored logits
+    tta: str = "none"
+    # --- data (shared by all trials of a run)
+    train_per_class: int = 0
+    val_size: int = 5000
+    test_per_class: int = 0
+    split_seed: int = 0
+    # --- randomness
+    seed: int = 0
+    # --- execution: not part of the trial id
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    feature_cache: bool = True
+    eval_batch_size: int = 512
+    threads: int = 0
+    workers: int = 1
+    weights: str = ""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def trial_id(self) -> str:
+        return trial_id(self)
+
+
+EXECUTION_KEYS = frozenset(
+    {"device", "amp", "channels_last", "compile", "feature_cache", "eval_batch_size", "threads", "workers", "weights"}
+)
+DATA_KEYS = ("train_per_class", "val_size", "test_per_class", "split_seed")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "backbone": ("efficientnet_lite0", "resnet18", "resnet50", "small_cnn"),
+    "head": ("linear", "mlp", "fusion", "se"),
+    "train_stages": ("0", "1", "2", "3", "4", "all"),
+    "normalize": ("auto", "imagenet", "tf", "cifar"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "schedule": ("constant", "cosine", "onecycle"),
+    "augment": ("none", "basic", "strong"),
+    "mix": ("none", "mixup", "cutmix"),
+    "tta": ("none", "flip", "flip_crops"),
+    "device": ("auto", "cpu", "cuda"),
+    "amp": ("auto", "off", "bf16", "fp16"),
+}
+
+# (low, high, inclusive-high) for numeric keys
+RANGES: dict[str, tuple[float, float]] = {
+    "hidden": (1, 65536),
+    "dropout": (0.0, 0.95),
+    "resolution": (16, 1024),
+    "epochs": (1, 10000),
+    "batch_size": (1, 65536),
+    "lr": (1e-8, 10.0),
+    "backbone_lr_mult": (1e-6, 100.0),
+    "weight_decay": (0.0, 1.0),
+    "freeze_epochs": (0, 10000),
+    "mix_alpha": (1e-3, 100.0),
+    "label_smoothing": (0.0, 0.5),
+    "train_per_class": (0, 10**7),
+    "val_size": (0, 10**7),
+    "test_per_class": (0, 10**7),
+    "split_seed": (0, 2**31 - 1),
+    "seed": (0, 2**31 - 1),
+    "eval_batch_size": (1, 65536),
+    "threads": (0, 1024),
+    "workers": (1, 4096),
+}
+
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(TrialConfig)}
+
+
+def check_value(key: str, value: Any) -> None:
+    """Type, choice and range checks of one key's value."""
+    want = FIELD_TYPES[key]
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {want.__name__}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(CHOICES[key])}")
+    if key in RANGES:
+        lo, hi = RANGES[key]
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}={value!r}: must be in [{lo:g}, {hi:g}]")
+
+
+def validate(cfg: TrialConfig) -> None:
+    for f in fields(cfg):
+        check_value(f.name, getattr(cfg, f.name))
+    if cfg.backbone == "small_cnn" and cfg.pretrained:
+        raise ConfigError("backbone=small_cnn has no pretrained weights: set pretrained=false")
+    if cfg.freeze_epochs and cfg.freeze_epochs >= cfg.epochs:
+        raise ConfigError(f"freeze_epochs={cfg.freeze_epochs} must be below epochs={cfg.epochs}")
+    if cfg.freeze_epochs and cfg.train_stages == "0":
+        raise ConfigError("freeze_epochs (two-phase training) needs train_stages above 0")
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Turn a user value (often a string from ``--set key=value`` or YAML) into the key's type."""
+    if key not in FIELD_TYPES:
+        close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+    want = FIELD_TYPES[key]
+    try:
+        if want is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if want is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return int(str(value).strip())
+        if want is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value).strip()
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r}: expected {want.__name__}") from None
+
+
+def from_dict(values: dict[str, Any], base: TrialConfig | None = None) -> TrialConfig:
+    base = base or TrialConfig()
+    changes = {k: coerce(k, v) for k, v in values.items()}
+    return dataclasses.replace(base, **changes)
+
+
+def identity(cfg: TrialConfig) -> dict[str, Any]:
+    """The keys that change a trial's result (everything but execution keys)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
+
+
+def trial_id(cfg: TrialConfig) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]

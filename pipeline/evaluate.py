@@ -1,0 +1,80 @@
+"""Metrics from logits: accuracy, per-class precision/recall/F1, confusion; TTA and ensemble combination.
+
+Everything takes numpy logits (N, C) and integer labels (N,), so the reporter can recompute any of it
+from the stored logits without a model.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from .augment import TTA_MODES
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float((scores.argmax(1) == labels).mean())
+
+
+def combine_views(view_logits: dict[str, np.ndarray], mode: str) -> np.ndarray:
+    """Average the class probabilities of the views that make up a TTA mode."""
+    views = TTA_MODES[mode]
+    missing = [v for v in views if v not in view_logits]
+    if missing:
+        raise KeyError(f"TTA mode {mode!r} needs views {missing} that were not evaluated")
+    return np.mean([softmax(view_logits[v]) for v in views], axis=0)
+
+
+def available_modes(view_logits: dict[str, np.ndarray]) -> list[str]:
+    return [m for m, views in TTA_MODES.items() if all(v in view_logits for v in views)]
+
+
+def soft_vote(member_scores: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
+    """Ensemble by (weighted) averaging of member class probabilities."""
+    probs = np.stack([softmax(s) if not _is_prob(s) else s for s in member_scores])
+    w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.tensordot(w / w.sum(), probs, axes=1)
+
+
+def _is_prob(s: np.ndarray) -> bool:
+    return bool(s.min() >= 0 and np.allclose(s.sum(1), 1.0, atol=1e-4))
+
+
+def per_class(scores: np.ndarray, labels: np.ndarray, classes) -> dict[str, np.ndarray]:
+    """Precision, recall (= per-class accuracy), F1 and support for each class."""
+    pred = scores.argmax(1)
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=np.arange(len(classes)), zero_division=0)
+    return {"precision": p, "recall": r, "f1": f, "support": s}
+
+
+def macro_f1(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    pred = scores.argmax(1)
+    _, _, f, _ = precision_recall_fscore_support(labels, pred, labels=np.arange(num_classes), zero_division=0)
+    return float(np.mean(f))
+
+
+def confusion(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return confusion_matrix(labels, scores.argmax(1), labels=np.arange(num_classes))
+
+
+def summary(view_logits: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], classes) -> dict:
+    """The numbers a result row holds, from per-split, per-view logits ({'val': {'none': ...}, 'test': {...}})."""
+    out: dict = {}
+    test, val = view_logits["test"], view_logits["val"]
+    out["val_acc"] = accuracy(val["none"], labels["val"])
+    out["test_acc"] = accuracy(test["none"], labels["test"])
+    for mode in available_modes(test):
+        out[f"test_acc_{mode}"] = accuracy(combine_views(test, mode), labels["test"])
+        if mode in available_modes(val):
+            out[f"val_acc_{mode}"] = accuracy(combine_views(val, mode), labels["val"])
+    out["macro_f1"] = macro_f1(test["none"], labels["test"], len(classes))
+    recall = per_class(test["none"], labels["test"], classes)["recall"]
+    for cls, r in zip(classes, recall):
+        out[f"test_acc_{cls}"] = float(r)
+    return out

