@@ -1,0 +1,554 @@
+"""``python -m ablations.run``: expand a grid, run every trial on Ray, write the results folder and report.
+
+Top to bottom:
+  1. grid spec -> plan of trial configs (``ablations.grids``)            [--dry-run stops here]
+  2. the run folder is checked (a different grid or data is refused; the same plan resumes)
+  3. data: decoded once (disk cache), split, ``ray.put`` once
+  4. resources: what the cluster has vs. what a trial asks for (GPUs asked for but absent fail at once)
+  5. Tune runs one trial per pending config; each trial is a TorchTrainer (``ablations.trainable``)
+  6. as each trial finishes its row, epochs, logits and weights are written (``ablations.results``)
+  7. the report is written (``ablations.report``)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError
+from pipeline.data import DataError
+
+from . import grids
+from .config import parse_overrides
+from .estimate import trial_seconds
+from .results import RunFolder, RunFolderError, environment, now
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED_TRIALS = 1
+
+
+# Ray Train settings for many short trials (see ablations.bench): the controller polls its workers every
+# 0.25 s instead of 2 s (a finished trial is noticed ~5 s sooner), and per-run helper actors we do not need
+# (preemption watcher, metrics) are not started.
+RAY_TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot run what was asked for; one line for the user."""
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--grid", default="smoke", help=f"built-in grid ({', '.join(sorted(grids.BUILTIN))}) or a .yaml/.json file")
+    g.add_argument("--levels", help="comma-separated levels to keep, e.g. L1,L3")
+    g.add_argument("--axes", help="comma-separated axes to keep (level references always run)")
+    g.add_argument("--seeds", type=int, help="seeds per config (default: the grid's)")
+    g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override a config key for every trial (repeatable); axis arms keep their own values")
+    g.add_argument("--data", default="auto", help="ImageFolder dir or .tar.gz, 'torchvision' (download), or 'auto'")
+    g.add_argument("--dry-run", action="store_true", help="print the plan, resources and a time estimate; start nothing")
+    g.add_argument("--json", action="store_true", help="with --dry-run: print the trial configs as JSON")
+    o = p.add_argument_group("where results go")
+    o.add_argument("--results", default="results", help="parent folder of run folders")
+    o.add_argument("--name", help="run folder name (default: the grid name); the same name again resumes")
+    o.add_argument("--resume", action="store_true", help="require an existing run folder and continue it")
+    o.add_argument("--extend", action="store_true", help="allow adding another grid's trials to an existing run folder")
+    o.add_argument("--storage", help="Ray storage for checkpoints: a shared path or URI (s3://...) on clusters "
+                                     "(default: <run folder>/ray)")
+    o.add_argument("--keep-models", choices=("best", "all", "none"), default="best",
+                   help="which trained weights to keep in models/ (best: each level's best config)")
+    o.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
+    r = p.add_argument_group("resources")
+    r.add_argument("--address", help="address of an existing Ray cluster (default: start one on this machine)")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: GPUs when the cluster has them; cpu: run everything on CPUs")
+    r.add_argument("--gpus-per-trial", type=float, help="GPU share per trial worker, e.g. 0.25 packs 4 trials per GPU")
+    r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial worker (default: 1, or 2 on CPU machines with 8+ cores)")
+    r.add_argument("--workers", type=int, default=1, help="Ray Train workers (data-parallel processes) per trial")
+    r.add_argument("--max-concurrent", type=int, help="cap on trials running at once (default: what resources allow)")
+    r.add_argument("--retries", type=int, default=2, help="restarts of a failing trial from its last epoch checkpoint")
+    r.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    r.add_argument("--gpu-resource", default="GPU", help="Ray resource name that counts accelerators")
+    r.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+                   help="on an autoscaling cluster, wait this long for requested GPUs to appear before failing")
+    r.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    return p
+
+
+def split_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def make_plan(args) -> grids.Plan:
+    name, spec = grids.load_spec(args.grid)
+    return grids.expand(name, spec, seeds=args.seeds, levels=split_list(args.levels),
+                        axes=split_list(args.axes), overrides=parse_overrides(args.overrides))
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+@dataclass
+class Resources:
+    cpus: float
+    gpus: float
+    workers: int
+    gpu_resource: str
+    concurrency: int
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus and self.gpu_resource == "GPU" else "cpu"
+
+    def describe(self) -> str:
+        gpu = f", {self.gpus:g} {self.gpu_resource}" if self.gpus else ""
+        return (f"{self.workers} worker(s) x ({self.cpus:g} CPU{gpu}) per trial, "
+                f"up to {self.concurrency} trials at once, device {self.device}")
+
+
+def plan_resources(args, cluster: dict[str, float], n_trials: int) -> Resources:
+    """Decide per-trial resources from the flags and what the cluster has; fail on impossible requests."""
+    total_cpus = cluster.get("CPU", 0.0)
+    total_gpus = cluster.get(args.gpu_resource, 0.0)
+    if args.workers < 1:
+        raise ResourceError("--workers must be at least 1")
+    if args.device == "cpu":
+        gpus = 0.0
+    elif args.gpus_per_trial is not None:
+        gpus = args.gpus_per_trial
+    else:
+        gpus = 1.0 if (args.device == "cuda" or total_gpus > 0) else 0.0
+    if gpus < 0 or (args.device == "cpu" and args.gpus_per_trial):
+        raise ResourceError("--device cpu cannot be combined with --gpus-per-trial")
+    if gpus > 0 and total_gpus < gpus * args.workers:
+        raise ResourceError(
+            f"trials ask for {gpus * args.workers:g} {args.gpu_resource} but the Ray cluster has {total_gpus:g} "
+            f"(resources: {_fmt_resources(cluster)}); use --device cpu, or a cluster with GPUs")
+    if gpus > 1 and not float(gpus).is_integer():
+        raise ResourceError(f"--gpus-per-trial {gpus:g}: above 1 it must be a whole number")
+    cpus = args.cpus_per_trial or (1.0 if gpus or total_cpus < 8 else 2.0)
+    if cpus * args.workers > total_cpus:
+        raise ResourceError(f"trials ask for {cpus * args.workers:g} CPUs but the Ray cluster has {total_cpus:g}")
+    conc = int(total_cpus // (cpus * args.workers))
+    if gpus:
+        conc = min(conc, int(total_gpus // (gpus * args.workers) + 1e-9))
+    if args.max_concurrent:
+        conc = min(conc, args.max_concurrent)
+    return Resources(cpus=cpus, gpus=gpus, workers=args.workers, gpu_resource=args.gpu_resource,
+                     concurrency=max(1, min(conc, n_trials)))
+
+
+def _fmt_resources(cluster: dict[str, float]) -> str:
+    keep = {k: v for k, v in cluster.items() if not k.startswith(("node:", "memory", "object_store_memory"))}
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(keep.items())) or "none"
+
+
+def local_resources(args) -> dict[str, float]:
+    """What this machine offers, for a dry run (no Ray started)."""
+    cpus = float(args.num_cpus or os.cpu_count() or 1)
+    gpus = 0.0
+    try:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    except Exception:
+        pass
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def wait_for_cluster(args) -> dict[str, float]:
+    import ray
+
+    deadline = time.monotonic() + max(args.wait_for_resources, 0.0)
+    while True:
+        cluster = ray.cluster_resources()
+        wants_gpu = args.device == "cuda" or (args.gpus_per_trial or 0) > 0
+        if not wants_gpu or cluster.get(args.gpu_resource, 0) > 0 or time.monotonic() >= deadline:
+            return cluster
+        print(f"waiting for {args.gpu_resource} to join the cluster ...", flush=True)
+        time.sleep(10)
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+def data_sizes(plan: grids.Plan) -> tuple[int, int, int]:
+    s = plan.data_settings()
+    n_classes = 10
+    n_train = s["train_per_class"] * n_classes if s["train_per_class"] else 50000 - s["val_size"]
+    n_test = s["test_per_class"] * n_classes if s["test_per_class"] else 10000
+    return n_train, s["val_size"], n_test
+
+
+def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool) -> None:
+    trials = plan.trials()
+    if as_json:
+        cfgs = {tid: _with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
+        rows = [{**p.row(), **cfgs[p.trial_id]} for p in plan.points]
+        print(json.dumps({"grid": plan.grid, "resources": res.__dict__, "points": rows}, indent=1))
+        return
+    from tabulate import tabulate
+
+    n_train, n_val, n_test = data_sizes(plan)
+    seeds = len({p.seed for p in plan.points})
+    print(f"grid {plan.grid}: {len(trials)} trials ({len(plan.points)} plan points), {seeds} seed(s) each")
+    print(f"data: train {n_train}, val {n_val}, test {n_test} images (CIFAR-10 sizes assumed)")
+    print(tabulate(grids.summarize(plan), headers="keys", tablefmt="github"))
+    if plan.eval_axes:
+        print(f"evaluation-only axes (computed from stored logits, no extra trials): {', '.join(plan.eval_axes)}")
+    print(f"resources: {res.describe()}")
+    gpu = res.device == "cuda"
+    total = sum(trial_seconds(c, n_train, n_val, n_test, gpu) for c in trials.values())
+    wall = total / res.concurrency
+    basis = "assumed GPU speed (no GPU benchmark yet)" if gpu else "CPU speeds measured on a 2-core machine"
+    print(f"estimated time: {total / 60:.1f} trial-minutes, about {wall / 60:.1f} min wall with "
+          f"{res.concurrency} concurrent ({basis}; rough)")
+
+
+def _with_execution(cfg, res: Resources):
+    changes: dict[str, Any] = {"device": res.device, "workers": res.workers}
+    if not cfg.threads:
+        changes["threads"] = max(1, int(res.cpus))
+    return cfg.replace(**changes)
+
+
+# ----------------------------------------------------------------------------- the run's state
+
+
+class RunState:
+    """Rows of trials.parquet and epochs.parquet, updated and rewritten as trials report."""
+
+    def __init__(self, folder: RunFolder, plan: grids.Plan, keep_models: str, storage: str):
+        self.folder, self.plan, self.keep_models, self.storage = folder, plan, keep_models, storage
+        self.trials = plan.trials()
+        self.status: dict[str, dict[str, Any]] = {tid: {"status": "pending", "error": None} for tid in self.trials}
+        self.metrics: dict[str, dict[str, Any]] = {}
+        self.epochs: dict[str, list[dict]] = {}
+        self.started: dict[str, float] = {}
+        self.launched: dict[str, float] = {}  # driver clock: Tune started the trial
+        self.completed: dict[str, float] = {}  # driver clock: Tune saw the trial end
+        self.received: dict[str, float] = {}  # driver clock: final result received
+        old = folder.read_trials()
+        if len(old):
+            for rec in old.drop_duplicates("trial_id").to_dict("records"):
+                tid = rec["trial_id"]
+                if tid in self.status and rec.get("status") == "finished" and folder.logits_path(tid).exists():
+                    self.status[tid] = {"status": "finished", "error": None}
+                    self.metrics[tid] = {k: rec[k] for k in rec if k not in plan.points[0].row() and k not in ("status", "error")}
+        old_epochs = folder.read_epochs()
+        if len(old_epochs):
+            for tid, g in old_epochs.groupby("trial_id"):
+                if self.status.get(tid, {}).get("status") == "finished":
+                    self.epochs[tid] = g.to_dict("records")
+
+    def pending(self) -> list[str]:
+        return [tid for tid, s in self.status.items() if s["status"] != "finished"]
+
+    def counts(self) -> str:
+        c = {k: 0 for k in ("finished", "running", "failed", "pending")}
+        for s in self.status.values():
+            c[s["status"]] += 1
+        return f"{c['finished']}/{len(self.status)} done, {c['running']} running, {c['failed']} failed"
+
+    def label(self, tid: str) -> str:
+        pts = [p for p in self.plan.points if p.trial_id == tid]
+        p = pts[0]
+        return f"{p.level}/{p.axis}={p.arm} seed {p.seed} [{tid}]"
+
+    # -------------------------------------------------------- events from Tune
+
+    def on_epoch(self, tid: str, result: dict) -> None:
+        if self.status[tid]["status"] != "running":
+            self.status[tid]["status"] = "running"
+            self.started.setdefault(tid, time.time())
+        cfg = self.trials[tid]
+        print(f"  {self.label(tid)} epoch {result.get('epoch')}/{cfg.epochs}: "
+              f"train_acc {result.get('train_acc', float('nan')):.3f} val_acc {result.get('val_acc', float('nan')):.3f}",
+              flush=True)
+
+    def on_final(self, tid: str, result: dict) -> None:
+        self.received[tid] = time.time()
+        ckpt = result.get("checkpoint_path")
+        with tempfile.TemporaryDirectory() as d:
+            from .trainable import fetch_checkpoint
+
+            local = fetch_checkpoint(self.storage, ckpt, Path(d) / "final")
+            final = json.loads((local / "final.json").read_text())
+            logits = _read_npz_views(local / "logits.npz")
+            self.folder.write_logits(tid, logits)
+            if self.keep_models != "none":
+                self.folder.model_path(tid).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(local / "model.pt", self.folder.model_path(tid))
+        self.metrics[tid] = {**final["metrics"], **self.timeline(tid, final["metrics"])}
+        self.epochs[tid] = [{"trial_id": tid, **row} for row in final["history"]]
+        self.status[tid] = {"status": "finished", "error": None}
+        self.prune_models()
+        self.flush()
+        m = final["metrics"]
+        print(f"[{self.counts()}] finished {self.label(tid)}: val_acc {m['val_acc']:.3f} test_acc {m['test_acc']:.3f} "
+              f"({m['trial_seconds']:.0f} s in trial)", flush=True)
+
+    def timeline(self, tid: str, m: dict) -> dict[str, float]:
+        """Where a trial's wall time went (driver and worker clocks; same machine or NTP-synced)."""
+        launched = self.launched.get(tid, float("nan"))
+        return {
+            "s_launch_to_trainable": m["t_trainable_start"] - launched,
+            "s_trainable_to_worker": m["t_worker_start"] - m["t_trainable_start"],
+            "s_worker_to_fit": m["t_fit_start"] - m["t_worker_start"],
+            "s_fit": m["t_fit_end"] - m["t_fit_start"],
+            "s_fit_to_driver": self.received[tid] - m["t_fit_end"],
+        }
+
+    def on_error(self, tid: str, error: str) -> None:
+        self.status[tid] = {"status": "failed", "error": error}
+        self.flush()
+        print(f"[{self.counts()}] FAILED {self.label(tid)}: {error}", flush=True)
+
+    # -------------------------------------------------------- files
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for p in self.plan.points:
+            tid = p.trial_id
+            row = {**p.row(), "config_id": p.config.replace(seed=0).trial_id, **self.status[tid]}
+            row.update(self.metrics.get(tid, {}))
+            out.append(row)
+        return out
+
+    def flush(self) -> None:
+        self.folder.write_trials(self.rows())
+        epochs = [r for tid in self.epochs for r in self.epochs[tid]]
+        if epochs:
+            self.folder.write_epochs(epochs)
+
+    def prune_models(self) -> None:
+        if self.keep_models != "best":
+            return
+        from .report import best_config_ids
+
+        import pandas as pd
+
+        keep_cfg = set(best_config_ids(pd.DataFrame(self.rows())).values())
+        keep = {r["trial_id"] for r in self.rows() if r["config_id"] in keep_cfg}
+        models = self.folder.path / "models"
+        if models.exists():
+            for f in models.glob("*.pt"):
+                if f.stem not in keep:
+                    f.unlink()
+
+
+def _read_npz_views(path: Path) -> dict[str, dict[str, Any]]:
+    import numpy as np
+
+    out: dict[str, dict[str, Any]] = {}
+    with np.load(path) as z:
+        for key in z.files:
+            split, view = key.split("/", 1)
+            out.setdefault(split, {})[view] = z[key]
+    return out
+
+
+# ----------------------------------------------------------------------------- Tune
+
+
+def make_recorder(state: RunState):
+    from ray import tune
+
+    class Recorder(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            state.launched[trial.config["trial"]["trial_id"]] = time.time()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            state.completed[trial.config["trial"]["trial_id"]] = time.time()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            tid = trial.config["trial"]["trial_id"]
+            if result.get("kind") == "epoch":
+                state.on_epoch(tid, result)
+            elif result.get("kind") == "final":
+                state.on_final(tid, result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            state.on_error(trial.config["trial"]["trial_id"], _trial_error(trial))
+
+    return Recorder()
+
+
+def _trial_error(trial) -> str:
+    """The last line of a failed trial's traceback (the exception itself)."""
+    text = ""
+    for attr in ("error_file", "pickled_error_file"):
+        path = getattr(trial, attr, None)
+        if path and os.path.exists(path) and attr == "error_file":
+            text = Path(path).read_text()
+            break
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "^", "~")) and ":" in ln:
+            return ln[:500]
+    return (lines[-1] if lines else "trial failed (no error recorded)")[:500]
+
+
+def run_tune(state: RunState, pending: list[str], res: Resources, data_ref, storage: str, retries: int,
+             verbose: bool) -> None:
+    from ray import tune
+
+    from .trainable import run_trial
+
+    trials = [{"trial_id": tid, "config": _with_execution(state.trials[tid], res).to_dict(),
+               "resources": {"cpus": res.cpus, "gpus": res.gpus, "workers": res.workers,
+                             "gpu_resource": res.gpu_resource},
+               "storage": storage, "retries": retries} for tid in pending]
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data={"ref": data_ref}),
+                                   {"CPU": 0, "memory": 1})  # the trainable only waits; workers hold resources
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.concurrency, reuse_actors=False),
+        run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
+                                  callbacks=[make_recorder(state)], verbose=1 if verbose else 0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    results = tuner.fit()
+    for r in results:  # errors that bypassed the callback (e.g. the trainable could not start)
+        tid = (r.config or {}).get("trial", {}).get("trial_id")
+        if tid and r.error is not None and state.status[tid]["status"] != "finished":
+            state.on_error(tid, f"{type(r.error).__name__}: {str(r.error).strip().splitlines()[-1][:400]}")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(args) -> int:
+    plan = make_plan(args)
+    trials = plan.trials()
+    if args.dry_run:
+        res = plan_resources(args, local_resources(args), len(trials))
+        print_dry_run(plan, res, args.json)
+        return 0
+
+    from pipeline import data as D
+
+    folder = RunFolder(Path(args.results) / (args.name or plan.grid))
+    source = D.resolve_source(args.data)
+    fingerprint = D.fingerprint(source)
+    old_meta = folder.check_usable(plan.grid, fingerprint, set(trials), args.extend)
+    if args.resume and old_meta is None:
+        raise RunFolderError(f"--resume: {folder.path} holds no run to resume")
+
+    t0 = time.time()
+    cached = D.was_cached(source)
+    ds = D.load(source)
+    splits = D.make_splits(ds, **{k: v for k, v in plan.data_settings().items()})
+    print(f"data: {source} ({'cache' if cached else 'decoded'} in {time.time() - t0:.1f} s); {splits.describe()}",
+          flush=True)
+
+    if old_meta is not None and args.extend:
+        plan = _merge_plans(old_meta, plan)
+        trials = plan.trials()
+    storage = args.storage or str((folder.path / "ray").resolve())
+    meta = {
+        "grid": plan.grid, "grid_spec": plan.spec, "argv": sys.argv, "trial_ids": sorted(trials),
+        "eval_axes": list(plan.eval_axes), "plan": plan.to_json(),
+        "data": {"source": source, "fingerprint": fingerprint, **plan.data_settings(),
+                 "sizes": {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)},
+                 "classes": list(splits.classes)},
+        "started": (old_meta or {}).get("started", now()), "updated": now(), "finished": None,
+        "storage": storage, **environment(),
+    }
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.write_meta(meta)
+    folder.write_labels({"val": splits.val_y, "test": splits.test_y}, splits.classes)
+    state = RunState(folder, plan, args.keep_models, storage)
+    state.flush()
+    pending = state.pending()
+    print(f"run folder {folder.path}: {len(trials) - len(pending)} of {len(trials)} trials already finished",
+          flush=True)
+
+    interrupted = False
+    if pending:
+        import ray
+
+        try:
+            ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
+                     include_dashboard=False, log_to_driver=args.verbose, configure_logging=args.verbose,
+                     logging_level="INFO" if args.verbose else "ERROR",
+                     runtime_env={"env_vars": dict(RAY_TRAIN_ENV)})
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ResourceError(f"cannot connect to Ray at {args.address or 'a new local instance'}: "
+                                f"{str(e).splitlines()[0]}") from None
+        try:
+            cluster = wait_for_cluster(args)
+            res = plan_resources(args, cluster, len(pending))
+            print(f"ray: {_fmt_resources(cluster)}; {res.describe()}", flush=True)
+            data_ref = ray.put(splits.arrays())
+            run_tune(state, pending, res, data_ref, storage, args.retries, args.verbose)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            state.flush()
+            if not args.address:
+                ray.shutdown()
+
+    meta.update(updated=now(), finished=None if state.pending() else now())
+    folder.write_meta(meta)
+    if not args.no_report:
+        from .report import write_report
+
+        path = write_report(folder.path)
+        print(f"report: {path}")
+    failed = [tid for tid, s in state.status.items() if s["status"] == "failed"]
+    print(f"{state.counts()} in {time.time() - t0:.0f} s")
+    if interrupted:
+        print(f"interrupted: run the same command again to continue ({len(state.pending())} trials left)")
+        return 130
+    return EXIT_FAILED_TRIALS if failed else 0
+
+
+def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:
+    """--extend: keep the old plan's points and add the new ones."""
+    from pipeline.config import TrialConfig
+
+    old_points = []
+    for row in old_meta.get("plan", []):
+        cfg = TrialConfig(**{k: row[k] for k in TrialConfig.__dataclass_fields__})
+        old_points.append(grids.Point(row["level"], row["axis"], row["arm"], row["seed"], row["is_reference"], cfg))
+    seen = {(p.trial_id, p.level, p.axis, p.arm) for p in old_points}
+    new = [p for p in plan.points if (p.trial_id, p.level, p.axis, p.arm) not in seen]
+    return grids.Plan(grid=old_meta["grid"], spec=old_meta.get("grid_spec", {}), points=old_points + new,
+                      eval_axes=tuple(dict.fromkeys([*old_meta.get("eval_axes", []), *plan.eval_axes])))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ConfigError, grids.GridError, DataError, RunFolderError, ResourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""What runs inside Ray: the Tune function trainable, and the Ray Train worker loop it starts.
+
+One Tune trial = one ``TorchTrainer`` run named by the trial id, so a re-run of the same trial (after a
+crash, a retry or a resume) finds its own checkpoints in storage and continues from the last epoch.
+Workers report every epoch with a checkpoint (``state.pt``), and once more at the end with the final
+artifacts (``final.json``, ``logits.npz``, ``model.pt``); the driver copies those into the results folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FINAL_FILES = ("final.json", "logits.npz", "model.pt")
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: run ``pipeline.train.fit`` on this worker's device, report every epoch."""
+    import time
+
+    t_worker = time.time()
+    import numpy as np
+    import ray
+    import ray.train
+    import torch
+
+    from pipeline.config import TrialConfig
+    from pipeline.features import FeatureCache
+    from pipeline.train import fit
+
+    cfg = TrialConfig(**loop_config["config"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
+    arrays = ray.get(loop_config["data"]["ref"])  # zero-copy views of the object store on this node
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if (Path(d) / "final.json").exists():  # finished before the driver could collect it
+                _report_final_dir(Path(d), rank)
+                return
+            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+
+    def on_epoch(row: dict, make_checkpoint) -> None:
+        metrics = {"kind": "epoch", "trial_id": cfg.trial_id, **row}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(make_checkpoint(), Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+    cache = FeatureCache(loop_config.get("feature_dir") or _default_feature_dir())
+    t_fit = time.time()
+    result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume, feature_cache=cache)
+    result.metrics.update({"t_trainable_start": loop_config.get("t_trainable_start", float("nan")),
+                           "t_worker_start": t_worker, "t_fit_start": t_fit, "t_fit_end": time.time()})
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        if rank == 0:
+            flat = {f"{s}/{v}": a for s, views in result.logits.items() for v, a in views.items()}
+            np.savez(d / "logits.npz", **flat)
+            torch.save({"config": result.config, "state": result.state}, d / "model.pt")
+            (d / "final.json").write_text(json.dumps({"metrics": result.metrics, "history": result.history}))
+        _report_final_dir(d, rank)
+
+
+def _report_final_dir(d: Path, rank: int) -> None:
+    import ray.train
+
+    metrics: dict[str, Any] = {"kind": "final"}
+    if rank == 0:
+        final = json.loads((d / "final.json").read_text())
+        metrics.update({k: v for k, v in final["metrics"].items() if isinstance(v, (int, float, str))})
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in FINAL_FILES:
+                shutil.copy(d / name, Path(tmp) / name)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(metrics)
+
+
+def _default_feature_dir() -> str:
+    from pipeline.data import default_cache_dir
+
+    return str(default_cache_dir() / "features")
+
+
+def run_trial(tune_config: dict[str, Any], data: dict[str, Any]) -> None:
+    """Tune function trainable: one TorchTrainer run for one trial config."""
+    import time
+
+    t_start = time.time()
+    config = tune_config["trial"]
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    res = config["resources"]
+    per_worker = {"CPU": res["cpus"]}
+    if res["gpus"]:
+        per_worker[res["gpu_resource"]] = res["gpus"]
+    use_gpu = bool(res["gpus"]) and res["gpu_resource"] == "GPU"
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": config["config"], "data": data, "use_gpu": use_gpu,
+                           "feature_dir": config.get("feature_dir"), "t_trainable_start": t_start},
+        scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=config["trial_id"],
+            storage_path=config["storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=config.get("retries", 0)),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+
+
+def fetch_checkpoint(storage: str, checkpoint_path: str, dest: Path) -> Path:
+    """Copy a checkpoint directory (local or cloud storage) into ``dest``."""
+    import pyarrow.fs
+
+    from ray.train import Checkpoint
+
+    fs, _ = pyarrow.fs.FileSystem.from_uri(storage) if "://" in storage else (pyarrow.fs.LocalFileSystem(), None)
+    dest.mkdir(parents=True, exist_ok=True)
+    Checkpoint(path=checkpoint_path, filesystem=fs).to_directory(str(dest))
+    return dest
+
+
+def trial_storage_dir(storage: str, trial_id: str) -> str:
+    return os.path.join(storage, trial_id)
