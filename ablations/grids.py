@@ -200,7 +200,7 @@ def _axis_arms(name: str, axis: dict) -> dict[str, dict]:
 def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str] | None = None,
            axes: list[str] | None = None, overrides: dict[str, Any] | None = None) -> Plan:
     """Expand a grid spec into a plan of trial configs (one point per level/axis arm/seed)."""
-    unknown = set(spec) - {"description", "seeds", "base", "levels", "axes", "reported"}
+    unknown = set(spec) - {"description", "seeds", "base", "levels", "axes", "reported", "ensembles"}
     if unknown:
         raise GridError(f"grid {name!r}: unknown section(s) {sorted(unknown)}")
     level_specs = spec.get("levels") or {}

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
-from pipeline.data import DataError
+from pipeline.config import EXECUTION_KEYS
+from pipeline.errors import UserError, one_line
 
 from . import grids
 from .config import parse_overrides
@@ -242,6 +242,7 @@ class RunState:
         self.trials = plan.trials()
         self.status: dict[str, dict[str, Any]] = {tid: {"status": "pending", "error": None} for tid in self.trials}
         self.metrics: dict[str, dict[str, Any]] = {}
+        self.executed: dict[str, dict[str, Any]] = {}  # execution keys a trial ran with (device, threads, ...)
         self.epochs: dict[str, list[dict]] = {}
         self.started: dict[str, float] = {}
         self.launched: dict[str, float] = {}  # driver clock: Tune started the trial
@@ -254,6 +255,7 @@ class RunState:
                 if tid in self.status and rec.get("status") == "finished" and folder.logits_path(tid).exists():
                     self.status[tid] = {"status": "finished", "error": None}
                     self.metrics[tid] = {k: rec[k] for k in rec if k not in plan.points[0].row() and k not in ("status", "error")}
+                    self.executed[tid] = {k: rec[k] for k in EXECUTION_KEYS if k in rec}
         old_epochs = folder.read_epochs()
         if len(old_epochs):
             for tid, g in old_epochs.groupby("trial_id"):
@@ -329,7 +331,8 @@ class RunState:
         out = []
         for p in self.plan.points:
             tid = p.trial_id
-            row = {**p.row(), "config_id": p.config.replace(seed=0).trial_id, **self.status[tid]}
+            row = {**p.row(), **self.executed.get(tid, {}), "config_id": p.config.replace(seed=0).trial_id,
+                   **self.status[tid]}
             row.update(self.metrics.get(tid, {}))
             out.append(row)
         return out
@@ -408,7 +411,7 @@ def _trial_error(trial) -> str:
     return (lines[-1] if lines else "trial failed (no error recorded)")[:500]
 
 
-def run_tune(state: RunState, pending: list[str], res: Resources, data_ref, storage: str, retries: int,
+def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, storage: str, retries: int,
              verbose: bool) -> None:
     from ray import tune
 
@@ -418,7 +421,9 @@ def run_tune(state: RunState, pending: list[str], res: Resources, data_ref, stor
                "resources": {"cpus": res.cpus, "gpus": res.gpus, "workers": res.workers,
                              "gpu_resource": res.gpu_resource},
                "storage": storage, "retries": retries} for tid in pending]
-    trainable = tune.with_resources(tune.with_parameters(run_trial, data={"ref": data_ref}),
+    for t in trials:
+        state.executed[t["trial_id"]] = {k: t["config"][k] for k in EXECUTION_KEYS}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
                                    {"CPU": 0, "memory": 1})  # the trainable only waits; workers hold resources
     tuner = tune.Tuner(
         trainable,
@@ -501,13 +506,13 @@ def run(args) -> int:
             res = plan_resources(args, cluster, len(pending))
             print(f"ray: {_fmt_resources(cluster)}; {res.describe()}", flush=True)
             data_ref = ray.put(splits.arrays())
-            run_tune(state, pending, res, data_ref, storage, args.retries, args.verbose)
+            run_tune(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
+                     args.retries, args.verbose)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             state.flush()
-            if not args.address:
-                ray.shutdown()
+            ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
 
     meta.update(updated=now(), finished=None if state.pending() else now())
     folder.write_meta(meta)
@@ -542,8 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ConfigError, grids.GridError, DataError, RunFolderError, ResourceError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, grids.GridError, RunFolderError, ResourceError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -59,7 +59,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     cache = FeatureCache(loop_config.get("feature_dir") or _default_feature_dir())
     t_fit = time.time()
-    result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume, feature_cache=cache)
+    result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume, feature_cache=cache,
+                 classes=tuple(loop_config["data"]["classes"]))
     result.metrics.update({"t_trainable_start": loop_config.get("t_trainable_start", float("nan")),
                            "t_worker_start": t_worker, "t_fit_start": t_fit, "t_fit_end": time.time()})
 

@@ -13,9 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message is one line for the user."""
+from .errors import ConfigError  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError  # noqa: F401  (re-exported)
+from .errors import one_line
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 CACHE_VERSION = 1
-
-
-class DataError(RuntimeError):
-    """Missing, empty or malformed data; the message is one line for the user."""
 
 
 @dataclass
@@ -154,7 +153,7 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
                 raise DataError(f"{name}: image mode {im.mode}, expected RGB")
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{name}: cannot decode image ({e})") from None
+        raise DataError(f"{name}: cannot decode image ({one_line(e)})") from None
 
 
 def _iter_imagefolder(path: Path):
@@ -171,7 +170,7 @@ def _iter_imagefolder(path: Path):
                 if m.isfile() and len(parts) >= 3 and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
                     yield parts[-3], parts[-2], m.name, tf.extractfile(m).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise DataError(f"{path}: not a readable tar archive ({e})") from None
+        raise DataError(f"{path}: not a readable tar archive ({one_line(e)})") from None
 
 
 def _decode_imagefolder(path: Path):
@@ -215,7 +214,7 @@ def _decode_torchvision(root: Path):
         train = CIFAR10(root / "torchvision", train=True, download=True)
         test = CIFAR10(root / "torchvision", train=False, download=True)
     except Exception as e:  # URLError, checksum errors ...
-        raise DataError(f"torchvision CIFAR10 download failed ({e}); pass --data PATH to a local copy") from None
+        raise DataError(f"torchvision CIFAR10 download failed ({one_line(e)}); pass --data PATH to a local copy") from None
 
     def conv(ds):
         return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, dtype=np.int64)

