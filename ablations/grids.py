@@ -10,7 +10,13 @@ and ``axes``. An axis sweeps config keys around one level's reference config:
 
 Every point runs once per seed. The same config reached twice (e.g. an axis arm equal to its level's
 reference) has one trial id and runs once; each way of reaching it is a row ("membership") of the plan.
-A grid can also be a YAML or JSON file with the same structure (``--grid my_grid.yaml``).
+
+Grids are YAML files: the built-in ones live in ``ablations/builtin_grids/`` (``--grid full``), a user's
+own is passed by path (``--grid my_grid.yaml``; JSON works too). Other sections: ``seeds`` (default
+number of seeds), ``base`` (config keys shared by every level), ``ensembles`` (formed by the reporter
+from stored logits: ``{name: {axis: AXIS}}`` or ``{name: {levels: [L2, L3]}}``), ``reported`` (the seed
+write-ups' numbers per level, shown beside ours), ``run_levels`` (the levels to run by default), and
+``extends: OTHER`` (start from another grid and replace or extend its parts, see ``merge_specs``).
 """
 from __future__ import annotations
 
@@ -47,32 +53,12 @@ LEVEL_LABELS = {
     "L4": "deeper fine-tuning, TTA, MixUp/CutMix/label smoothing, ensembles",
 }
 
-SCRATCH_CNN = {"backbone": "small_cnn", "pretrained": False, "train_stages": "all", "head": "mlp",
-               "resolution": 32, "dropout": 0.5, "augment": "basic", "optimizer": "adam", "lr": 1e-3,
-               "weight_decay": 1e-4, "schedule": "cosine"}
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_grids"
+SECTIONS = {"description", "seeds", "base", "levels", "axes", "ensembles", "reported", "run_levels"}
 
-# ----------------------------------------------------------------------------- built-in grids
 
-SMOKE = {
-    "description": "one trial per level of the seeds, EfficientNet-Lite0 at 64 px on a class-balanced subset; "
-                   "finishes in a few minutes on a 2-core CPU",
-    "seeds": 1,
-    "base": {"backbone": "efficientnet_lite0", "pretrained": True, "resolution": 64, "epochs": 3,
-             "batch_size": 64, "train_per_class": 150, "val_size": 500, "test_per_class": 100},
-    "levels": {
-        "L1": {"set": {"train_stages": "0", "head": "linear", "optimizer": "adam", "lr": 1e-3, "epochs": 10}},
-        "L2": {"from": "L1", "set": {"augment": "basic", "dropout": 0.5, "weight_decay": 1e-4, "optimizer": "adamw",
-                                     "schedule": "cosine", "train_stages": "1", "epochs": 3}},
-        "L3": {"from": "L2", "set": {"head": "fusion"}},
-        "L4": {"from": "L3", "set": {"train_stages": "2", "tta": "flip"}},
-    },
-    "axes": {
-        "architecture": {"around": "L3", "arms": {"fusion": {}, "scratch_cnn": {**SCRATCH_CNN, "epochs": 6}}},
-        "tta": {"around": "L4", "key": "tta", "values": ["none", "flip"], "eval": True},
-    },
-}
-
-BUILTIN: dict[str, dict] = {"smoke": SMOKE}
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -120,32 +106,70 @@ class Plan:
         return [p.row() for p in self.points]
 
 
-def available() -> list[str]:
-    return sorted(BUILTIN) + [f"{lv}" for lv in LEVEL_NAMES if lv in BUILTIN]
-
-
 def load_spec(name_or_path: str) -> tuple[str, dict]:
-    """A built-in grid by name, or a grid file (.yaml/.yml/.json)."""
-    if name_or_path in BUILTIN:
-        return name_or_path, copy.deepcopy(BUILTIN[name_or_path])
+    """A built-in grid by name, or a grid file (.yaml/.yml/.json); ``extends`` chains are merged."""
+    return _load(name_or_path, seen=())
+
+
+def _read_file(path: Path, shown: str) -> dict:
+    if not path.is_file():
+        raise GridError(f"grid file not found: {shown}")
+    try:
+        if path.suffix.lower() == ".json":
+            spec = json.loads(path.read_text())
+        else:
+            import yaml
+
+            spec = yaml.safe_load(path.read_text())
+    except Exception as e:
+        raise GridError(f"cannot parse grid file {shown}: {str(e).strip().splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise GridError(f"grid file {shown} must hold a mapping")
+    return spec
+
+
+def _load(name_or_path: str, seen: tuple[str, ...], base_dir: Path | None = None) -> tuple[str, dict]:
     path = Path(name_or_path)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        if not path.is_file():
-            raise GridError(f"grid file not found: {name_or_path}")
-        try:
-            if path.suffix.lower() == ".json":
-                spec = json.loads(path.read_text())
-            else:
-                import yaml
+        if base_dir is not None and not path.is_absolute() and not path.exists():
+            path = base_dir / path
+        name, spec = path.stem, _read_file(path, name_or_path)
+    elif (BUILTIN_DIR / f"{name_or_path}.yaml").is_file():
+        path = BUILTIN_DIR / f"{name_or_path}.yaml"
+        name, spec = name_or_path, _read_file(path, name_or_path)
+    else:
+        raise GridError(f"unknown grid {name_or_path!r}; built-in grids: {', '.join(builtin_names())} "
+                        f"(or a .yaml/.json grid file)")
+    key = str(path.resolve())
+    if key in seen:
+        raise GridError(f"grid {name!r}: 'extends' forms a cycle")
+    parent_name = spec.pop("extends", None)
+    if parent_name is None:
+        return name, spec
+    _, parent = _load(str(parent_name), (*seen, key), base_dir=path.parent)
+    return name, merge_specs(parent, spec)
 
-                spec = yaml.safe_load(path.read_text())
-        except Exception as e:
-            raise GridError(f"cannot parse grid file {name_or_path}: {str(e).splitlines()[0]}") from None
-        if not isinstance(spec, dict):
-            raise GridError(f"grid file {name_or_path} must hold a mapping")
-        return path.stem, spec
-    raise GridError(f"unknown grid {name_or_path!r}; built-in grids: {', '.join(sorted(BUILTIN))} "
-                    f"(or a .yaml/.json grid file)")
+
+def merge_specs(parent: dict, child: dict) -> dict:
+    """``child`` on top of ``parent``: base keys and level ``set`` keys are updated one by one; axes,
+    ensembles and reported texts are replaced by name (a null value removes one); other keys replace."""
+    out = copy.deepcopy(parent)
+    for key, value in child.items():
+        if key == "base":
+            out["base"] = {**(parent.get("base") or {}), **(value or {})}
+        elif key == "levels":
+            levels = out.setdefault("levels", {})
+            for lv, ls in (value or {}).items():
+                old = levels.get(lv) or {}
+                new = {**old, **{k: v for k, v in (ls or {}).items() if k != "set"}}
+                new["set"] = {**(old.get("set") or {}), **((ls or {}).get("set") or {})}
+                levels[lv] = new
+        elif key in ("axes", "ensembles", "reported"):
+            merged = {**(parent.get(key) or {}), **(value or {})}
+            out[key] = {k: v for k, v in merged.items() if v is not None}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def _config(values: dict, where: str) -> TrialConfig:
@@ -200,7 +224,7 @@ def _axis_arms(name: str, axis: dict) -> dict[str, dict]:
 def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str] | None = None,
            axes: list[str] | None = None, overrides: dict[str, Any] | None = None) -> Plan:
     """Expand a grid spec into a plan of trial configs (one point per level/axis arm/seed)."""
-    unknown = set(spec) - {"description", "seeds", "base", "levels", "axes", "reported", "ensembles"}
+    unknown = set(spec) - SECTIONS
     if unknown:
         raise GridError(f"grid {name!r}: unknown section(s) {sorted(unknown)}")
     level_specs = spec.get("levels") or {}
@@ -210,6 +234,7 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
     if not isinstance(axis_specs, dict):
         raise GridError(f"grid {name!r}: 'axes' must be a mapping")
     n_seeds = seeds if seeds is not None else int(spec.get("seeds", 1))
+    levels = levels or spec.get("run_levels")
     if n_seeds < 1:
         raise GridError(f"--seeds must be at least 1, got {n_seeds}")
     if levels:
@@ -264,7 +289,7 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
     wanted_levels = levels or list(level_specs)
     wanted_axes = axes if axes is not None else list(axis_specs)
     plan = Plan(grid=name, spec=spec, eval_axes=tuple(eval_axes))
-    ref_cfg = {lv: _config(refs[lv], f"level {lv!r}") for lv in level_specs}
+    ref_cfg = {lv: _config(refs[lv], f"level {lv!r}") for lv in wanted_levels}
 
     def add(level, axis, arm, cfg: TrialConfig, is_ref: bool):
         for s in range(n_seeds):
@@ -288,6 +313,14 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
             cfgs = {"reference": ref, **cfgs}
         for arm, cfg in cfgs.items():
             add(lv, ax_name, arm, cfg, cfg.trial_id == ref.trial_id)
+
+    for ens_name, ens in (spec.get("ensembles") or {}).items():
+        ok = isinstance(ens, dict) and len(ens) == 1 and (
+            (isinstance(ens.get("axis"), str) and ens["axis"] in axis_specs)
+            or (isinstance(ens.get("levels"), list) and ens["levels"] and set(ens["levels"]) <= set(level_specs)))
+        if not ok:
+            raise GridError(f"ensemble {ens_name!r}: give either 'axis: <axis of this grid>' or "
+                            f"'levels: [<levels of this grid>]'")
 
     settings = {tuple(getattr(c, k) for k in DATA_KEYS) for c in plan.trials().values()}
     if len(settings) > 1:

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("what to run")
-    g.add_argument("--grid", default="smoke", help=f"built-in grid ({', '.join(sorted(grids.BUILTIN))}) or a .yaml/.json file")
+    g.add_argument("--grid", default="smoke", help=f"built-in grid ({', '.join(grids.builtin_names())}) or a .yaml/.json grid file")
     g.add_argument("--levels", help="comma-separated levels to keep, e.g. L1,L3")
     g.add_argument("--axes", help="comma-separated axes to keep (level references always run)")
     g.add_argument("--seeds", type=int, help="seeds per config (default: the grid's)")
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-concurrent", type=int, help="cap on trials running at once (default: what resources allow)")
     r.add_argument("--retries", type=int, default=2, help="restarts of a failing trial from its last epoch checkpoint")
     r.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    r.add_argument("--num-gpus", type=int, help="GPUs for a local Ray instance (default: all torch sees); "
+                                                "with --dry-run, the GPUs to plan for")
     r.add_argument("--gpu-resource", default="GPU", help="Ray resource name that counts accelerators")
     r.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
                    help="on an autoscaling cluster, wait this long for requested GPUs to appear before failing")
@@ -162,17 +164,21 @@ def _fmt_resources(cluster: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(keep.items())) or "none"
 
 
-def local_resources(args) -> dict[str, float]:
-    """What this machine offers, for a dry run (no Ray started)."""
+def local_resources(args) -> tuple[dict[str, float], str]:
+    """What a dry run plans for (no Ray started): this machine, or the GPUs asked for when it has none."""
     cpus = float(args.num_cpus or os.cpu_count() or 1)
-    gpus = 0.0
-    try:
+    if args.num_gpus is not None:
+        gpus = float(args.num_gpus)
+    else:
         import torch
 
         gpus = float(torch.cuda.device_count())
-    except Exception:
-        pass
-    return {"CPU": cpus, "GPU": gpus}
+    note = ""
+    wants_gpu = args.device == "cuda" or (args.gpus_per_trial or 0) > 0
+    if wants_gpu and gpus == 0:
+        gpus = float(max(1, math.ceil((args.gpus_per_trial or 1) * args.workers)))
+        note = f" (this machine has no GPU: planned for {gpus:g}; set --num-gpus)"
+    return {"CPU": cpus, args.gpu_resource: gpus}, note
 
 
 def wait_for_cluster(args) -> dict[str, float]:
@@ -199,7 +205,7 @@ def data_sizes(plan: grids.Plan) -> tuple[int, int, int]:
     return n_train, s["val_size"], n_test
 
 
-def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool) -> None:
+def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "") -> None:
     trials = plan.trials()
     if as_json:
         cfgs = {tid: _with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
@@ -215,7 +221,7 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool) -> None:
     print(tabulate(grids.summarize(plan), headers="keys", tablefmt="github"))
     if plan.eval_axes:
         print(f"evaluation-only axes (computed from stored logits, no extra trials): {', '.join(plan.eval_axes)}")
-    print(f"resources: {res.describe()}")
+    print(f"resources: {res.describe()}{note}")
     gpu = res.device == "cuda"
     total = sum(trial_seconds(c, n_train, n_val, n_test, gpu) for c in trials.values())
     wall = total / res.concurrency
@@ -244,9 +250,7 @@ class RunState:
         self.metrics: dict[str, dict[str, Any]] = {}
         self.executed: dict[str, dict[str, Any]] = {}  # execution keys a trial ran with (device, threads, ...)
         self.epochs: dict[str, list[dict]] = {}
-        self.started: dict[str, float] = {}
         self.launched: dict[str, float] = {}  # driver clock: Tune started the trial
-        self.completed: dict[str, float] = {}  # driver clock: Tune saw the trial end
         self.received: dict[str, float] = {}  # driver clock: final result received
         old = folder.read_trials()
         if len(old):
@@ -280,8 +284,8 @@ class RunState:
 
     def on_epoch(self, tid: str, result: dict) -> None:
         if self.status[tid]["status"] != "running":
-            self.status[tid]["status"] = "running"
-            self.started.setdefault(tid, time.time())
+            self.status[tid] = {"status": "running", "error": None}
+            self.flush()
         cfg = self.trials[tid]
         print(f"  {self.label(tid)} epoch {result.get('epoch')}/{cfg.epochs}: "
               f"train_acc {result.get('train_acc', float('nan')):.3f} val_acc {result.get('val_acc', float('nan')):.3f}",
@@ -380,9 +384,6 @@ def make_recorder(state: RunState):
         def on_trial_start(self, iteration, trials, trial, **info):
             state.launched[trial.config["trial"]["trial_id"]] = time.time()
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            state.completed[trial.config["trial"]["trial_id"]] = time.time()
-
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tid = trial.config["trial"]["trial_id"]
             if result.get("kind") == "epoch":
@@ -445,33 +446,75 @@ def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, st
 
 def run(args) -> int:
     plan = make_plan(args)
-    trials = plan.trials()
     if args.dry_run:
-        res = plan_resources(args, local_resources(args), len(trials))
-        print_dry_run(plan, res, args.json)
+        cluster, note = local_resources(args)
+        print_dry_run(plan, plan_resources(args, cluster, len(plan.trials())), args.json, note)
         return 0
 
+    # 1. the run folder and the data; nothing is written until the cluster can run the plan
     from pipeline import data as D
 
+    t0 = time.time()
     folder = RunFolder(Path(args.results) / (args.name or plan.grid))
     source = D.resolve_source(args.data)
     fingerprint = D.fingerprint(source)
-    old_meta = folder.check_usable(plan.grid, fingerprint, set(trials), args.extend)
+    old_meta = folder.check_usable(plan.grid, fingerprint, set(plan.trials()), args.extend)
     if args.resume and old_meta is None:
         raise RunFolderError(f"--resume: {folder.path} holds no run to resume")
-
-    t0 = time.time()
-    cached = D.was_cached(source)
-    ds = D.load(source)
-    splits = D.make_splits(ds, **{k: v for k, v in plan.data_settings().items()})
-    print(f"data: {source} ({'cache' if cached else 'decoded'} in {time.time() - t0:.1f} s); {splits.describe()}",
-          flush=True)
-
     if old_meta is not None and args.extend:
         plan = _merge_plans(old_meta, plan)
-        trials = plan.trials()
+    cached = D.was_cached(source)
+    splits = D.make_splits(D.load(source), **plan.data_settings())
+    print(f"data: {source} ({'cache' if cached else 'decoded'} in {time.time() - t0:.1f} s); {splits.describe()}",
+          flush=True)
     storage = args.storage or str((folder.path / "ray").resolve())
-    meta = {
+    meta = run_meta(plan, source, fingerprint, splits, storage, old_meta)
+    state = RunState(folder, plan, args.keep_models, storage)
+    pending = state.pending()
+    print(f"run folder {folder.path}: {len(state.trials) - len(pending)} of {len(state.trials)} trials already "
+          f"finished", flush=True)
+
+    # 2. Ray: connect, check resources, share the data once, run the pending trials
+    interrupted = False
+    if not pending:
+        start_folder(folder, meta, splits, state)
+    else:
+        import ray
+
+        connect_ray(args)
+        try:
+            cluster = wait_for_cluster(args)
+            res = plan_resources(args, cluster, len(pending))
+            print(f"ray: {_fmt_resources(cluster)}; {res.describe()}", flush=True)
+            start_folder(folder, meta, splits, state)
+            data_ref = ray.put(splits.arrays())
+            run_tune(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
+                     args.retries, args.verbose)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if folder.exists():
+                state.flush()
+            ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
+
+    # 3. close the run and write the report
+    meta.update(updated=now(), finished=None if state.pending() else now())
+    folder.write_meta(meta)
+    if not args.no_report:
+        from .report import write_report
+
+        print(f"report: {write_report(folder.path)}")
+    failed = [tid for tid, s in state.status.items() if s["status"] == "failed"]
+    print(f"{state.counts()} in {time.time() - t0:.0f} s")
+    if interrupted:
+        print(f"interrupted: run the same command again to continue ({len(state.pending())} trials left)")
+        return 130
+    return EXIT_FAILED_TRIALS if failed else 0
+
+
+def run_meta(plan: grids.Plan, source: str, fingerprint: str, splits, storage: str, old_meta: dict | None) -> dict:
+    trials = plan.trials()
+    return {
         "grid": plan.grid, "grid_spec": plan.spec, "argv": sys.argv, "trial_ids": sorted(trials),
         "eval_axes": list(plan.eval_axes), "plan": plan.to_json(),
         "data": {"source": source, "fingerprint": fingerprint, **plan.data_settings(),
@@ -480,53 +523,27 @@ def run(args) -> int:
         "started": (old_meta or {}).get("started", now()), "updated": now(), "finished": None,
         "storage": storage, **environment(),
     }
+
+
+def start_folder(folder: RunFolder, meta: dict, splits, state: "RunState") -> None:
     folder.path.mkdir(parents=True, exist_ok=True)
     folder.write_meta(meta)
     folder.write_labels({"val": splits.val_y, "test": splits.test_y}, splits.classes)
-    state = RunState(folder, plan, args.keep_models, storage)
     state.flush()
-    pending = state.pending()
-    print(f"run folder {folder.path}: {len(trials) - len(pending)} of {len(trials)} trials already finished",
-          flush=True)
 
-    interrupted = False
-    if pending:
-        import ray
 
-        try:
-            ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
-                     include_dashboard=False, log_to_driver=args.verbose, configure_logging=args.verbose,
-                     logging_level="INFO" if args.verbose else "ERROR",
-                     runtime_env={"env_vars": dict(RAY_TRAIN_ENV)})
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ResourceError(f"cannot connect to Ray at {args.address or 'a new local instance'}: "
-                                f"{str(e).splitlines()[0]}") from None
-        try:
-            cluster = wait_for_cluster(args)
-            res = plan_resources(args, cluster, len(pending))
-            print(f"ray: {_fmt_resources(cluster)}; {res.describe()}", flush=True)
-            data_ref = ray.put(splits.arrays())
-            run_tune(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
-                     args.retries, args.verbose)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            state.flush()
-            ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
+def connect_ray(args) -> None:
+    import ray
 
-    meta.update(updated=now(), finished=None if state.pending() else now())
-    folder.write_meta(meta)
-    if not args.no_report:
-        from .report import write_report
-
-        path = write_report(folder.path)
-        print(f"report: {path}")
-    failed = [tid for tid, s in state.status.items() if s["status"] == "failed"]
-    print(f"{state.counts()} in {time.time() - t0:.0f} s")
-    if interrupted:
-        print(f"interrupted: run the same command again to continue ({len(state.pending())} trials left)")
-        return 130
-    return EXIT_FAILED_TRIALS if failed else 0
+    try:
+        ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
+                 num_gpus=None if args.address else args.num_gpus,
+                 include_dashboard=False, log_to_driver=args.verbose, configure_logging=args.verbose,
+                 logging_level="INFO" if args.verbose else "ERROR",
+                 runtime_env={"env_vars": dict(RAY_TRAIN_ENV)})
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ResourceError(f"cannot connect to Ray at {args.address or 'a new local instance'}: "
+                            f"{one_line(e)}") from None
 
 
 def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:

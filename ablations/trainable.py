@@ -61,7 +61,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     t_fit = time.time()
     result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume, feature_cache=cache,
                  classes=tuple(loop_config["data"]["classes"]))
-    result.metrics.update({"t_trainable_start": loop_config.get("t_trainable_start", float("nan")),
+    result.metrics.update({"node_id": ray.get_runtime_context().get_node_id(),
+                           "node_ip": ray.util.get_node_ip_address(),
+                           "t_trainable_start": loop_config.get("t_trainable_start", float("nan")),
                            "t_worker_start": t_worker, "t_fit_start": t_fit, "t_fit_end": time.time()})
 
     with tempfile.TemporaryDirectory() as d:

@@ -187,9 +187,25 @@ def from_dict(values: dict[str, Any], base: TrialConfig | None = None) -> TrialC
     return dataclasses.replace(base, **changes)
 
 
+def effective_normalization(cfg: TrialConfig) -> str:
+    """``normalize=auto``: what each backbone's weights were trained with. EfficientNet-Lite's TensorFlow
+    weights expect (x - 127) / 128 ('tf'); torchvision's ResNets ImageNet mean/std; models trained from
+    scratch CIFAR-10's own statistics."""
+    if cfg.normalize != "auto":
+        return cfg.normalize
+    if cfg.backbone == "small_cnn" or not cfg.pretrained:
+        return "cifar"
+    if cfg.backbone == "efficientnet_lite0":
+        return "tf"
+    return "imagenet"
+
+
 def identity(cfg: TrialConfig) -> dict[str, Any]:
-    """The keys that change a trial's result (everything but execution keys)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
+    """The keys that change a trial's result (everything but execution keys), with 'auto' resolved, so
+    that ``normalize=auto`` and the normalization it stands for name the same trial."""
+    out = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
+    out["normalize"] = effective_normalization(cfg)
+    return out
 
 
 def trial_id(cfg: TrialConfig) -> str:

@@ -203,16 +203,6 @@ def build_model(cfg: TrialConfig, num_classes: int = 10) -> Classifier:
     return model
 
 
-def default_normalization(cfg: TrialConfig) -> str:
-    if cfg.normalize != "auto":
-        return cfg.normalize
-    if cfg.backbone == "small_cnn" or not cfg.pretrained:
-        return "cifar"
-    if cfg.backbone == "efficientnet_lite0":
-        return "tf"
-    return "imagenet"
-
-
 # ---------------------------------------------------------------- freeze depth
 
 

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from . import augment as aug
-from .config import TrialConfig
+from .config import TrialConfig, effective_normalization
 from .evaluate import summary
 from .features import FeatureCache, array_digest, feature_key
-from .models import (build_model, count_trainable, default_normalization, set_trainable, train_mode,
+from .models import (build_model, count_trainable, set_trainable, train_mode,
                      trained_modules, trained_state)
 
 SPLITS = ("train", "val", "test")
@@ -68,7 +68,7 @@ class Inputs:
 
     def __init__(self, cfg: TrialConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.norm = default_normalization(cfg)
+        self.norm = effective_normalization(cfg)
 
     def __call__(self, xb: torch.Tensor, gen: torch.Generator | None = None, view: str = "none",
                  train: bool = False) -> torch.Tensor:
@@ -223,6 +223,7 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            lr_used = opt.param_groups[0]["lr"]  # the head's rate for this step
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
@@ -235,7 +236,7 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
             "train_acc": correct / seen,
             "val_loss": float(F.cross_entropy(val_logits, t["val_y"])),
             "val_acc": float((val_logits.argmax(1) == t["val_y"]).float().mean()),
-            "lr": opt.param_groups[0]["lr"],
+            "lr": lr_used,  # at the epoch's last step
             "seconds": seconds,
         }
         if not math.isfinite(row["train_loss"]):

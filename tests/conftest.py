@@ -75,12 +75,16 @@ GRIDS = Path(__file__).resolve().parent / "grids"
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray cluster of two nodes (a head and a worker), shared by the tests that need one."""
+    """A real local Ray cluster of two nodes (a head and a worker), shared by the tests that need one.
+
+    Each node has one unit of the custom resource ``accel``, which stands in for a GPU in the tests of
+    GPU packing and placement (``--gpu-resource accel``); no CUDA device is faked."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 150 * 2**20,
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"accel": 1},
+                                                            "object_store_memory": 150 * 2**20,
                                                             "include_dashboard": False})
-    cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+    cluster.add_node(num_cpus=2, resources={"accel": 1}, object_store_memory=100 * 2**20)
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
