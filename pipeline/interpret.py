@@ -22,8 +22,8 @@ def gradcam(model: nn.Module, x: torch.Tensor, target=None, layer: nn.Module | N
     model: a ``pipeline.models.Classifier`` (or any module; then pass ``layer``).
     x: (N, C, H, W) model inputs (already normalized, e.g. by ``pipeline.train.Inputs``).
     target: None (each image's predicted class), an int (the same class for all), or N class indices.
-    Returns (N, H, W) float maps in [0, 1] on the CPU (each divided by its own maximum; all zeros where
-    no location has a positive contribution). With ``upsample=False`` the maps keep the layer's size.
+    Returns (N, H, W) float maps in [0, 1] on the CPU, each min-max scaled on its own (all zeros where the
+    map is flat, e.g. no location has a positive contribution). With ``upsample=False`` the maps keep the layer's size.
     """
     if layer is None:
         layer = model.backbone.stages[-1]
@@ -64,6 +64,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target=None, layer: nn.Module | N
     if upsample:
         cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
     cam = cam[:, 0].clamp_(min=0)
-    peak = cam.flatten(1).amax(1).view(-1, 1, 1)
-    cam = torch.where(peak > 0, cam / peak.clamp(min=1e-12), torch.zeros_like(cam))
+    lo = cam.flatten(1).amin(1).view(-1, 1, 1)
+    span = cam.flatten(1).amax(1).view(-1, 1, 1) - lo
+    cam = torch.where(span > 0, (cam - lo) / span.clamp(min=1e-12), torch.zeros_like(cam))
     return cam.clamp_(0, 1).cpu()
