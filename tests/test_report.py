@@ -25,8 +25,9 @@ import pandas as pd
 import pytest
 
 from ablations import grids
-from ablations.report import best_config_ids, finished, main, write_report
+from ablations.report import main, write_report
 from ablations.results import RunFolder
+from ablations.rundata import best_config_ids, finished
 from pipeline import data as D
 from pipeline.evaluate import summary
 

@@ -1,0 +1,270 @@
+"""Reading a results folder into what the report's tables and figures need.
+
+``RunData`` loads a run (trials, labels, epochs, and logits on demand) and records what is missing in ``notes``;
+``finished`` and ``best_config_ids`` pick out finished trials and each level's best config (on validation only).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .results import RunFolder
+
+LOGITS_CACHE = 24  # trials whose logits stay in memory at once
+
+
+# ============================================================================ public helpers (used by run.py)
+
+
+def finished(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of finished trials."""
+    if not len(df) or "status" not in df:
+        return df.iloc[0:0]
+    return df[df["status"] == "finished"]
+
+
+def best_config_ids(df: pd.DataFrame) -> dict[str, str]:
+    """Each level's best config: highest mean validation accuracy over its finished seeds (never test).
+
+    Ties go to the level's reference config, then to the config with more finished seeds, then plan order.
+    """
+    df = _normalise(df)
+    fin = finished(df)
+    if not len(fin) or "val_acc" not in fin:
+        return {}
+    fin = fin[np.isfinite(pd.to_numeric(fin["val_acc"], errors="coerce"))]
+    if not len(fin):
+        return {}
+    fin = fin.assign(_order=np.arange(len(fin)), val_acc=pd.to_numeric(fin["val_acc"]))
+    per_seed = fin.drop_duplicates(["level", "config_id", "seed"])
+    g = per_seed.groupby(["level", "config_id"], sort=False)
+    cand = pd.DataFrame({"val": g["val_acc"].mean(), "n": g["seed"].nunique(), "order": g["_order"].min()})
+    refs = fin.groupby(["level", "config_id"], sort=False)["is_reference"].any()
+    cand["ref"] = refs.reindex(cand.index).fillna(False).astype(bool)
+    cand = cand.reset_index().sort_values(["level", "val", "ref", "n", "order"],
+                                          ascending=[True, False, False, False, True])
+    return {lv: str(g_.iloc[0]["config_id"]) for lv, g_ in cand.groupby("level", sort=False)}
+
+
+# ============================================================================ loading a run
+
+
+def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill columns an older or partial trials.parquet may lack."""
+    if not len(df):
+        return df
+    df = df.copy()
+    for col, default in (("level", "?"), ("axis", "reference"), ("arm", "reference"), ("seed", 0),
+                         ("status", "pending"), ("error", None)):
+        if col not in df:
+            df[col] = default
+    if "is_reference" not in df:
+        df["is_reference"] = df["axis"] == "reference"
+    df["is_reference"] = df["is_reference"].fillna(False).astype(bool)
+    if "config_id" not in df:
+        df["config_id"] = [_config_id_of(r) for r in df.to_dict("records")]
+    df["config_id"] = df["config_id"].fillna(df["trial_id"])
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").fillna(0).astype(int)
+    return df
+
+
+def _config_id_of(row: dict) -> str:
+    try:
+        from pipeline.config import TrialConfig
+
+        keys = TrialConfig.__dataclass_fields__
+        return TrialConfig(**{k: row[k] for k in keys if k in row}).replace(seed=0).trial_id
+    except Exception:
+        return str(row["trial_id"])
+
+
+def _config_keys() -> list[str]:
+    from pipeline.config import EXECUTION_KEYS, TrialConfig
+
+    return [k for k in TrialConfig.__dataclass_fields__ if k not in EXECUTION_KEYS and k != "seed"]
+
+
+def _finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+class RunData:
+    """A results folder loaded for reporting, with what is missing recorded in ``notes``."""
+
+    def __init__(self, run_dir: str | Path):
+        self.folder = RunFolder(run_dir)
+        self.meta = self.folder.read_meta()  # RunFolderError: not a results folder at all
+        self.notes: list[str] = []
+        self.spec = self.meta.get("grid_spec") or {}
+        self.eval_axes = set(self.meta.get("eval_axes") or [])
+        try:
+            self.df = _normalise(self.folder.read_trials())
+        except Exception as e:
+            self.notes.append(f"trials.parquet unreadable ({type(e).__name__}: {e}); no trial tables.")
+            self.df = pd.DataFrame()
+        self.fin = finished(self.df)
+        self.trials = (self.df.drop_duplicates("trial_id").set_index("trial_id", drop=False)
+                       if len(self.df) else pd.DataFrame())
+        self.labels: dict[str, np.ndarray] | None = None
+        classes = self.meta.get("data", {}).get("classes") or []
+        if (self.folder.path / "labels.npz").exists():
+            try:
+                self.labels, classes = self.folder.read_labels()
+            except Exception as e:
+                self.notes.append(f"labels.npz unreadable ({type(e).__name__}: {e}): paired tests, per-class "
+                                  f"results and ensembles need it and are skipped.")
+        else:
+            self.notes.append("labels.npz missing: paired tests, per-class results and ensembles need it "
+                              "and are skipped.")
+        self.classes: tuple[str, ...] = tuple(str(c) for c in classes)
+        try:
+            self.epochs = self.folder.read_epochs()
+        except Exception as e:
+            self.notes.append(f"epochs.parquet unreadable ({type(e).__name__}: {e}); no learning curves.")
+            self.epochs = pd.DataFrame()
+        self._logits: OrderedDict[str, Any] = OrderedDict()  # a few trials' logits (LRU); they can be large
+        self._correct: dict[tuple[str, str, str], np.ndarray | None] = {}
+        self.missing_logits: set[str] = set()
+        self.levels = self._level_order()
+        try:
+            self.best = best_config_ids(self.df) if len(self.df) else {}
+        except Exception as e:  # a malformed trials table: list the trials, skip the comparisons
+            self.notes.append(f"cannot choose the levels' best configs ({type(e).__name__}: {e}).")
+            self.best = {}
+        from . import grids
+
+        self.reported = {**grids.SEED_REPORTED, **{str(k): str(v) for k, v in (self.spec.get("reported") or {}).items()}}
+        self.level_labels = dict(grids.LEVEL_LABELS)
+        for lv, ls in (self.spec.get("levels") or {}).items():  # a grid may describe its own levels
+            if isinstance(ls, dict) and ls.get("description"):
+                self.level_labels[str(lv)] = str(ls["description"])
+
+    # ------------------------------------------------------------------ structure
+
+    def _level_order(self) -> list[str]:
+        order = [str(lv) for lv in (self.spec.get("levels") or {})]
+        if len(self.df):
+            order += [str(lv) for lv in self.df["level"] if str(lv) not in order]
+        present = set(self.df["level"].astype(str)) if len(self.df) else set()
+        return [lv for lv in dict.fromkeys(order) if lv in present]
+
+    def axes(self) -> list[tuple[str, str]]:
+        """(axis, level) pairs in plan order (an axis normally sweeps around one level)."""
+        if not len(self.df):
+            return []
+        pairs = zip(self.df["axis"].astype(str), self.df["level"].astype(str))
+        return [(a, lv) for a, lv in dict.fromkeys(pairs) if a != "reference"]
+
+    def seeds(self, config_id: str, level: str | None = None) -> dict[int, str]:
+        """Finished seeds of a config: {seed: trial_id}."""
+        f = self.fin[self.fin["config_id"] == config_id]
+        if level is not None:
+            f = f[f["level"] == level]
+        f = f.drop_duplicates("seed").sort_values("seed")
+        return {int(s): str(t) for s, t in zip(f["seed"], f["trial_id"])}
+
+    def config_values(self, config_id: str) -> dict[str, Any]:
+        rows = self.df[self.df["config_id"] == config_id]
+        if not len(rows):
+            return {}
+        r = rows.iloc[0]
+        return {k: r[k] for k in _config_keys() if k in rows}
+
+    def config_name(self, level: str, config_id: str) -> str:
+        """'L2 reference', 'L2 lr=0.0001', 'L3 architecture=scratch_cnn'."""
+        rows = self.df[(self.df["config_id"] == config_id) & (self.df["level"] == level)]
+        if rows["is_reference"].any():
+            return f"{level} reference"
+        rows = rows[~rows["axis"].isin(self.eval_axes)]
+        if len(rows):
+            r = rows.iloc[0]
+            return f"{level} {r['axis']}={r['arm']}"
+        return f"{level} {config_id}"
+
+    def value(self, tid: str, col: str) -> float:
+        if tid not in self.trials.index or col not in self.trials:
+            return math.nan
+        v = self.trials.at[tid, col]
+        return float(v) if _finite(v) else math.nan
+
+    def status_counts(self, rows: pd.DataFrame | None = None) -> dict[str, int]:
+        rows = self.df if rows is None else rows
+        if not len(rows):
+            return {}
+        return rows.drop_duplicates("trial_id")["status"].astype(str).value_counts().to_dict()
+
+    # ------------------------------------------------------------------ logits and accuracies
+
+    def logits(self, tid: str):
+        if tid in self._logits:
+            self._logits.move_to_end(tid)
+            return self._logits[tid]
+        path = self.folder.logits_path(tid)
+        value = None
+        if not path.exists():
+            self.missing_logits.add(tid)
+        else:
+            try:
+                value = self.folder.read_logits(tid)
+            except Exception as e:
+                self.notes.append(f"logits/{tid}.npz unreadable ({type(e).__name__}: {e}).")
+        self._logits[tid] = value
+        if len(self._logits) > LOGITS_CACHE:
+            self._logits.popitem(last=False)
+        return value
+
+    def scores(self, tid: str, split: str = "test", mode: str = "none") -> np.ndarray | None:
+        """Logits (mode none) or TTA-combined probabilities of one trial, or None when unavailable."""
+        lg = self.logits(tid)
+        if lg is None or split not in lg:
+            return None
+        if mode == "none":
+            return lg[split].get("none")
+        from pipeline.evaluate import combine_views
+
+        try:
+            return combine_views(lg[split], mode)
+        except KeyError:
+            return None
+
+    def correct(self, tid: str, split: str = "test", mode: str = "none") -> np.ndarray | None:
+        key = (tid, split, mode)
+        if key not in self._correct:
+            self._correct[key] = self._compute_correct(tid, split, mode)
+        return self._correct[key]
+
+    def _compute_correct(self, tid: str, split: str, mode: str) -> np.ndarray | None:
+        s = self.scores(tid, split, mode)
+        y = None if self.labels is None else self.labels.get(split)
+        if s is None or y is None:
+            return None
+        if len(s) != len(y):
+            note = f"logits/{tid}.npz has {len(s)} {split} rows but labels.npz {len(y)}: ignored."
+            if note not in self.notes:
+                self.notes.append(note)
+            return None
+        return s.argmax(1) == y
+
+    def acc(self, tid: str, split: str = "test", mode: str = "none") -> float:
+        """Accuracy from trials.parquet (``test_acc``, ``test_acc_<mode>``), else from the stored logits."""
+        v = self.value(tid, f"{split}_acc" if mode == "none" else f"{split}_acc_{mode}")
+        if not _finite(v) and mode == "none":
+            v = self.value(tid, f"{split}_acc_none")
+        if not _finite(v):
+            c = self.correct(tid, split, mode)
+            v = float(c.mean()) if c is not None else math.nan
+        return v
+
+    def class_column(self, i: int, cls: str) -> str | None:
+        for col in (f"test_acc_{cls}", f"test_acc_{i}"):
+            if col in self.trials:
+                return col
+        return None
