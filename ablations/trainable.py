@@ -97,8 +97,8 @@ def _default_feature_dir() -> str:
     return str(default_cache_dir() / "features")
 
 
-def run_trial(tune_config: dict[str, Any], data: dict[str, Any]) -> None:
-    """Tune function trainable: one TorchTrainer run for one trial config."""
+def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop) -> None:
+    """Tune function trainable: one TorchTrainer run (of ``loop`` on each worker) for one trial config."""
     import time
 
     t_start = time.time()
@@ -113,7 +113,7 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any]) -> None:
         per_worker[res["gpu_resource"]] = res["gpus"]
     use_gpu = bool(res["gpus"]) and res["gpu_resource"] == "GPU"
     trainer = TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config={"config": config["config"], "data": data, "use_gpu": use_gpu,
                            "feature_dir": config.get("feature_dir"), "t_trainable_start": t_start},
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
