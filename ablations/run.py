@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from .results import RunFolder, RunFolderError, environment, now
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
+EXIT_INTERRUPTED = 130
 
 
 # Ray Train settings for many short trials (measured by ``python -m ablations.bench``): the controller polls
@@ -250,6 +252,7 @@ class RunState:
         self.status: dict[str, dict[str, Any]] = {tid: {"status": "pending", "error": None} for tid in self.trials}
         self.metrics: dict[str, dict[str, Any]] = {}
         self.executed: dict[str, dict[str, Any]] = {}  # execution keys a trial ran with (device, threads, ...)
+        self.progress: dict[str, int] = {}  # epochs reported by trials under way
         self.epochs: dict[str, list[dict]] = {}
         self.launched: dict[str, float] = {}  # driver clock: Tune started the trial
         self.received: dict[str, float] = {}  # driver clock: final result received
@@ -284,9 +287,9 @@ class RunState:
     # -------------------------------------------------------- events from Tune
 
     def on_epoch(self, tid: str, result: dict) -> None:
-        if self.status[tid]["status"] != "running":
-            self.status[tid] = {"status": "running", "error": None}
-            self.flush()
+        self.status[tid] = {"status": "running", "error": None}
+        self.progress[tid] = int(result.get("epoch", 0))
+        self.flush()  # small files; a user (or a resumed run) sees which trials were under way
         cfg = self.trials[tid]
         print(f"  {self.label(tid)} epoch {result.get('epoch')}/{cfg.epochs}: "
               f"train_acc {result.get('train_acc', float('nan')):.3f} val_acc {result.get('val_acc', float('nan')):.3f}",
@@ -307,6 +310,7 @@ class RunState:
                 shutil.copy(local / "model.pt", self.folder.model_path(tid))
         self.metrics[tid] = {**final["metrics"], **self.timeline(tid, final["metrics"])}
         self.epochs[tid] = [{"trial_id": tid, **row} for row in final["history"]]
+        self.progress[tid] = len(final["history"])
         self.status[tid] = {"status": "finished", "error": None}
         self.prune_models()
         self.flush()
@@ -337,7 +341,7 @@ class RunState:
         for p in self.plan.points:
             tid = p.trial_id
             row = {**p.row(), **self.executed.get(tid, {}), "config_id": p.config.replace(seed=0).trial_id,
-                   **self.status[tid]}
+                   **self.status[tid], "epochs_done": self.progress.get(tid, 0)}
             row.update(self.metrics.get(tid, {}))
             out.append(row)
         return out
@@ -434,6 +438,12 @@ def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int) -> dic
             "storage": storage, "retries": retries}
 
 
+# The Tune trial actor (and the Train controller, which Ray Train places beside it) holds no CPU and lives on
+# the head node: losing a worker node then loses only Train workers, which the controller restarts elsewhere
+# from the trial's last checkpoint.
+TRAINABLE_RESOURCES = {"CPU": 0, "memory": 1, "node:__internal_head__": 0.001}
+
+
 def make_tuner(trainable, data: dict, trials: list[dict], concurrency: int, storage: str, callbacks: list,
                verbose: bool = False, reuse_actors: bool = True):
     """One Tune trial per entry of ``trials``. The Tune trial actor only waits for its TorchTrainer, whose
@@ -443,7 +453,7 @@ def make_tuner(trainable, data: dict, trials: list[dict], concurrency: int, stor
     from ray import tune
 
     return tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, data=data), {"CPU": 0, "memory": 1}),
+        tune.with_resources(tune.with_parameters(trainable, data=data), TRAINABLE_RESOURCES),
         param_space={"trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
@@ -516,11 +526,17 @@ def run(args) -> int:
 
         print(f"report: {write_report(folder.path)}")
     failed = [tid for tid, s in state.status.items() if s["status"] == "failed"]
+    unfinished = [tid for tid, s in state.status.items() if s["status"] in ("pending", "running")]
     print(f"{state.counts()} in {time.time() - t0:.0f} s")
-    if interrupted:
-        print(f"interrupted: run the same command again to continue ({len(state.pending())} trials left)")
-        return 130
-    return EXIT_FAILED_TRIALS if failed else 0
+    if interrupted or unfinished:
+        print(f"{'interrupted' if interrupted else 'stopped'}: run the same command again to continue "
+              f"({len(state.pending())} trials left; finished trials are kept)")
+        return EXIT_INTERRUPTED
+    if failed:
+        print(f"{len(failed)} trial(s) failed (see the error column of trials.parquet and REPORT.md); run the "
+              f"same command again to retry them")
+        return EXIT_FAILED_TRIALS
+    return 0
 
 
 def run_meta(plan: grids.Plan, source: str, fingerprint: str, splits, storage: str, old_meta: dict | None) -> dict:
@@ -543,9 +559,25 @@ def start_folder(folder: RunFolder, meta: dict, splits, state: "RunState") -> No
     state.flush()
 
 
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail within seconds on a host:port nobody listens on (ray.init would retry for a long time)."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ResourceError(f"--address {address!r}: expected HOST:PORT of a Ray head node, 'auto' or ray://...")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ResourceError(f"cannot reach a Ray cluster at {address} ({e.strerror or e})") from None
+
+
 def connect_ray(args) -> None:
     import ray
 
+    check_address(args.address)
     try:
         ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
                  num_gpus=None if args.address else args.num_gpus,
@@ -571,8 +603,16 @@ def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:
                       eval_axes=tuple(dict.fromkeys([*old_meta.get("eval_axes", []), *plan.eval_axes])))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # a closed terminal (SIGHUP) or a polite kill (SIGTERM) stops like Ctrl-C: finished trials are on disk,
+    # the state is flushed, and the same command continues the run
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         return run(args)
     except (UserError, grids.GridError, RunFolderError, ResourceError) as e:
@@ -580,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -262,6 +262,7 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         "trial_seconds": time.perf_counter() - t0,
         "train_images_per_second": n_train * epochs_run / max(sum(h["seconds"] for h in history[start_epoch:]), 1e-9),
         "feature_cache_state": cache_state,
+        "resumed_from_epoch": start_epoch,
         "device_type": device.type,
     })
     return TrialResult(config=cfg.to_dict(), history=history, logits=logits, metrics=metrics,
