@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import EXECUTION_KEYS
-from pipeline.errors import UserError, one_line
+from pipeline.errors import ConfigError, UserError, one_line
 
 from . import grids
 from .config import parse_overrides
@@ -105,8 +106,14 @@ def split_list(text: str | None) -> list[str] | None:
 
 def make_plan(args) -> grids.Plan:
     name, spec = grids.load_spec(args.grid)
-    return grids.expand(name, spec, seeds=args.seeds, levels=split_list(args.levels),
+    plan = grids.expand(name, spec, seeds=args.seeds, levels=split_list(args.levels),
                         axes=split_list(args.axes), overrides=parse_overrides(args.overrides))
+    if args.retries < 0:
+        raise ConfigError(f"--retries must be 0 or more, got {args.retries}")
+    for cfg in plan.trials().values():
+        if cfg.weights and not Path(cfg.weights).expanduser().is_file():
+            raise ConfigError(f"weights={cfg.weights}: file not found (it must exist on every node)")
+    return plan
 
 
 # ----------------------------------------------------------------------------- resources
@@ -246,8 +253,9 @@ def _with_execution(cfg, res: Resources):
 class RunState:
     """Rows of trials.parquet and epochs.parquet, updated and rewritten as trials report."""
 
-    def __init__(self, folder: RunFolder, plan: grids.Plan, keep_models: str, storage: str):
+    def __init__(self, folder: RunFolder, plan: grids.Plan, keep_models: str, storage: str, retries: int = 0):
         self.folder, self.plan, self.keep_models, self.storage = folder, plan, keep_models, storage
+        self.retries = retries
         self.trials = plan.trials()
         self.status: dict[str, dict[str, Any]] = {tid: {"status": "pending", "error": None} for tid in self.trials}
         self.metrics: dict[str, dict[str, Any]] = {}
@@ -330,6 +338,8 @@ class RunState:
         }
 
     def on_error(self, tid: str, error: str) -> None:
+        attempts = self.retries + 1
+        error = f"{error} (after {attempts} attempt{'s' if attempts > 1 else ''})"
         self.status[tid] = {"status": "failed", "error": error}
         self.flush()
         print(f"[{self.counts()}] FAILED {self.label(tid)}: {error}", flush=True)
@@ -402,19 +412,27 @@ def make_recorder(state: RunState):
     return Recorder()
 
 
-def _trial_error(trial) -> str:
-    """The last line of a failed trial's traceback (the exception itself)."""
-    text = ""
-    for attr in ("error_file", "pickled_error_file"):
-        path = getattr(trial, attr, None)
-        if path and os.path.exists(path) and attr == "error_file":
-            text = Path(path).read_text()
-            break
+# Ray's wrappers around the exception a trial really raised
+_WRAPPERS = ("RayTaskError", "WorkerGroupError", "TrainingFailedError", "ControllerError", "RayActorError")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit))(?:\(\w+\))?: (.+)")
+
+
+def root_error(text: str) -> str:
+    """The exception a trial raised, from the traceback text Ray stored (which wraps it several times)."""
+    found = []
+    for line in text.splitlines():
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m and not m.group(1).split(".")[-1].startswith(_WRAPPERS):
+            found.append(f"{m.group(1).split('.')[-1]}: {m.group(2).strip()}")
+    if found:
+        return found[-1][:500]
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if not ln.startswith(("File ", "^", "~")) and ":" in ln:
-            return ln[:500]
     return (lines[-1] if lines else "trial failed (no error recorded)")[:500]
+
+
+def _trial_error(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    return root_error(Path(path).read_text() if path and os.path.exists(path) else "")
 
 
 def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, storage: str, retries: int,
@@ -428,7 +446,7 @@ def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, st
     for r in results:  # errors that bypassed the callback (e.g. the trainable could not start)
         tid = (r.config or {}).get("trial", {}).get("trial_id")
         if tid and r.error is not None and state.status[tid]["status"] != "finished":
-            state.on_error(tid, f"{type(r.error).__name__}: {one_line(r.error)[:400]}")
+            state.on_error(tid, root_error(str(r.error)) if str(r.error).strip() else type(r.error).__name__)
 
 
 def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int) -> dict[str, Any]:
@@ -490,7 +508,7 @@ def run(args) -> int:
           flush=True)
     storage = args.storage or str((folder.path / "ray").resolve())
     meta = run_meta(plan, source, fingerprint, splits, storage, old_meta)
-    state = RunState(folder, plan, args.keep_models, storage)
+    state = RunState(folder, plan, args.keep_models, storage, args.retries)
     pending = state.pending()
     print(f"run folder {folder.path}: {len(state.trials) - len(pending)} of {len(state.trials)} trials already "
           f"finished", flush=True)

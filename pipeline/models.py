@@ -177,7 +177,7 @@ def _load_file(path: str) -> dict:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelError(f"cannot read weights file {path}: {e}") from None
+        raise ModelError(f"cannot read weights file {path} (not a PyTorch state dict: {type(e).__name__})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

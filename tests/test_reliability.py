@@ -1,0 +1,284 @@
+"""Reliability on a real local Ray cluster: the driver killed mid-grid and resumed, a worker node lost
+mid-trial, a trial that raises, atomic writes, and one test per kind of bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ablations.results import FORMAT, RunFolder
+
+from .conftest import GRIDS, REPO, run_cli
+
+pytestmark = pytest.mark.ray
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()  # None or False while waiting; a truthy value or a DataFrame when done
+        if isinstance(value, pd.DataFrame) or (value is not None and bool(value)):
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended before the condition held:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def read_trials(folder: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(folder / "trials.parquet")
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------ resume after SIGKILL
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, mini_archive, tmp_path_factory):
+    results = tmp_path_factory.mktemp("plain")
+    proc = run_cli("--grid", str(GRIDS / "resume.yaml"), "--seeds", "3", "--data", str(mini_archive),
+                   "--results", str(results), "--address", ray_cluster.address, "--no-report")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return results / "resume"
+
+
+def test_driver_killed_mid_grid_resumes_without_rerunning_finished_trials(ray_cluster, mini_archive, tmp_path,
+                                                                          uninterrupted):
+    args = ["--grid", str(GRIDS / "resume.yaml"), "--seeds", "3", "--data", str(mini_archive),
+            "--results", str(tmp_path), "--address", ray_cluster.address, "--no-report"]
+    folder = tmp_path / "resume"
+    proc = start_cli(*args)
+
+    def mid_grid():
+        df = read_trials(folder)
+        if df is None:
+            return None
+        done = df[df.status == "finished"]
+        under_way = df[(df.status == "running") & (df.epochs_done >= 1)]
+        return df if len(done) >= 1 and len(under_way) >= 1 else None
+
+    before = wait_for(mid_grid, 400, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = time.time()
+    finished_before = before[before.status == "finished"].set_index("trial_id")
+    assert (folder / "run.json").exists()
+
+    again = run_cli(*args)  # the same command continues the run
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert f"{len(finished_before)} of 3 trials already finished" in again.stdout
+    after = pd.read_parquet(folder / "trials.parquet").set_index("trial_id")
+    assert (after.status == "finished").all() and len(after) == 3
+    # finished trials were not run again: their rows are the ones written before the kill
+    for tid, row in finished_before.iterrows():
+        assert after.loc[tid, "t_fit_end"] == row.t_fit_end < killed_at
+    # the trial under way continued from its last epoch checkpoint instead of starting over
+    resumed = after.drop(index=finished_before.index)
+    assert resumed.resumed_from_epoch.max() >= 1
+    # and the results equal those of a run without the crash
+    plain = pd.read_parquet(uninterrupted / "trials.parquet").set_index("trial_id")
+    assert set(plain.index) == set(after.index)
+    for tid in plain.index:
+        assert after.loc[tid, "val_acc"] == pytest.approx(plain.loc[tid, "val_acc"], abs=1e-9), tid
+        assert after.loc[tid, "test_acc"] == pytest.approx(plain.loc[tid, "test_acc"], abs=1e-9), tid
+        with np.load(folder / "logits" / f"{tid}.npz") as a, np.load(uninterrupted / "logits" / f"{tid}.npz") as b:
+            assert np.allclose(a["test/none"], b["test/none"], atol=1e-2)
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert epochs.groupby("trial_id").epoch.apply(list).map(lambda e: e == [1, 2, 3, 4]).all()
+
+
+# ------------------------------------------------------------------ node loss
+
+
+def test_worker_node_lost_mid_trial_and_the_grid_still_completes(mini_archive, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 2**20,
+                                                            "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20)
+    cluster.wait_for_nodes()
+    try:
+        proc = start_cli("--grid", str(GRIDS / "resume.yaml"), "--seeds", "3", "--data", str(mini_archive),
+                         "--results", str(tmp_path), "--address", cluster.address, "--retries", "2", "--no-report")
+        folder = tmp_path / "resume"
+
+        def under_way():
+            df = read_trials(folder)
+            return df is not None and bool((df.epochs_done >= 2).sum() >= 2)
+
+        wait_for(under_way, 400, proc)
+        cluster.remove_node(worker, allow_graceful=False)  # two of the three trials were running there
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+        df = pd.read_parquet(folder / "trials.parquet")
+        assert (df.status == "finished").all() and len(df) == 3
+        assert df.node_id.nunique() == 1  # all finished on the head, the only node left
+        assert df.resumed_from_epoch.max() >= 1, out[-4000:]  # restarted from a checkpoint, not from scratch
+    finally:
+        cluster.shutdown()
+
+
+# ------------------------------------------------------------------ failed trials
+
+
+def test_a_trial_that_raises_is_recorded_and_the_others_finish(ray_cluster, mini_archive, tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a state dict")
+    grid = tmp_path / "fail.yaml"
+    grid.write_text((GRIDS / "cnn.yaml").read_text() + f"""
+axes:
+  weights:
+    around: L3
+    arms:
+      broken: {{backbone: resnet18, pretrained: true, weights: {junk}}}
+""")
+    args = ["--grid", str(grid), "--data", str(mini_archive), "--results", str(tmp_path), "--address",
+            ray_cluster.address, "--retries", "1"]
+    proc = run_cli(*args)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    df = pd.read_parquet(tmp_path / "fail" / "trials.parquet").drop_duplicates("trial_id").set_index("arm")
+    assert df.loc["broken", "status"] == "failed"
+    assert "ModelError: cannot read weights file" in df.loc["broken", "error"]
+    assert "after 2 attempts" in df.loc["broken", "error"]
+    assert df.loc["reference", "status"] == "finished"
+    report = (tmp_path / "fail" / "REPORT.md").read_text()
+    assert "failed" in report and "cannot read weights file" in report
+    # the same command retries the failed trial only
+    again = run_cli(*args)
+    assert again.returncode == 1 and "1 of 2 trials already finished" in again.stdout
+
+
+# ------------------------------------------------------------------ atomic writes
+
+
+def test_a_crash_while_writing_leaves_the_old_file(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path)
+    folder.write_trials([{"trial_id": "a", "status": "finished", "val_acc": 0.5}])
+    good = (tmp_path / "trials.parquet").read_bytes()
+
+    def crash(self, path, *a, **k):
+        Path(path).write_bytes(b"PAR1 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", crash)
+    with pytest.raises(KeyboardInterrupt):
+        folder.write_trials([{"trial_id": "a", "status": "finished", "val_acc": 0.9}])
+    assert (tmp_path / "trials.parquet").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.parquet"]  # no temporary file left
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.fixture()
+def existing_run(tmp_path):
+    """A results folder of ours holding a finished run of another grid; bad input must leave it untouched."""
+    folder = RunFolder(tmp_path / "results" / "old")
+    folder.path.mkdir(parents=True)
+    folder.write_meta({"grid": "smoke", "trial_ids": ["abc"], "data": {"fingerprint": None, "source": "s"}})
+    folder.write_trials([{"trial_id": "abc", "status": "finished", "val_acc": 0.5}])
+    snapshot = {p: p.read_bytes() for p in folder.path.iterdir()}
+    yield folder
+    assert {p: p.read_bytes() for p in folder.path.iterdir()} == snapshot
+
+
+def _bad(args, message, results: Path, timeout=60):
+    t0 = time.monotonic()
+    proc = run_cli(*args, "--results", str(results), timeout=timeout)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], proc.stderr
+    assert time.monotonic() - t0 < timeout
+    return proc
+
+
+def _image_folder(root: Path, sizes: dict[tuple[str, str], tuple[int, int]]) -> Path:
+    from PIL import Image
+
+    for (split, cls), size in sizes.items():
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            Image.new("RGB", size, (i * 50, 10, 10)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "shape", "classes"])
+def test_bad_data_fails_at_once(case, existing_run, tmp_path):
+    if case == "missing":
+        data, message = tmp_path / "nope.tar.gz", "data path not found"
+    elif case == "empty":
+        data, message = tmp_path / "empty", "no images under train"
+        data.mkdir()
+    elif case == "corrupt":
+        data, message = tmp_path / "corrupt.tar.gz", "not a readable tar archive"
+        data.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(3000))
+    elif case == "shape":
+        data, message = _image_folder(tmp_path / "shape", {("train", "a"): (32, 32), ("train", "b"): (28, 28),
+                                                           ("test", "a"): (32, 32), ("test", "b"): (32, 32)}), "shape"
+    else:
+        data, message = _image_folder(tmp_path / "cls", {("train", "a"): (32, 32), ("train", "b"): (32, 32),
+                                                         ("test", "a"): (32, 32), ("test", "c"): (32, 32)}), "do not match"
+    _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(data), "--name", "new"], message,
+         existing_run.path.parent)
+    assert not (existing_run.path.parent / "new").exists()
+
+
+def test_unreachable_address_fails_within_seconds(existing_run, mini_archive):
+    _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--name", "new", "--address",
+          "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1", existing_run.path.parent, timeout=30)
+    assert not (existing_run.path.parent / "new").exists()
+
+
+def test_a_folder_that_is_not_ours_is_refused(tmp_path, mini_archive):
+    foreign = tmp_path / "results" / "photos"
+    foreign.mkdir(parents=True)
+    (foreign / "holiday.jpg").write_bytes(b"jpeg")
+    _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--name", "photos"],
+         "not an ablations results folder", tmp_path / "results")
+    assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"]
+    (foreign / "run.json").write_text(json.dumps({"format": "something-else"}))
+    _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--name", "photos"],
+         "not an ablations results folder", tmp_path / "results")
+    (foreign / "run.json").write_text("{ torn")
+    _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--name", "photos"],
+         "unreadable run.json", tmp_path / "results")
+
+
+def test_another_grid_or_other_data_into_an_existing_run_is_refused(existing_run, mini_archive):
+    _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--name", "old"],
+         "holds grid 'smoke', not 'cnn'", existing_run.path.parent)
+    _bad(["--grid", "smoke", "--data", str(mini_archive), "--name", "old"],
+         "different plan", existing_run.path.parent)
+    meta = existing_run.read_meta()
+    meta["data"]["fingerprint"] = "another-dataset"
+    existing_run.write_meta({k: v for k, v in meta.items() if k != "format"})
+    _bad(["--grid", "smoke", "--data", str(mini_archive), "--name", "old"], "was run on other data",
+         existing_run.path.parent)
+    meta["data"]["fingerprint"] = None
+    existing_run.write_meta({k: v for k, v in meta.items() if k != "format"})
+
+
+def test_resume_of_a_run_that_does_not_exist(tmp_path, mini_archive):
+    _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--resume"], "holds no run to resume",
+         tmp_path)
+
+
+def test_missing_weights_file_is_bad_input(tmp_path, mini_archive):
+    _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--set", "backbone=resnet18",
+          "--set", "pretrained=true", "--set", f"weights={tmp_path / 'none.pth'}"], "file not found", tmp_path)
+    assert FORMAT  # the folder format these tests protect
