@@ -267,8 +267,13 @@ def fig_gradcam(run: RunData, level: str, images, path: Path,
         pred = model(x).argmax(1).numpy()
     stored = run.scores(tid)
     agree = int((stored[idx].argmax(1) == pred).sum()) if stored is not None else -1
-    heat = gradcam(model, x).numpy()
-    cam_h, cam_w = gradcam(model, x[:1], upsample=False).shape[-2:]
+    # the last stage (stride 32) gives a 2x2 map at 64 px; then use the stage before it (stride 16)
+    layer = model.backbone.stages[-1]
+    if min(gradcam(model, x[:1], layer=layer, upsample=False).shape[-2:]) < 4:
+        layer = model.backbone.stages[-2]
+    heat = gradcam(model, x, layer=layer).numpy()
+    cam_h, cam_w = gradcam(model, x[:1], layer=layer, upsample=False).shape[-2:]
+    stage = "last stage" if layer is model.backbone.stages[-1] else "stage 3 (the last stage's map is under 4x4)"
     fig = _figure(1.5 * k, 1.65 * per_class + 0.6)
     axes = fig.subplots(per_class, k, squeeze=False)
     for n, i in enumerate(idx):
@@ -287,6 +292,6 @@ def fig_gradcam(run: RunData, level: str, images, path: Path,
             ax.text(0.5, 1.35, run.classes[c], ha="center", fontsize=8, fontweight="bold", transform=ax.transAxes)
     fig.suptitle(f"Grad-CAM, {run.config_name(level, cid)} (trial {tid}, seed "
                  f"{next(s for s, t in seeds.items() if t == tid)})\n{cfg.resolution} px input, "
-                 f"{cam_h}x{cam_w} map upsampled; titles: predicted class", fontsize=9)
+                 f"{cam_h}x{cam_w} map of the {stage}, upsampled; titles: predicted class", fontsize=9)
     _save_fig(fig, path)
     return tid, agree, len(idx)

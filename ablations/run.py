@@ -192,14 +192,22 @@ def local_resources(args) -> tuple[dict[str, float], str]:
 
 
 def wait_for_cluster(args) -> dict[str, float]:
+    """The cluster's resources; with --wait-for-resources, first ask an autoscaling cluster for a GPU node
+    and wait for one to join (an autoscaler adds nodes only for requests it sees)."""
     import ray
 
     deadline = time.monotonic() + max(args.wait_for_resources, 0.0)
+    wants_gpu = args.device == "cuda" or (args.gpus_per_trial or 0) > 0
+    requested = False
     while True:
         cluster = ray.cluster_resources()
-        wants_gpu = args.device == "cuda" or (args.gpus_per_trial or 0) > 0
         if not wants_gpu or cluster.get(args.gpu_resource, 0) > 0 or time.monotonic() >= deadline:
             return cluster
+        if not requested:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[{args.gpu_resource: 1}])
+            requested = True
         print(f"waiting for {args.gpu_resource} to join the cluster ...", flush=True)
         time.sleep(10)
 

@@ -222,13 +222,15 @@ class RunData:
         return value
 
     def scores(self, tid: str, split: str = "test", mode: str = "none") -> np.ndarray | None:
-        """Logits (mode none) or TTA-combined probabilities of one trial, or None when unavailable."""
+        """Class probabilities of one trial (softmax of its logits, or a TTA mode's average over views), or
+        None when unavailable."""
+        from pipeline.evaluate import combine_views, softmax
+
         lg = self.logits(tid)
         if lg is None or split not in lg:
             return None
         if mode == "none":
-            return lg[split].get("none")
-        from pipeline.evaluate import combine_views
+            return softmax(lg[split]["none"]) if "none" in lg[split] else None
 
         try:
             return combine_views(lg[split], mode)

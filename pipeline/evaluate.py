@@ -35,15 +35,12 @@ def available_modes(view_logits: dict[str, np.ndarray]) -> list[str]:
     return [m for m, views in TTA_MODES.items() if all(v in view_logits for v in views)]
 
 
-def soft_vote(member_scores: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
-    """Ensemble by (weighted) averaging of member class probabilities."""
-    probs = np.stack([softmax(s) if not _is_prob(s) else s for s in member_scores])
+def soft_vote(member_probs: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
+    """Ensemble by (weighted) averaging of the members' class probabilities (``softmax`` of their logits,
+    or a TTA mode's averaged probabilities from ``combine_views``)."""
+    probs = np.stack(member_probs)
     w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
     return np.tensordot(w / w.sum(), probs, axes=1)
-
-
-def _is_prob(s: np.ndarray) -> bool:
-    return bool(s.min() >= 0 and np.allclose(s.sum(1), 1.0, atol=1e-4))
 
 
 def per_class(scores: np.ndarray, labels: np.ndarray, classes) -> dict[str, np.ndarray]:
