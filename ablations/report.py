@@ -252,7 +252,8 @@ def write_report(run_dir: str | Path, *, figures: bool = True, gradcam: bool = T
             def cams():
                 lines = ["## Grad-CAM", "",
                          f"First {GRADCAM_PER_CLASS} test images of each class, heat map of the predicted class on "
-                         f"the last backbone stage (Grad-CAM); titles are predictions (✓ right, ✗ wrong).", ""]
+                         f"the last backbone stage, or stage 3 where the last stage's map is under 4x4 (Grad-CAM); "
+                         f"titles are predictions (✓ right, ✗ wrong).", ""]
                 with_weights = [lv for lv, cid in run.best.items()
                                 if any(run.folder.model_path(t).exists() for t in run.seeds(cid, lv).values())]
                 if not with_weights:

@@ -127,21 +127,25 @@ class RunFolder:
 
     # ---------------------------------------------------------------- tables
 
-    def read_trials(self) -> pd.DataFrame:
-        p = self.path / "trials.parquet"
+    def read_table(self, name: str) -> pd.DataFrame:
+        p = self.path / f"{name}.parquet"
         return pd.read_parquet(p) if p.exists() else pd.DataFrame()
+
+    def write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        df = pd.DataFrame(rows)
+        atomic_write(self.path / f"{name}.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+
+    def read_trials(self) -> pd.DataFrame:
+        return self.read_table("trials")
 
     def write_trials(self, rows: list[dict[str, Any]]) -> None:
-        df = pd.DataFrame(rows)
-        atomic_write(self.path / "trials.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+        self.write_table("trials", rows)
 
     def read_epochs(self) -> pd.DataFrame:
-        p = self.path / "epochs.parquet"
-        return pd.read_parquet(p) if p.exists() else pd.DataFrame()
+        return self.read_table("epochs")
 
     def write_epochs(self, rows: list[dict[str, Any]]) -> None:
-        df = pd.DataFrame(rows)
-        atomic_write(self.path / "epochs.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+        self.write_table("epochs", rows)
 
     # ---------------------------------------------------------------- arrays
 

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--storage", help="Ray storage for checkpoints: a shared path or URI (s3://...) on clusters "
                                      "(default: <run folder>/ray)")
     o.add_argument("--keep-models", choices=("best", "all", "none"), default="best",
-                   help="which trained weights to keep in models/ (best: each level's best config)")
+                   help="which trained weights to keep in models/ (best: each level's best config, chosen when "
+                        "the run is complete)")
     o.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
     r = p.add_argument_group("resources")
     r.add_argument("--address", help="address of an existing Ray cluster (default: start one on this machine)")
@@ -328,7 +329,6 @@ class RunState:
         self.epochs[tid] = [{"trial_id": tid, **row} for row in final["history"]]
         self.progress[tid] = len(final["history"])
         self.status[tid] = {"status": "finished", "error": None}
-        self.prune_models()
         self.flush()
         m = final["metrics"]
         print(f"[{self.counts()}] finished {self.label(tid)}: val_acc {m['val_acc']:.3f} test_acc {m['test_acc']:.3f} "
@@ -371,11 +371,13 @@ class RunState:
             self.folder.write_epochs(epochs)
 
     def prune_models(self) -> None:
-        if self.keep_models != "best":
+        """--keep-models best: once every trial has finished, keep the weights of each level's best config
+        only. (Not earlier: a config that is not the best yet may become it, and its weights would be gone.)"""
+        if self.keep_models != "best" or self.pending():
             return
-        from .report import best_config_ids
-
         import pandas as pd
+
+        from .rundata import best_config_ids
 
         keep_cfg = set(best_config_ids(pd.DataFrame(self.rows())).values())
         keep = {r["trial_id"] for r in self.rows() if r["config_id"] in keep_cfg}
@@ -545,6 +547,7 @@ def run(args) -> int:
             ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
 
     # 3. close the run and write the report
+    state.prune_models()
     meta.update(updated=now(), finished=None if state.pending() else now())
     folder.write_meta(meta)
     if not args.no_report:

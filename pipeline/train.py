@@ -59,6 +59,35 @@ def uses_feature_cache(cfg: TrialConfig) -> bool:
     return cfg.feature_cache and cfg.train_stages == "0" and cfg.augment == "none" and cfg.mix == "none"
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of an initialized torch.distributed process group (Ray Train sets one up), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """With several workers, DistributedDataParallel: each worker trains on its share of every batch and the
+    gradients of the trained parameters are averaged, so the workers stay identical."""
+    if world()[1] == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    if world()[1] == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
@@ -125,6 +154,8 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         (then ``classes`` names the labels; per-class metrics are keyed by these names).
     on_epoch(row, make_checkpoint): called after each epoch with its metrics; ``make_checkpoint()``
         returns a dict that, passed back as ``resume``, continues training after that epoch.
+    Inside an initialized torch.distributed group of several processes (Ray Train with workers > 1), each
+    process trains on its share of every batch under DistributedDataParallel; all evaluate everything.
     """
     t0 = time.perf_counter()
     if cfg.threads:
@@ -154,13 +185,19 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         feats = _cached_features(cfg, model, arrays, t, inputs, views, feature_cache, autocast, dtype)
         hits, misses = feature_cache.hits - hits0, feature_cache.misses - misses0
         cache_state = "hit" if not misses else ("miss" if not hits else "partial")
-    forward = torch.compile(model) if (cfg.compile and not cached) else model
+    compiled = torch.compile(model) if (cfg.compile and not cached) else None
+    forward = compiled or model  # evaluation (and training, with one worker)
+    rank, n_workers = world()
 
-    def train_logits(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def trained_module() -> torch.nn.Module:
+        """What the training steps call: the head (on cached features) or the model, under DDP with several
+        workers (rebuilt when the trained stages change, since DDP hooks the parameters that train)."""
         if cached:
-            p3, p4 = feats["train"]["none"]
-            return model.head(p3[idx], p4[idx])
-        return forward(inputs(t["train_x"][idx], gen, train=True))
+            return data_parallel(model.head, device)
+        if n_workers == 1:
+            return forward
+        ddp = data_parallel(model, device)
+        return torch.compile(ddp) if cfg.compile else ddp
 
     @torch.inference_mode()
     def eval_logits(split: str, view: str) -> torch.Tensor:
@@ -198,26 +235,30 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
                         "trial_id": cfg.trial_id}
 
     train_seconds = sum(h["seconds"] for h in history)
+    trained, trained_stages = None, None
     for epoch in range(start_epoch, cfg.epochs):
         te = time.perf_counter()
         stages = "0" if epoch < cfg.freeze_epochs else cfg.train_stages  # two-phase: head first
         set_trainable(model, stages)
+        if stages != trained_stages:
+            trained, trained_stages = trained_module(), stages
         gen = torch.Generator(device).manual_seed(epoch_seed(cfg.seed, epoch))
         torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout
         perm = torch.randperm(n_train, generator=gen, device=device)
         train_mode(model, "0" if cached else stages)
         loss_sum, correct, seen = 0.0, 0, 0
         for s in range(steps):
-            idx = perm[s * bs:(s + 1) * bs]
+            idx = perm[s * bs:(s + 1) * bs][rank::n_workers]  # this worker's share of the batch
             y = t["train_y"][idx]
             with autocast():
                 if cached:
-                    logits = train_logits(idx, gen)
+                    p3, p4 = feats["train"]["none"]
+                    logits = trained(p3[idx], p4[idx])
                     target = F.one_hot(y, num_classes).float()
                 else:
                     x = inputs(t["train_x"][idx], gen, train=True)
                     x, target = aug.mix(x, y, cfg.mix, cfg.mix_alpha, num_classes, gen)
-                    logits = forward(x)
+                    logits = trained(x)
                 loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -229,6 +270,7 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
         seconds = time.perf_counter() - te
+        loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], device)
         val_logits = eval_logits("val", "none")
         row = {
             "epoch": epoch + 1,

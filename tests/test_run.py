@@ -71,6 +71,8 @@ def test_epochs_logits_labels_and_report(tiny_run):
     assert meta["data"]["sizes"] == {"train": 300, "val": 100, "test": 200}
     assert meta["versions"]["torch"] and meta["versions"]["ray"]
     assert (folder / "REPORT.md").read_text().startswith("# ")
+    # --keep-models best (the default): each level's best config keeps its weights (one config per level here)
+    assert {p.stem for p in (folder / "models").glob("*.pt")} == set(df.trial_id)
 
 
 def test_second_run_finds_everything_done(tiny_run, ray_cluster, mini_archive):
