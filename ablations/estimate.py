@@ -1,30 +1,34 @@
 """Rough time estimates for ``--dry-run``.
 
-CPU numbers were measured on this project's 2-core AVX2 CI machine (fp32, channels_last, 2 threads;
-``python -m ablations.bench`` re-measures them). GPU numbers are assumptions for a single modern
-datacenter GPU with bf16 autocast until a benchmark on one replaces them; the dry run says which it used.
+CPU speeds are per trial while two 1-thread trials share this project's 2-core AVX2 machine (fp32,
+channels_last), read off ``results/cpu/trials.parquet`` (``train_images_per_second``, ``eval_seconds``,
+``s_fit``) where that grid has the case (EfficientNet-Lite0 at 64 px in every mode, ResNet-18 features,
+the small CNN at 32 px); the other entries are scaled from those by the models' relative cost and are
+guesses. GPU numbers are a flat assumed speed-up until a benchmark on a GPU replaces them; the dry run says
+which it used. Time scales with the number of pixels.
 """
 from __future__ import annotations
 
 from pipeline.augment import TTA_MODES
-from pipeline.config import TrialConfig
+from pipeline.config import TrialConfig, uses_feature_cache
 
-# (reference resolution, training images/s by mode, eval images/s) on the 2-core CPU;
-# modes: "cached" (frozen, features cached), "frozen", "partial" (top stages), "all"
+# backbone: (reference resolution, training images/s by mode, evaluation images/s); modes: "cached" (frozen,
+# head on cached features), "frozen" (frozen, features recomputed: augmentation), "partial" (top stages), "all"
 CPU_SPEED = {
-    "efficientnet_lite0": (64, {"cached": 2500.0, "frozen": 335.0, "partial": 165.0, "all": 140.0}, 280.0),
-    "resnet18": (64, {"cached": 2500.0, "frozen": 250.0, "partial": 110.0, "all": 85.0}, 260.0),
-    "resnet50": (64, {"cached": 2500.0, "frozen": 70.0, "partial": 30.0, "all": 22.0}, 75.0),
-    "small_cnn": (32, {"cached": 20000.0, "frozen": 5000.0, "partial": 2500.0, "all": 1400.0}, 5000.0),
+    "efficientnet_lite0": (64, {"cached": 40000.0, "frozen": 380.0, "partial": 215.0, "all": 108.0}, 165.0),
+    "resnet18": (64, {"cached": 40000.0, "frozen": 300.0, "partial": 140.0, "all": 80.0}, 190.0),  # eval measured
+    "resnet50": (64, {"cached": 40000.0, "frozen": 90.0, "partial": 40.0, "all": 25.0}, 60.0),  # guessed
+    "small_cnn": (32, {"cached": 40000.0, "frozen": 2000.0, "partial": 1000.0, "all": 565.0}, 1000.0),
 }
-GPU_SPEEDUP = 40.0  # assumption: one datacenter GPU vs the 2-core CPU
-TRIAL_OVERHEAD_S = 20.0  # Ray actors + torch import per trial, measured on the 2-core CPU
+GPU_SPEEDUP = 40.0  # assumption: one datacenter GPU against one 1-thread CPU trial
+# Ray Train + Tune cost per trial besides training (process starts, imports), median in results/cpu with two
+# trials sharing the 2 cores (an empty trial alone: 9 s, see results/bench/BENCH.md)
+TRIAL_OVERHEAD_S = 16.0
 
 
 def _mode(cfg: TrialConfig) -> str:
     if cfg.train_stages == "0":
-        cached = cfg.feature_cache and cfg.augment == "none" and cfg.mix == "none"
-        return "cached" if cached else "frozen"
+        return "cached" if uses_feature_cache(cfg) else "frozen"
     return "all" if cfg.train_stages == "all" else "partial"
 
 

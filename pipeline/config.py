@@ -200,6 +200,12 @@ def effective_normalization(cfg: TrialConfig) -> str:
     return "imagenet"
 
 
+def uses_feature_cache(cfg: TrialConfig) -> bool:
+    """A frozen backbone fed deterministic inputs (no augmentation, no MixUp/CutMix) sees the same images every
+    epoch: its features are computed once (``pipeline.features``) and only the head trains."""
+    return cfg.feature_cache and cfg.train_stages == "0" and cfg.augment == "none" and cfg.mix == "none"
+
+
 def identity(cfg: TrialConfig) -> dict[str, Any]:
     """The keys that change a trial's result (everything but execution keys), with 'auto' resolved, so
     that ``normalize=auto`` and the normalization it stands for name the same trial."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import augment as aug
-from .config import TrialConfig, effective_normalization
+from .config import TrialConfig, effective_normalization, uses_feature_cache
 from .evaluate import summary
 from .features import FeatureCache, array_digest, feature_key
 from .models import (build_model, count_trainable, set_trainable, train_mode,
@@ -53,10 +53,6 @@ def amp_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
     if cfg.amp == "fp16" or (cfg.amp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
-
-
-def uses_feature_cache(cfg: TrialConfig) -> bool:
-    return cfg.feature_cache and cfg.train_stages == "0" and cfg.augment == "none" and cfg.mix == "none"
 
 
 def world() -> tuple[int, int]:
