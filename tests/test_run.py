@@ -85,3 +85,18 @@ def test_second_run_finds_everything_done(tiny_run, ray_cluster, mini_archive):
     after = pd.read_parquet(folder / "trials.parquet")
     assert (after["status"] == "finished").all()
     assert len(after) == len(pd.read_parquet(__import__("io").BytesIO(before)))
+
+
+def test_extend_adds_another_grids_trials_to_a_run(tiny_run, ray_cluster, mini_archive):
+    _, folder = tiny_run
+    args = ["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--results", str(folder.parent),
+            "--name", "tiny", "--address", ray_cluster.address, "--no-report"]
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and "--extend" in refused.stderr
+    proc = run_cli(*args, "--extend")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 of 3 trials already finished" in proc.stdout
+    df = pd.read_parquet(folder / "trials.parquet")
+    assert df.trial_id.nunique() == 3 and (df.status == "finished").all()
+    meta = json.loads((folder / "run.json").read_text())
+    assert len(meta["trial_ids"]) == 3
