@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import ConfigError, TrialConfig, check_value, coerce, from_dict
-
-__all__ = ["ConfigError", "TrialConfig", "parse_overrides", "from_dict"]
+from pipeline.config import ConfigError, check_value, coerce
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

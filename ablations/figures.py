@@ -229,8 +229,7 @@ def _load_model(run: RunData, tid: str, num_classes: int):
     if not path.exists():
         raise _Skip(f"no saved weights (models/{tid}.pt)")
     d = torch.load(path, map_location="cpu", weights_only=False)
-    fields = TrialConfig.__dataclass_fields__
-    cfg = TrialConfig(**{k: v for k, v in d["config"].items() if k in fields}).replace(device="cpu")
+    cfg = TrialConfig.from_row(d["config"]).replace(device="cpu")
     try:
         model = build_model(cfg, num_classes)
     except ModelError as e:
@@ -269,10 +268,11 @@ def fig_gradcam(run: RunData, level: str, images, path: Path,
     agree = int((stored[idx].argmax(1) == pred).sum()) if stored is not None else -1
     # the last stage (stride 32) gives a 2x2 map at 64 px; then use the stage before it (stride 16)
     layer = model.backbone.stages[-1]
-    if min(gradcam(model, x[:1], layer=layer, upsample=False).shape[-2:]) < 4:
-        layer = model.backbone.stages[-2]
-    heat = gradcam(model, x, layer=layer).numpy()
     cam_h, cam_w = gradcam(model, x[:1], layer=layer, upsample=False).shape[-2:]
+    if min(cam_h, cam_w) < 4:
+        layer = model.backbone.stages[-2]
+        cam_h, cam_w = gradcam(model, x[:1], layer=layer, upsample=False).shape[-2:]
+    heat = gradcam(model, x, layer=layer).numpy()
     stage = "last stage" if layer is model.backbone.stages[-1] else "stage 3 (the last stage's map is under 4x4)"
     fig = _figure(1.5 * k, 1.65 * per_class + 0.6)
     axes = fig.subplots(per_class, k, squeeze=False)

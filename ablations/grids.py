@@ -24,14 +24,16 @@ import copy
 import itertools
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pipeline.augment import TTA_MODES
 from pipeline.config import DATA_KEYS, ConfigError, TrialConfig, coerce, from_dict
+from pipeline.errors import UserError, one_line
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A grid that cannot be expanded; one line for the user."""
 
 
@@ -75,13 +77,17 @@ class Point:
     is_reference: bool
     config: TrialConfig
 
-    @property
+    @cached_property
     def trial_id(self) -> str:
         return self.config.trial_id
 
+    @cached_property
+    def config_id(self) -> str:
+        return self.config.config_id
+
     def row(self) -> dict[str, Any]:
-        return {"trial_id": self.trial_id, "level": self.level, "axis": self.axis, "arm": self.arm,
-                "seed": self.seed, "is_reference": self.is_reference, **self.config.to_dict()}
+        return {"trial_id": self.trial_id, "config_id": self.config_id, "level": self.level, "axis": self.axis,
+                "arm": self.arm, "seed": self.seed, "is_reference": self.is_reference, **self.config.to_dict()}
 
 
 @dataclass
@@ -122,7 +128,7 @@ def _read_file(path: Path, shown: str) -> dict:
 
             spec = yaml.safe_load(path.read_text())
     except Exception as e:
-        raise GridError(f"cannot parse grid file {shown}: {str(e).strip().splitlines()[0]}") from None
+        raise GridError(f"cannot parse grid file {shown}: {one_line(e)}") from None
     if not isinstance(spec, dict):
         raise GridError(f"grid file {shown} must hold a mapping")
     return spec

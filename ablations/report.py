@@ -24,8 +24,10 @@ import pandas as pd
 
 from .figures import (GRADCAM_PER_CLASS, _Skip, _test_images, fig_axis, fig_confusions, fig_gradcam,
                       fig_learning_curves, fig_per_class_f1)
-from .results import RunFolder, RunFolderError, atomic_write, atomic_write_text, now
-from .rundata import RunData, _finite, best_config_ids, finished  # noqa: F401 (ablations.run imports them here)
+from pipeline.errors import UserError, one_line
+
+from .results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
+from .rundata import RunData, _finite
 from .tables import (BOOT_SEED, N_BOOT, TIME_COLUMNS, _pct, ablation_table, ensemble_table, level_table,
                      per_class_tables, trials_table, tta_table)
 
@@ -116,8 +118,8 @@ def write_report(run_dir: str | Path, *, figures: bool = True, gradcam: bool = T
     else:
         state = (f"**Run not finished** (started {meta.get('started')}; still running or interrupted): tables use the "
                  f"{counts.get('finished', 0)} finished of {n_trials} trials.")
-    status_line = ", ".join(f"{counts[k]} {k}" for k in ("finished", "failed", "running", "pending") if k in counts)
-    others = [k for k in counts if k not in ("finished", "failed", "running", "pending")]
+    status_line = ", ".join(f"{counts[k]} {k}" for k in STATUSES if k in counts)
+    others = [k for k in counts if k not in STATUSES]
     status_line += "".join(f", {counts[k]} {k}" for k in others)
     out += [state + f" Trials: {status_line or 'none recorded yet'}.", ""]
     tpc = int(d.get("test_per_class") or 0)
@@ -331,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(write_report(args.run_dir, figures=not args.no_figures, gradcam=not args.no_gradcam,
                            n_boot=max(args.n_boot, 100)))
-    except RunFolderError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

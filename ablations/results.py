@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -25,11 +26,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import UserError
+
 FORMAT = "ablations-run/1"
 STATUSES = ("finished", "failed", "running", "pending")
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """A results folder that cannot be used for this run; one line for the user."""
 
 
@@ -163,6 +166,10 @@ class RunFolder:
     def write_logits(self, trial_id: str, logits: dict[str, dict[str, np.ndarray]]) -> None:
         flat = {f"{split}/{view}": a.astype(np.float16) for split, d in logits.items() for view, a in d.items()}
         atomic_write(self.logits_path(trial_id), lambda tmp: _savez(tmp, flat))
+
+    def copy_logits(self, trial_id: str, npz: Path) -> None:
+        """A logits file as a trial's worker wrote it (same keys and float16), copied in atomically."""
+        atomic_write(self.logits_path(trial_id), lambda tmp: shutil.copyfile(npz, tmp))
 
     def read_logits(self, trial_id: str) -> dict[str, dict[str, np.ndarray]]:
         out: dict[str, dict[str, np.ndarray]] = {}

@@ -49,7 +49,7 @@ RAY_TRAIN_ENV = {
 }
 
 
-class ResourceError(RuntimeError):
+class ResourceError(UserError, RuntimeError):
     """The cluster cannot run what was asked for; one line for the user."""
 
 
@@ -112,6 +112,9 @@ def make_plan(args) -> grids.Plan:
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}")
     for cfg in plan.trials().values():
+        if cfg.batch_size < 2 * args.workers:
+            raise ConfigError(f"batch_size={cfg.batch_size} gives fewer than 2 images per worker with --workers "
+                              f"{args.workers}")
         if cfg.weights and not Path(cfg.weights).expanduser().is_file():
             raise ConfigError(f"weights={cfg.weights}: file not found (it must exist on every node)")
     return plan
@@ -144,14 +147,16 @@ def plan_resources(args, cluster: dict[str, float], n_trials: int) -> Resources:
     total_gpus = cluster.get(args.gpu_resource, 0.0)
     if args.workers < 1:
         raise ResourceError("--workers must be at least 1")
+    if (args.gpus_per_trial or 0) < 0:
+        raise ResourceError(f"--gpus-per-trial must be 0 or more, got {args.gpus_per_trial:g}")
+    if args.device == "cpu" and args.gpus_per_trial:
+        raise ResourceError("--device cpu cannot be combined with --gpus-per-trial")
     if args.device == "cpu":
         gpus = 0.0
     elif args.gpus_per_trial is not None:
         gpus = args.gpus_per_trial
     else:
         gpus = 1.0 if (args.device == "cuda" or total_gpus > 0) else 0.0
-    if gpus < 0 or (args.device == "cpu" and args.gpus_per_trial):
-        raise ResourceError("--device cpu cannot be combined with --gpus-per-trial")
     if gpus > 0 and total_gpus < gpus * args.workers:
         raise ResourceError(
             f"trials ask for {gpus * args.workers:g} {args.gpu_resource} but the Ray cluster has {total_gpus:g} "
@@ -175,6 +180,10 @@ def _fmt_resources(cluster: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(keep.items())) or "none"
 
 
+def wants_gpu(args) -> bool:
+    return args.device == "cuda" or (args.gpus_per_trial or 0) > 0
+
+
 def local_resources(args) -> tuple[dict[str, float], str]:
     """What a dry run plans for (no Ray started): this machine, or the GPUs asked for when it has none."""
     cpus = float(args.num_cpus or os.cpu_count() or 1)
@@ -185,8 +194,7 @@ def local_resources(args) -> tuple[dict[str, float], str]:
 
         gpus = float(torch.cuda.device_count())
     note = ""
-    wants_gpu = args.device == "cuda" or (args.gpus_per_trial or 0) > 0
-    if wants_gpu and gpus == 0:
+    if wants_gpu(args) and gpus == 0:
         gpus = float(max(1, math.ceil((args.gpus_per_trial or 1) * args.workers)))
         note = f" (this machine has no GPU: planned for {gpus:g}; set --num-gpus)"
     return {"CPU": cpus, args.gpu_resource: gpus}, note
@@ -198,11 +206,10 @@ def wait_for_cluster(args) -> dict[str, float]:
     import ray
 
     deadline = time.monotonic() + max(args.wait_for_resources, 0.0)
-    wants_gpu = args.device == "cuda" or (args.gpus_per_trial or 0) > 0
     requested = False
     while True:
         cluster = ray.cluster_resources()
-        if not wants_gpu or cluster.get(args.gpu_resource, 0) > 0 or time.monotonic() >= deadline:
+        if not wants_gpu(args) or cluster.get(args.gpu_resource, 0) > 0 or time.monotonic() >= deadline:
             return cluster
         if not requested:
             from ray.autoscaler.sdk import request_resources
@@ -275,12 +282,14 @@ class RunState:
         self.received: dict[str, float] = {}  # driver clock: final result received
         old = folder.read_trials()
         if len(old):
+            plan_columns = set(plan.points[0].row()) | {"status", "error", "epochs_done"}
             for rec in old.drop_duplicates("trial_id").to_dict("records"):
                 tid = rec["trial_id"]
                 if tid in self.status and rec.get("status") == "finished" and folder.logits_path(tid).exists():
                     self.status[tid] = {"status": "finished", "error": None}
-                    self.metrics[tid] = {k: rec[k] for k in rec if k not in plan.points[0].row() and k not in ("status", "error")}
+                    self.metrics[tid] = {k: v for k, v in rec.items() if k not in plan_columns}
                     self.executed[tid] = {k: rec[k] for k in EXECUTION_KEYS if k in rec}
+                    self.progress[tid] = int(rec.get("epochs_done") or 0)
         old_epochs = folder.read_epochs()
         if len(old_epochs):
             for tid, g in old_epochs.groupby("trial_id"):
@@ -306,7 +315,7 @@ class RunState:
     def on_epoch(self, tid: str, result: dict) -> None:
         self.status[tid] = {"status": "running", "error": None}
         self.progress[tid] = int(result.get("epoch", 0))
-        self.flush()  # small files; a user (or a resumed run) sees which trials were under way
+        self.flush(epochs=False)  # a user (or a resumed run) sees which trials were under way
         cfg = self.trials[tid]
         print(f"  {self.label(tid)} epoch {result.get('epoch')}/{cfg.epochs}: "
               f"train_acc {result.get('train_acc', float('nan')):.3f} val_acc {result.get('val_acc', float('nan')):.3f}",
@@ -320,8 +329,7 @@ class RunState:
 
             local = fetch_checkpoint(self.storage, ckpt, Path(d) / "final")
             final = json.loads((local / "final.json").read_text())
-            logits = _read_npz_views(local / "logits.npz")
-            self.folder.write_logits(tid, logits)
+            self.folder.copy_logits(tid, local / "logits.npz")
             if self.keep_models != "none":
                 self.folder.model_path(tid).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(local / "model.pt", self.folder.model_path(tid))
@@ -349,7 +357,7 @@ class RunState:
         attempts = self.retries + 1
         error = f"{error} (after {attempts} attempt{'s' if attempts > 1 else ''})"
         self.status[tid] = {"status": "failed", "error": error}
-        self.flush()
+        self.flush(epochs=False)
         print(f"[{self.counts()}] FAILED {self.label(tid)}: {error}", flush=True)
 
     # -------------------------------------------------------- files
@@ -358,17 +366,18 @@ class RunState:
         out = []
         for p in self.plan.points:
             tid = p.trial_id
-            row = {**p.row(), **self.executed.get(tid, {}), "config_id": p.config.replace(seed=0).trial_id,
-                   **self.status[tid], "epochs_done": self.progress.get(tid, 0)}
+            row = {**p.row(), **self.executed.get(tid, {}), **self.status[tid],
+                   "epochs_done": self.progress.get(tid, 0)}
             row.update(self.metrics.get(tid, {}))
             out.append(row)
         return out
 
-    def flush(self) -> None:
+    def flush(self, epochs: bool = True) -> None:
+        """Rewrite trials.parquet (and epochs.parquet, which changes only when a trial finishes)."""
         self.folder.write_trials(self.rows())
-        epochs = [r for tid in self.epochs for r in self.epochs[tid]]
-        if epochs:
-            self.folder.write_epochs(epochs)
+        rows = [r for tid in self.epochs for r in self.epochs[tid]]
+        if epochs and rows:
+            self.folder.write_epochs(rows)
 
     def prune_models(self) -> None:
         """--keep-models best: once every trial has finished, keep the weights of each level's best config
@@ -386,17 +395,6 @@ class RunState:
             for f in models.glob("*.pt"):
                 if f.stem not in keep:
                     f.unlink()
-
-
-def _read_npz_views(path: Path) -> dict[str, dict[str, Any]]:
-    import numpy as np
-
-    out: dict[str, dict[str, Any]] = {}
-    with np.load(path) as z:
-        for key in z.files:
-            split, view = key.split("/", 1)
-            out.setdefault(split, {})[view] = z[key]
-    return out
 
 
 # ----------------------------------------------------------------------------- Tune
@@ -624,7 +622,7 @@ def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:
 
     old_points = []
     for row in old_meta.get("plan", []):
-        cfg = TrialConfig(**{k: row[k] for k in TrialConfig.__dataclass_fields__})
+        cfg = TrialConfig.from_row(row)
         old_points.append(grids.Point(row["level"], row["axis"], row["arm"], row["seed"], row["is_reference"], cfg))
     seen = {(p.trial_id, p.level, p.axis, p.arm) for p in old_points}
     new = [p for p in plan.points if (p.trial_id, p.level, p.axis, p.arm) not in seen]
@@ -644,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     try:
         return run(args)
-    except (UserError, grids.GridError, RunFolderError, ResourceError) as e:
+    except UserError as e:  # bad grid, config, data, folder or resources: one line, nothing started
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

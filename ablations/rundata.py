@@ -74,11 +74,11 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _config_id_of(row: dict) -> str:
+    """For rows written before trials.parquet had a config_id column (or rows that cannot be parsed)."""
     try:
         from pipeline.config import TrialConfig
 
-        keys = TrialConfig.__dataclass_fields__
-        return TrialConfig(**{k: row[k] for k in keys if k in row}).replace(seed=0).trial_id
+        return TrialConfig.from_row(row).config_id
     except Exception:
         return str(row["trial_id"])
 

@@ -40,16 +40,18 @@ def compare(run: RunData, a: dict[int, str], b: dict[int, str], mode_a: str = "n
     out["diff"], out["diff_ci"] = S.paired_diff_ci(acc_a, acc_b, CONFIDENCE)
     pairs = [(s, run.correct(a[s], "test", mode_a), run.correct(b[s], "test", mode_b)) for s in common]
     pairs = [(s, x, y) for s, x, y in pairs if x is not None and y is not None]  # seeds with stored logits
-    out["boot_seeds"] = len(pairs)
-    if not pairs:
-        return out
-    for s, x, y in pairs:
-        n01, n10, p = S.mcnemar_exact(x, y)
-        out["mcnemar"].append((s, n01, n10, p))
+    if pairs:
+        out.update(_image_tests(pairs, n_boot))
+    return out
+
+
+def _image_tests(pairs: list[tuple[int, np.ndarray, np.ndarray]], n_boot: int) -> dict[str, Any]:
+    """The paired tests on the same test images, for (seed, correct_a, correct_b) per seed: exact McNemar
+    per seed, and the paired bootstrap of the seed-averaged accuracy difference (which decides significance)."""
     d, lo, hi, p = S.paired_bootstrap(np.stack([x for _, x, _ in pairs]), np.stack([y for _, _, y in pairs]),
                                       n_boot=n_boot, seed=BOOT_SEED, confidence=CONFIDENCE)
-    out.update(boot_diff=d, boot_lo=lo, boot_hi=hi, boot_p=p, significant=S.significant(lo, hi))
-    return out
+    return {"boot_seeds": len(pairs), "mcnemar": [(s, *S.mcnemar_exact(x, y)) for s, x, y in pairs],
+            "boot_diff": d, "boot_lo": lo, "boot_hi": hi, "boot_p": p, "significant": S.significant(lo, hi)}
 
 
 def _verdict(cmp: dict) -> str:
@@ -62,7 +64,7 @@ def _verdict(cmp: dict) -> str:
 
 def _cmp_columns(cmp: dict) -> dict[str, Any]:
     """Numeric columns of a comparison for the CSVs."""
-    row = {"paired_seeds": cmp["paired_seeds"], "boot_seeds": cmp.get("boot_seeds", cmp["paired_seeds"]),
+    row = {"paired_seeds": cmp["paired_seeds"], "boot_seeds": cmp["boot_seeds"],
            "diff": cmp["diff"], "diff_ci": cmp["diff_ci"],
            "boot_diff": cmp["boot_diff"], "boot_lo": cmp["boot_lo"], "boot_hi": cmp["boot_hi"],
            "boot_p": cmp["boot_p"], "significant": cmp["significant"]}
@@ -78,7 +80,7 @@ def _cmp_display(cmp: dict) -> dict[str, str]:
     seed_diff = "–" if not _finite(cmp["diff"]) else f"{cmp['diff'] * 100:+.1f} {pm} (n={cmp['paired_seeds']})"
     if _finite(cmp["boot_lo"]):
         boot = f"[{cmp['boot_lo'] * 100:+.1f}, {cmp['boot_hi'] * 100:+.1f}]"
-        if cmp.get("boot_seeds", cmp["paired_seeds"]) < cmp["paired_seeds"]:
+        if cmp["boot_seeds"] < cmp["paired_seeds"]:
             boot += f" ({cmp['boot_seeds']} seed(s) with logits)"
     else:
         boot = "–"
@@ -86,6 +88,13 @@ def _cmp_display(cmp: dict) -> dict[str, str]:
     return {"Δ vs ref, pp (seed 95% CI)": seed_diff, "Δ bootstrap 95% CI, pp": boot,
             "p (bootstrap)": S.fmt_p(cmp["boot_p"]), "McNemar p per seed (won:lost)": mc,
             "vs ref": _verdict(cmp)}
+
+
+def _as_gain(cd: dict[str, str], verdict: str) -> dict[str, str]:
+    """A comparison's display columns named as a gain (TTA over no TTA, an ensemble over its best member)."""
+    return {"Gain, pp (seed 95% CI)": cd["Δ vs ref, pp (seed 95% CI)"],
+            "Gain bootstrap 95% CI, pp": cd["Δ bootstrap 95% CI, pp"], "p (bootstrap)": cd["p (bootstrap)"],
+            "McNemar p per seed (won:lost)": cd["McNemar p per seed (won:lost)"], verdict: cd["vs ref"]}
 
 
 def _pct(x: float, digits: int = 1) -> str:
@@ -263,11 +272,7 @@ def tta_table(run: RunData, n_boot: int = N_BOOT) -> tuple[pd.DataFrame, pd.Data
                             **_cmp_columns(cmp)})
                 cd = _cmp_display(cmp)
                 disp.append({"Config": name, "TTA mode": mode, "Seeds": str(len(seeds)), "No TTA %": bstr,
-                             "With TTA %": mstr, "Gain, pp (seed 95% CI)": cd["Δ vs ref, pp (seed 95% CI)"],
-                             "Gain bootstrap 95% CI, pp": cd["Δ bootstrap 95% CI, pp"],
-                             "p (bootstrap)": cd["p (bootstrap)"],
-                             "McNemar p per seed (won:lost)": cd["McNemar p per seed (won:lost)"],
-                             "vs no TTA": cd["vs ref"]})
+                             "With TTA %": mstr, **_as_gain(cd, "vs no TTA")})
     return pd.DataFrame(num), pd.DataFrame(disp)
 
 
@@ -327,12 +332,8 @@ def ensemble_table(run: RunData, n_boot: int = N_BOOT) -> tuple[pd.DataFrame, pd
             diff, dci = S.paired_diff_ci(ea, [float(best_correct[s].mean()) for s in seeds], CONFIDENCE)
         else:
             diff, dci = ens_acc - bm, math.nan
-        a = np.stack([ens_correct[s] for s in seeds])
-        b = np.stack([best_correct[s] for s in seeds])
-        d, lo, hi, p = S.paired_bootstrap(a, b, n_boot=n_boot, seed=BOOT_SEED, confidence=CONFIDENCE)
-        mc = [(s, *S.mcnemar_exact(ens_correct[s], best_correct[s])) for s in seeds]
-        cmp = {"paired_seeds": len(seeds), "diff": diff, "diff_ci": dci, "boot_diff": d, "boot_lo": lo,
-               "boot_hi": hi, "boot_p": p, "mcnemar": mc, "significant": S.significant(lo, hi)}
+        cmp = {"paired_seeds": len(seeds), "diff": diff, "diff_ci": dci,
+               **_image_tests([(s, ens_correct[s], best_correct[s]) for s in seeds], n_boot)}
         num.append({"ensemble": name, "combination": kind, "members": members_txt, "seeds": n_seeds,
                     "test_acc_mean": em, "test_acc_ci": eh, "best_member": best_name, "best_member_test_mean": bm,
                     "best_member_test_ci": bh, **_cmp_columns(cmp)})
@@ -342,10 +343,7 @@ def ensemble_table(run: RunData, n_boot: int = N_BOOT) -> tuple[pd.DataFrame, pd
             bstr = _pct(bm)
         disp.append({"Ensemble": name, "Combination": kind, "Members": members_txt, "Seeds": str(n_seeds),
                      "Ensemble test %": estr, "Best member (by val)": best_name, "Best member test %": bstr,
-                     "Gain, pp (seed 95% CI)": cd["Δ vs ref, pp (seed 95% CI)"],
-                     "Gain bootstrap 95% CI, pp": cd["Δ bootstrap 95% CI, pp"], "p (bootstrap)": cd["p (bootstrap)"],
-                     "McNemar p per seed (won:lost)": cd["McNemar p per seed (won:lost)"],
-                     "vs best member": cd["vs ref"]})
+                     **_as_gain(cd, "vs best member")})
 
     for name, members, why in ensemble_specs(run):
         members = _one_per_config(members)

@@ -8,7 +8,6 @@ artifacts (``final.json``, ``logits.npz``, ``model.pt``); the driver copies thos
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,12 +27,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import torch
 
     from pipeline.config import TrialConfig
+    from pipeline.data import default_cache_dir
     from pipeline.features import FeatureCache
     from pipeline.train import fit
 
     cfg = TrialConfig(**loop_config["config"])
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
@@ -57,7 +55,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    cache = FeatureCache(loop_config.get("feature_dir") or _default_feature_dir())
+    cache = FeatureCache(default_cache_dir() / "features")  # on this node's disk, shared by its trials
     t_fit = time.time()
     result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume, feature_cache=cache,
                  classes=tuple(loop_config["data"]["classes"]))
@@ -91,12 +89,6 @@ def _report_final_dir(d: Path, rank: int) -> None:
         ray.train.report(metrics)
 
 
-def _default_feature_dir() -> str:
-    from pipeline.data import default_cache_dir
-
-    return str(default_cache_dir() / "features")
-
-
 def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop) -> None:
     """Tune function trainable: one TorchTrainer run (of ``loop`` on each worker) for one trial config."""
     import time
@@ -115,7 +107,7 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
     trainer = TorchTrainer(
         loop,
         train_loop_config={"config": config["config"], "data": data, "use_gpu": use_gpu,
-                           "feature_dir": config.get("feature_dir"), "t_trainable_start": t_start},
+                           "t_trainable_start": t_start},
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             name=config["trial_id"],
@@ -138,7 +130,3 @@ def fetch_checkpoint(storage: str, checkpoint_path: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     Checkpoint(path=checkpoint_path, filesystem=fs).to_directory(str(dest))
     return dest
-
-
-def trial_storage_dir(storage: str, trial_id: str) -> str:
-    return os.path.join(storage, trial_id)

@@ -74,6 +74,16 @@ class TrialConfig:
     def trial_id(self) -> str:
         return trial_id(self)
 
+    @property
+    def config_id(self) -> str:
+        """The trial id of this config with seed 0: the same for every seed of one config."""
+        return trial_id(dataclasses.replace(self, seed=0))
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "TrialConfig":
+        """The config printed into a result row (or a saved model), ignoring the row's other columns."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
 
 EXECUTION_KEYS = frozenset(
     {"device", "amp", "channels_last", "compile", "feature_cache", "eval_batch_size", "threads", "workers", "weights"}
@@ -94,7 +104,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("auto", "off", "bf16", "fp16"),
 }
 
-# (low, high, inclusive-high) for numeric keys
+# (low, high), both inclusive, for numeric keys
 RANGES: dict[str, tuple[float, float]] = {
     "hidden": (1, 65536),
     "dropout": (0.0, 0.95),

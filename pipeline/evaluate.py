@@ -1,7 +1,8 @@
 """Metrics from logits: accuracy, per-class precision/recall/F1, confusion; TTA and ensemble combination.
 
-Everything takes numpy logits (N, C) and integer labels (N,), so the reporter can recompute any of it
-from the stored logits without a model.
+Everything takes numpy scores (N, C) — logits, or class probabilities where a function says so (the
+ranking by argmax is the same) — and integer labels (N,), so the reporter can recompute any of it from the
+stored logits without a model.
 """
 from __future__ import annotations
 

@@ -114,8 +114,10 @@ def _to_device(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str,
         return {k: torch.as_tensor(v).to(device) for k, v in arrays.items()}
 
 
-def _steps_per_epoch(n: int, bs: int) -> int:
-    return n // bs + (1 if n % bs >= 2 else 0)  # drop a last batch of one (BatchNorm cannot train on it)
+def _steps_per_epoch(n: int, bs: int, workers: int = 1) -> int:
+    """Full batches, plus the last partial one if every worker gets at least two images of it (BatchNorm
+    cannot train on one image, and a worker with none would average a NaN loss into the others)."""
+    return n // bs + (1 if n % bs >= 2 * workers else 0)
 
 
 def make_optimizer(cfg: TrialConfig, model, head_only: bool) -> torch.optim.Optimizer:
@@ -181,9 +183,9 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         feats = _cached_features(cfg, model, arrays, t, inputs, views, feature_cache, autocast, dtype)
         hits, misses = feature_cache.hits - hits0, feature_cache.misses - misses0
         cache_state = "hit" if not misses else ("miss" if not hits else "partial")
+    rank, n_workers = world()
     compiled = torch.compile(model) if (cfg.compile and not cached) else None
     forward = compiled or model  # evaluation (and training, with one worker)
-    rank, n_workers = world()
 
     def trained_module() -> torch.nn.Module:
         """What the training steps call: the head (on cached features) or the model, under DDP with several
@@ -211,7 +213,9 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
 
     n_train = len(t["train_y"])
     bs = min(cfg.batch_size, n_train)
-    steps = _steps_per_epoch(n_train, bs)
+    if bs < 2 * n_workers:
+        raise ValueError(f"batch_size={bs} leaves fewer than 2 images per worker for {n_workers} workers")
+    steps = _steps_per_epoch(n_train, bs, n_workers)
     opt = make_optimizer(cfg, model, head_only=cached)
     sched = make_schedule(cfg, opt, steps * cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -242,7 +246,10 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout
         perm = torch.randperm(n_train, generator=gen, device=device)
         train_mode(model, "0" if cached else stages)
-        loss_sum, correct, seen = 0.0, 0, 0
+        # running sums stay on the device: no host synchronisation per step
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs][rank::n_workers]  # this worker's share of the batch
             y = t["train_y"][idx]
@@ -262,11 +269,11 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
             scaler.update()
             lr_used = opt.param_groups[0]["lr"]  # the head's rate for this step
             sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(idx)
         seconds = time.perf_counter() - te
-        loss_sum, correct, seen = _all_sum([loss_sum, correct, seen], device)
+        loss_sum, correct, seen = _all_sum([float(loss_sum), int(correct), seen], device)
         val_logits = eval_logits("val", "none")
         row = {
             "epoch": epoch + 1,

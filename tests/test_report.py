@@ -162,7 +162,7 @@ def build_run(root: Path) -> tuple[Path, dict]:
             folder.model_path(tid).parent.mkdir(exist_ok=True)
             torch.save({"config": p.config.to_dict(), "state": trained_state(model, p.config.train_stages)},
                        folder.model_path(tid))
-    rows = [{**p.row(), "config_id": p.config.replace(seed=0).trial_id, **status[p.trial_id],
+    rows = [{**p.row(), **status[p.trial_id],
              **metrics.get(p.trial_id, {})} for p in plan.points]
     folder.write_trials(rows)
     folder.write_epochs(epochs)
