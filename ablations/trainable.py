@@ -79,8 +79,10 @@ def _report_final_dir(d: Path, rank: int) -> None:
 
     metrics: dict[str, Any] = {"kind": "final"}
     if rank == 0:
+        # The driver reads everything from final.json in the checkpoint. Tune keeps running statistics of every
+        # numeric metric of every trial in the driver, so only the headline numbers travel through it.
         final = json.loads((d / "final.json").read_text())
-        metrics.update({k: v for k, v in final["metrics"].items() if isinstance(v, (int, float, str))})
+        metrics.update({k: final["metrics"][k] for k in ("val_acc", "test_acc") if k in final["metrics"]})
         with tempfile.TemporaryDirectory() as tmp:
             for name in FINAL_FILES:
                 shutil.copy(d / name, Path(tmp) / name)
@@ -89,8 +91,9 @@ def _report_final_dir(d: Path, rank: int) -> None:
         ray.train.report(metrics)
 
 
-def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop) -> None:
-    """Tune function trainable: one TorchTrainer run (of ``loop`` on each worker) for one trial config."""
+def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop, torch_config=None) -> None:
+    """Tune function trainable: one TorchTrainer run (of ``loop`` on each worker) for one trial config.
+    ``torch_config`` defaults to ``torch_backend.torch_config()``, which keeps torch out of the controller."""
     import time
 
     t_start = time.time()
@@ -99,6 +102,8 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from .torch_backend import torch_config as default_torch_config
+
     res = config["resources"]
     per_worker = {"CPU": res["cpus"]}
     if res["gpus"]:
@@ -106,6 +111,7 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
     use_gpu = bool(res["gpus"]) and res["gpu_resource"] == "GPU"
     trainer = TorchTrainer(
         loop,
+        torch_config=torch_config or default_torch_config("nccl" if use_gpu else "gloo"),
         train_loop_config={"config": config["config"], "data": data, "use_gpu": use_gpu,
                            "t_trainable_start": t_start},
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),

@@ -2,6 +2,9 @@
 averaged gradients keep them identical; the result matches one process training on whole batches."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -51,4 +54,29 @@ def test_trial_with_two_workers_on_ray(ray_cluster, mini_archive, tmp_path):
     assert "2 worker(s)" in proc.stdout
     df = pd.read_parquet(tmp_path / "cnn" / "trials.parquet")
     assert (df.status == "finished").all() and (df.workers == 2).all()
+    assert (df.world_size == 2).all()  # our torch backend set up the process group on both workers
     assert torch  # noqa: the module under test runs inside Ray's workers
+
+
+@pytest.mark.parametrize("module, name, imports_torch", [("ablations.torch_backend", "LazyTorchConfig", False),
+                                                         ("ray.train.torch.config", "TorchConfig", True)])
+def test_backend_config_as_the_train_controller_sees_it(module, name, imports_torch):
+    """The Train controller unpickles the backend config and its backend: ours must not import torch there
+    (a fresh interpreter shows it; Ray's own config does, which shows the check can fail)."""
+    code = (f"import pickle, sys\nfrom {module} import {name}\n"
+            f"cfg = pickle.loads(pickle.dumps({name}(backend='gloo')))\n"
+            "pickle.loads(pickle.dumps(cfg.backend_cls())); cfg.train_func_context; cfg.framework\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(imports_torch)
+
+
+def test_torch_config_falls_back_to_rays_own_when_its_helpers_are_missing(monkeypatch):
+    import ray.train.torch.config as ray_torch
+
+    from ablations.torch_backend import LazyTorchConfig, torch_config
+
+    assert type(torch_config("gloo")) is LazyTorchConfig
+    monkeypatch.delattr(ray_torch, "_setup_torch_process_group")
+    cfg = torch_config("gloo")
+    assert type(cfg) is ray_torch.TorchConfig and cfg.backend == "gloo"

@@ -1,0 +1,128 @@
+"""Ray Train's torch backend, minus the torch import in the Train controller.
+
+Ray Train pickles the backend (``TorchConfig`` and its ``_TorchBackend``) into every run's controller actor,
+and unpickling them imports ``ray.train.torch.config``, which imports torch: 1.5-3 s of a fresh process per
+trial on a 2-core machine, for a process that never touches a tensor. ``LazyTorchConfig`` sets up the same
+process group with the same Ray functions, but imports them on the workers only, where torch is loaded anyway.
+``python -m ablations.bench --only overhead`` measures it against the stock config side by side.
+
+It relies on private helpers of ``ray.train.torch.config``; ``torch_config()`` checks that they exist and
+otherwise falls back to the stock ``TorchConfig``, so a Ray upgrade costs speed, never correctness.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from ray.train.backend import Backend, BackendConfig
+
+logger = logging.getLogger(__name__)
+
+_WORKER_HELPERS = ("_set_torch_distributed_env_vars", "_setup_torch_process_group", "_shutdown_torch",
+                   "TorchConfigContextManager")
+SHUTDOWN_TIMEOUT_S = 30
+
+
+# --- run on the Train workers (torch imported there, lazily) ---------------------------------------------
+
+
+def _set_master(addr: str, port: int) -> None:
+    os.environ["MASTER_ADDR"] = addr
+    os.environ["MASTER_PORT"] = str(port)
+
+
+def _set_dist_env() -> None:
+    from ray.train.torch.config import _set_torch_distributed_env_vars
+
+    _set_torch_distributed_env_vars()
+
+
+def _setup_process_group(**kwargs) -> None:
+    from ray.train.torch.config import _setup_torch_process_group
+
+    _setup_torch_process_group(**kwargs)
+
+
+def _shutdown(**kwargs) -> None:
+    from ray.train.torch.config import _shutdown_torch
+
+    _shutdown_torch(**kwargs)
+
+
+class _TrainFuncContext:
+    """Ray's ``TorchConfigContextManager`` (sets the worker's CUDA device), imported on first use."""
+
+    def __enter__(self):
+        from ray.train.torch.config import TorchConfigContextManager
+
+        self._inner = TorchConfigContextManager()
+        return self._inner.__enter__()
+
+    def __exit__(self, *exc):
+        return self._inner.__exit__(*exc)
+
+
+# --- run in the Train controller (no torch) --------------------------------------------------------------
+
+
+class LazyTorchBackend(Backend):
+    """``ray.train.torch.config._TorchBackend`` for Train V2 with ``init_method="env"`` and gloo or nccl."""
+
+    share_cuda_visible_devices: bool = True
+
+    def on_start(self, worker_group, backend_config: "LazyTorchConfig") -> None:
+        import ray
+        from ray.train._internal.utils import get_address_and_port
+
+        gpus = worker_group.get_resources_per_worker().get("GPU", 0)
+        backend = backend_config.backend or ("nccl" if gpus > 0 else "gloo")
+        addr, port = worker_group.execute_single(0, get_address_and_port)
+        worker_group.execute(_set_master, addr=addr, port=port)
+        worker_group.execute(_set_dist_env)
+        ray.get([worker_group.execute_single_async(i, _setup_process_group, backend=backend, world_rank=i,
+                                                   world_size=len(worker_group), init_method="env://",
+                                                   timeout_s=backend_config.timeout_s)
+                 for i in range(len(worker_group))])
+
+    def on_shutdown(self, worker_group, backend_config) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        futures = worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1)
+        try:
+            ray.get(futures, timeout=SHUTDOWN_TIMEOUT_S)
+        except GetTimeoutError:
+            logger.warning("torch process group shutdown timed out after %d s", SHUTDOWN_TIMEOUT_S)
+
+
+@dataclass
+class LazyTorchConfig(BackendConfig):
+    backend: Optional[str] = None  # None: nccl with GPUs, else gloo
+    timeout_s: int = 1800
+
+    @property
+    def backend_cls(self):
+        return LazyTorchBackend
+
+    @property
+    def train_func_context(self):
+        return _TrainFuncContext
+
+    @property
+    def framework(self):
+        from ray.train.v2._internal.util import TrainingFramework
+
+        return TrainingFramework.TORCH
+
+
+def torch_config(backend: str | None = None) -> BackendConfig:
+    """``LazyTorchConfig`` when this Ray has the helpers it calls, else Ray's own ``TorchConfig``."""
+    import ray.train._internal.utils as ray_utils
+    import ray.train.torch.config as ray_torch
+
+    if all(hasattr(ray_torch, name) for name in _WORKER_HELPERS) and hasattr(ray_utils, "get_address_and_port"):
+        return LazyTorchConfig(backend=backend)
+    logger.warning("this Ray version lacks %s; using the stock TorchConfig", ", ".join(_WORKER_HELPERS))
+    return ray_torch.TorchConfig(backend=backend)
