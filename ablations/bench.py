@@ -11,8 +11,11 @@ the run affects both, and reports medians and the ratio ours / notebook:
 2. a frozen-backbone level-1 trial of 5 epochs: features computed every epoch vs the feature cache, cold
    (this trial fills it) and warm (an earlier trial of the run filled it).
 3. Ray's overhead per trial: empty trials (a Tune trial starting a one-worker TorchTrainer that reports
-   once) with our Ray settings against Ray's defaults, one at a time and at the default concurrency.
-4. the smoke grid's wall time (``python -m ablations.run --grid smoke`` in a subprocess).
+   once) with our settings (Train environment, Tune actor reuse, ``torch_backend.LazyTorchConfig``) against
+   Ray's defaults, one at a time and at the default concurrency.
+4. the driver's memory as trials finish: ``ablations.run`` on 40 cheap real trials, each row recording the
+   driver's resident memory; the growth per trial over the second half of the run.
+5. the smoke grid's wall time (``python -m ablations.run --grid smoke`` in a subprocess).
 
 Results go to ``results/bench/bench.json`` and ``results/bench/BENCH.md`` with a description of the machine.
 ``--quick`` shrinks every measurement (for tests); ``--only`` picks sections.
@@ -33,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-SECTIONS = ("throughput", "feature_cache", "overhead", "smoke")
+SECTIONS = ("throughput", "feature_cache", "overhead", "driver_memory", "smoke")
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
 
 
@@ -211,6 +214,15 @@ def empty_trial(tune_config: dict, data: dict) -> None:
     run_trial(tune_config, data, loop=empty_loop)
 
 
+def empty_trial_stock(tune_config: dict, data: dict) -> None:
+    """The same, with Ray's own ``TorchConfig`` (which imports torch in the Train controller)."""
+    from ray.train.torch import TorchConfig
+
+    from .trainable import run_trial
+
+    run_trial(tune_config, data, loop=empty_loop, torch_config=TorchConfig())
+
+
 def bench_overhead(n_trials: int) -> dict:
     """Wall time per empty trial, our settings vs Ray's defaults, sequential and at default concurrency."""
     import ray
@@ -221,8 +233,8 @@ def bench_overhead(n_trials: int) -> dict:
 
     res = R.Resources(cpus=1, gpus=0, workers=1, gpu_resource="GPU", concurrency=1)
     out: dict[str, Any] = {"trials": n_trials}
-    settings = {"ours": (R.RAY_TRAIN_ENV, True), "ray_defaults": ({}, False)}
-    for name, (env, reuse) in settings.items():
+    settings = {"ours": (R.RAY_TRAIN_ENV, True, empty_trial), "ray_defaults": ({}, False, empty_trial_stock)}
+    for name, (env, reuse, trainable) in settings.items():
         t0 = time.perf_counter()
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                  runtime_env={"env_vars": dict(env)})
@@ -234,7 +246,7 @@ def bench_overhead(n_trials: int) -> dict:
                     trials = [R.trial_spec(f"empty{conc}-{i}", TrialConfig(seed=i), res, storage, 0)
                               for i in range(n_trials)]
                     t = time.perf_counter()
-                    R.make_tuner(empty_trial, {}, trials, conc, storage, [], reuse_actors=reuse).fit()
+                    R.make_tuner(trainable, {}, trials, conc, storage, [], reuse_actors=reuse).fit()
                     out.setdefault(name, {})[f"seconds_per_trial_concurrency_{conc}"] = \
                         (time.perf_counter() - t) / n_trials
         finally:
@@ -245,7 +257,42 @@ def bench_overhead(n_trials: int) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- 4. smoke grid
+# ----------------------------------------------------------------------------- 4. driver memory
+
+MEMORY_GRID = """\
+description: many cheap real trials, to watch the driver's memory as they finish
+seeds: 1
+base: {train_per_class: 20, val_size: 100, test_per_class: 10}
+levels:
+  L3: {set: {backbone: small_cnn, pretrained: false, train_stages: all, head: mlp, resolution: 32, epochs: 1,
+             batch_size: 50}}
+"""
+
+
+def bench_driver_memory(n_trials: int) -> dict:
+    """``ablations.run`` on ``n_trials`` cheap real trials: the driver's resident memory recorded in each
+    finished trial's row (``driver_rss_mb``), and its growth per trial over the second half of the run."""
+    with tempfile.TemporaryDirectory() as d:
+        grid = Path(d) / "memory.yaml"
+        grid.write_text(MEMORY_GRID)
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "ablations.run", "--grid", str(grid), "--seeds", str(n_trials),
+                               "--results", d, "--name", "memory", "--keep-models", "none", "--no-report"],
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"], "seconds": wall}
+        import pandas as pd
+
+        df = pd.read_parquet(Path(d) / "memory" / "trials.parquet").sort_values("t_fit_end")
+    rss = df.driver_rss_mb.to_numpy()
+    tail = rss[len(rss) // 2:]
+    slope = float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) if len(tail) > 1 else float("nan")
+    return {"trials": len(df), "seconds": wall, "rss_mb_after_first": float(rss[0]),
+            "rss_mb_after_last": float(rss[-1]), "kib_per_trial_second_half": slope * 1024}
+
+
+# ----------------------------------------------------------------------------- 5. smoke grid
 
 
 def bench_smoke() -> dict:
@@ -299,6 +346,17 @@ def markdown(report: dict) -> str:
             lines.append(f"| {k.replace('_', ' ')} | {v['seconds_per_trial_concurrency_1']:.1f} | {v[conc_key]:.1f} |")
         r = o["ratio_ours_vs_defaults"]
         lines += ["", "Ratio ours / defaults: " + ", ".join(f"{k.split('_')[-1]} at once {v:.2f}x" for k, v in r.items()), ""]
+    if "driver_memory" in report:
+        dm = report["driver_memory"]
+        lines += ["## Driver memory", ""]
+        if "error" in dm:
+            lines.append(f"failed: {dm['error']}")
+        else:
+            lines.append(f"`python -m ablations.run` on {dm['trials']} cheap real trials ({dm['seconds']:.0f} s): the "
+                         f"driver's resident memory was {dm['rss_mb_after_first']:.0f} MiB after the first trial and "
+                         f"{dm['rss_mb_after_last']:.0f} MiB after the last; over the second half it grew "
+                         f"**{dm['kib_per_trial_second_half']:.0f} KiB per trial** (least-squares slope).")
+        lines.append("")
     if "smoke" in report:
         sm = report["smoke"]
         lines += ["## Smoke grid", ""]
@@ -341,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     if "overhead" in sections:
         print("ray overhead ...", flush=True)
         report["overhead"] = bench_overhead(2 if args.quick else 6)
+    if "driver_memory" in sections:
+        print("driver memory ...", flush=True)
+        report["driver_memory"] = bench_driver_memory(4 if args.quick else 40)
     if "smoke" in sections:
         print("smoke grid ...", flush=True)
         report["smoke"] = bench_smoke()

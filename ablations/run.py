@@ -333,7 +333,7 @@ class RunState:
             if self.keep_models != "none":
                 self.folder.model_path(tid).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(local / "model.pt", self.folder.model_path(tid))
-        self.metrics[tid] = {**final["metrics"], **self.timeline(tid, final["metrics"])}
+        self.metrics[tid] = {**final["metrics"], **self.timeline(tid, final["metrics"]), "driver_rss_mb": rss_mb()}
         self.epochs[tid] = [{"trial_id": tid, **row} for row in final["history"]]
         self.progress[tid] = len(final["history"])
         self.status[tid] = {"status": "finished", "error": None}
@@ -398,6 +398,19 @@ class RunState:
 
 
 # ----------------------------------------------------------------------------- Tune
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB: now on Linux, the peak elsewhere. Each finished trial's row
+    records the driver's, so ``trials.parquet`` shows whether the driver grows with the number of trials."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def make_recorder(state: RunState):
