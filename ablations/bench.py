@@ -269,23 +269,31 @@ levels:
 """
 
 
+def run_grid(grid: str, name: str, *flags: str) -> tuple[float, Any]:
+    """``python -m ablations.run --grid GRID`` in a subprocess into a temporary folder: (wall seconds, its
+    trials.parquet as a DataFrame, or the last line of its error)."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "ablations.run", "--grid", grid, "--results", d, "--name", name,
+                               "--no-report", *flags], capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            return wall, (proc.stderr.strip().splitlines()[-1:] or ["failed"])
+        return wall, pd.read_parquet(Path(d) / name / "trials.parquet")
+
+
 def bench_driver_memory(n_trials: int) -> dict:
     """``ablations.run`` on ``n_trials`` cheap real trials: the driver's resident memory recorded in each
     finished trial's row (``driver_rss_mb``), and its growth per trial over the second half of the run."""
     with tempfile.TemporaryDirectory() as d:
         grid = Path(d) / "memory.yaml"
         grid.write_text(MEMORY_GRID)
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "ablations.run", "--grid", str(grid), "--seeds", str(n_trials),
-                               "--results", d, "--name", "memory", "--keep-models", "none", "--no-report"],
-                              capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"], "seconds": wall}
-        import pandas as pd
-
-        df = pd.read_parquet(Path(d) / "memory" / "trials.parquet").sort_values("t_fit_end")
-    rss = df.driver_rss_mb.to_numpy()
+        wall, df = run_grid(str(grid), "memory", "--seeds", str(n_trials), "--keep-models", "none")
+    if isinstance(df, list):
+        return {"error": df, "seconds": wall}
+    rss = df.sort_values("t_fit_end").driver_rss_mb.to_numpy()
     tail = rss[len(rss) // 2:]
     slope = float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) if len(tail) > 1 else float("nan")
     return {"trials": len(df), "seconds": wall, "rss_mb_after_first": float(rss[0]),
@@ -296,19 +304,13 @@ def bench_driver_memory(n_trials: int) -> dict:
 
 
 def bench_smoke() -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "ablations.run", "--grid", "smoke", "--results", d,
-                               "--no-report"], capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"], "seconds": wall}
-        import pandas as pd
-
-        df = pd.read_parquet(Path(d) / "smoke" / "trials.parquet").drop_duplicates("trial_id")
-        overhead = (df.s_launch_to_trainable + df.s_trainable_to_worker + df.s_worker_to_fit + df.s_fit_to_driver)
-        return {"seconds": wall, "trials": len(df), "test_acc": dict(zip(df.level + "/" + df.arm, df.test_acc)),
-                "median_ray_overhead_per_trial_s": float(overhead.median())}
+    wall, df = run_grid("smoke", "smoke")
+    if isinstance(df, list):
+        return {"error": df, "seconds": wall}
+    df = df.drop_duplicates("trial_id")
+    overhead = (df.s_launch_to_trainable + df.s_trainable_to_worker + df.s_worker_to_fit + df.s_fit_to_driver)
+    return {"seconds": wall, "trials": len(df), "test_acc": dict(zip(df.level + "/" + df.arm, df.test_acc)),
+            "median_ray_overhead_per_trial_s": float(overhead.median())}
 
 
 # ----------------------------------------------------------------------------- main
@@ -348,25 +350,17 @@ def markdown(report: dict) -> str:
         lines += ["", "Ratio ours / defaults: " + ", ".join(f"{k.split('_')[-1]} at once {v:.2f}x" for k, v in r.items()), ""]
     if "driver_memory" in report:
         dm = report["driver_memory"]
-        lines += ["## Driver memory", ""]
-        if "error" in dm:
-            lines.append(f"failed: {dm['error']}")
-        else:
-            lines.append(f"`python -m ablations.run` on {dm['trials']} cheap real trials ({dm['seconds']:.0f} s): the "
-                         f"driver's resident memory was {dm['rss_mb_after_first']:.0f} MiB after the first trial and "
-                         f"{dm['rss_mb_after_last']:.0f} MiB after the last; over the second half it grew "
-                         f"**{dm['kib_per_trial_second_half']:.0f} KiB per trial** (least-squares slope).")
-        lines.append("")
+        lines += ["## Driver memory", "", f"failed: {dm['error']}" if "error" in dm else
+                  (f"`python -m ablations.run` on {dm['trials']} cheap real trials ({dm['seconds']:.0f} s): the "
+                   f"driver's resident memory was {dm['rss_mb_after_first']:.0f} MiB after the first trial and "
+                   f"{dm['rss_mb_after_last']:.0f} MiB after the last; over the second half it grew "
+                   f"**{dm['kib_per_trial_second_half']:.0f} KiB per trial** (least-squares slope)."), ""]
     if "smoke" in report:
         sm = report["smoke"]
-        lines += ["## Smoke grid", ""]
-        if "error" in sm:
-            lines.append(f"failed: {sm['error']}")
-        else:
-            lines.append(f"`python -m ablations.run --grid smoke`: {sm['seconds']:.0f} s wall for {sm['trials']} trials "
-                         f"(Ray start-up and data loading included); median Ray overhead per trial "
-                         f"{sm['median_ray_overhead_per_trial_s']:.1f} s.")
-        lines.append("")
+        lines += ["## Smoke grid", "", f"failed: {sm['error']}" if "error" in sm else
+                  (f"`python -m ablations.run --grid smoke`: {sm['seconds']:.0f} s wall for {sm['trials']} trials "
+                   f"(Ray start-up and data loading included); median Ray overhead per trial "
+                   f"{sm['median_ray_overhead_per_trial_s']:.1f} s."), ""]
     return "\n".join(lines)
 
 

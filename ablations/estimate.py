@@ -22,7 +22,8 @@ CPU_SPEED = {
 }
 GPU_SPEEDUP = 40.0  # assumption: one datacenter GPU against one 1-thread CPU trial
 # Ray Train + Tune cost per trial besides training (process starts, imports), median in results/cpu with two
-# trials sharing the 2 cores (an empty trial alone: 9 s, see results/bench/BENCH.md)
+# trials sharing the 2 cores, measured before the torch-free Train controller (an empty trial alone: 9 s then,
+# 7.4 s now, see results/bench/BENCH.md), so estimates lean long
 TRIAL_OVERHEAD_S = 16.0
 
 

@@ -111,7 +111,7 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
     use_gpu = bool(res["gpus"]) and res["gpu_resource"] == "GPU"
     trainer = TorchTrainer(
         loop,
-        torch_config=torch_config or default_torch_config("nccl" if use_gpu else "gloo"),
+        torch_config=torch_config or default_torch_config(),  # TorchTrainer picks nccl or gloo by use_gpu
         train_loop_config={"config": config["config"], "data": data, "use_gpu": use_gpu,
                            "t_trainable_start": t_start},
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
