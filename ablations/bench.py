@@ -36,8 +36,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-SECTIONS = ("throughput", "feature_cache", "overhead", "driver_memory", "smoke")
+SECTIONS = (
+    "throughput", "feature_cache", "overhead", "driver_memory", "smoke", "speed", "precision", "packing", "compile")
+GPU_SECTIONS = ("speed", "precision", "packing", "compile")  # ablations/bench_gpu.py; need --device cuda
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
+GPU_THROUGHPUT_CASES = (("resnet18", 224), ("efficientnet_lite0", 224), ("efficientnet_lite0", 96))
 
 
 # ----------------------------------------------------------------------------- the seeds' notebook pipeline
@@ -68,8 +71,8 @@ def notebook_transform(resolution: int, mean, std):
                       T.Normalize(mean, std)])
 
 
-def notebook_steps(model, loader, steps: int) -> int:
-    """The plain training loop; returns the number of images trained on."""
+def notebook_steps(model, loader, steps: int, device="cpu") -> int:
+    """The plain training loop (fp32, default memory format); returns the number of images trained on."""
     import torch
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -79,12 +82,53 @@ def notebook_steps(model, loader, steps: int) -> int:
     for i, (x, y) in enumerate(loader):
         if i == steps:
             break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad()
         loss = crit(model(x), y)
         loss.backward()
         opt.step()
         seen += len(y)
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
     return seen
+
+
+def model_alone_steps(cfg, steps: int, batch: int) -> float:
+    """The physical limit of a training step: forward, backward and optimizer step of the same model, precision
+    and memory format as ``fit``, on one normalized batch already on the device. Returns images/s."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.models import build_model, train_mode
+    from pipeline.train import amp_dtype, resolve_device
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(batch, 3, cfg.resolution, cfg.resolution, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    dtype = amp_dtype(cfg, device)
+    train_mode(model, cfg.train_stages)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # warm-up (cuDNN algorithm search, allocator)
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return batch * steps / (time.perf_counter() - t)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -104,7 +148,9 @@ def machine() -> dict[str, Any]:
     out = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "python": platform.python_version(), "platform": platform.platform()}
     if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
+        from .bench_gpu import gpu_machine
+
+        out.update(gpu_machine())
     return out
 
 
@@ -127,7 +173,10 @@ def data_subset(per_class: int):
 # ----------------------------------------------------------------------------- 1. throughput
 
 
-def bench_throughput(backbone: str, resolution: int, steps: int, rounds: int, batch: int = 64) -> dict:
+def bench_throughput(backbone: str, resolution: int, steps: int, rounds: int, batch: int = 64,
+                     device: str = "cpu") -> dict:
+    """Images/s of a full fine-tuning step: the notebook pipeline (0 and N loader workers), ours (``fit``), and
+    the model alone (``model_alone_steps``, the physical limit)."""
     import torch
 
     from pipeline import augment as aug
@@ -135,38 +184,46 @@ def bench_throughput(backbone: str, resolution: int, steps: int, rounds: int, ba
     from pipeline.models import build_model
     from pipeline.train import fit
 
-    threads = torch.get_num_threads()
+    gpu = device == "cuda"
+    threads = 0 if gpu else torch.get_num_threads()
+    loader_workers = min(8, os.cpu_count() or 1) if gpu else 2
     n = batch * steps
     s = data_subset(max(n // 10 + 1, 20))
     x, y = s.train_x[:n], s.train_y[:n]
     cfg = TrialConfig(backbone=backbone, pretrained=backbone == "efficientnet_lite0", resolution=resolution,
-                      train_stages="all", augment="strong", optimizer="adamw", lr=1e-4, epochs=1,
-                      batch_size=batch, device="cpu", threads=threads, eval_batch_size=256)
+                      train_stages="all", augment="strong", optimizer="adamw", lr=1e-4, epochs=2 if gpu else 1,
+                      batch_size=batch, device=device, threads=threads, eval_batch_size=256)
     data = {"train_x": x, "train_y": y, "val_x": s.val_x[:batch], "val_y": s.val_y[:batch],
             "test_x": s.test_x[:batch], "test_y": s.test_y[:batch]}
     mean, std = aug.NORMALIZATION[effective_normalization(cfg)]
 
     def ours() -> float:
-        return fit(cfg, data).metrics["train_images_per_second"]
+        # on a GPU the first epoch includes cuDNN's algorithm search: time the second
+        return n / fit(cfg, data).history[-1]["seconds"]
 
     def notebook(workers: int) -> Callable[[], float]:
         def run() -> float:
             from torch.utils.data import DataLoader
 
             torch.manual_seed(0)
-            model = build_model(cfg)
+            model = build_model(cfg).to(device)
             loader = DataLoader(NotebookDataset(x, y, notebook_transform(resolution, mean, std)), batch_size=batch,
-                                shuffle=True, num_workers=workers, persistent_workers=False)
+                                shuffle=True, num_workers=workers, persistent_workers=False, pin_memory=gpu)
+            notebook_steps(model, loader, 2, device)  # warm-up
             t = time.perf_counter()
-            seen = notebook_steps(model, loader, steps)
+            seen = notebook_steps(model, loader, steps, device)
             return seen / (time.perf_counter() - t)
         return run
 
-    res = alternate({"notebook_workers0": notebook(0), "notebook_workers2": notebook(2), "ours": ours}, rounds)
+    sides = {"notebook_workers0": notebook(0), f"notebook_workers{loader_workers}": notebook(loader_workers),
+             "ours": ours, "model_alone": lambda: model_alone_steps(cfg, steps, batch)}
+    res = alternate(sides, rounds)
     med = {k: statistics.median(v) for k, v in res.items()}
-    best_nb = max(med["notebook_workers0"], med["notebook_workers2"])
+    best_nb = max(v for k, v in med.items() if k.startswith("notebook"))
     return {"backbone": backbone, "resolution": resolution, "batch": batch, "images": n, "rounds": rounds,
-            "images_per_s": med, "all": res, "ratio_ours_vs_best_notebook": med["ours"] / best_nb}
+            "device": device, "loader_workers": loader_workers, "images_per_s": med, "all": res,
+            "ratio_ours_vs_best_notebook": med["ours"] / best_nb,
+            "ours_share_of_model_alone": med["ours"] / med["model_alone"]}
 
 
 # ----------------------------------------------------------------------------- 2. feature cache
@@ -320,16 +377,24 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# Benchmark: ours vs the seeds' notebook pipeline", "",
              f"`{report['command']}` on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, "
-             f"{m['threads']} threads{', GPU ' + m['gpu'] if m.get('gpu') else ''}), {report['date']}.", ""]
+             f"{m['threads']} threads"
+             + (f", GPU {m['gpu']}, driver {m.get('driver', '?')}, CUDA build {m.get('torch_cuda')}" if m.get('gpu') else '')
+             + f"), {report['date']}.", ""]
     if "throughput" in report:
+        rows = report["throughput"]
+        nb = [k for k in rows[0]["images_per_s"] if k.startswith("notebook")] if rows else []
         lines += ["## Training throughput (full fine-tuning, batch 64, images/s, median of alternating rounds)", "",
-                  "| model | px | notebook, 0 loader workers | notebook, 2 loader workers | ours | ours / best notebook |",
-                  "|---|---|---|---|---|---|"]
-        for r in report["throughput"]:
+                  "| model | px | " + " | ".join(f"notebook, {k.split('workers')[1]} loader workers" for k in nb)
+                  + " | ours | model alone | ours / best notebook | ours / model alone |",
+                  "|---|---|" + "---|" * (len(nb) + 4)]
+        for r in rows:
             ips = r["images_per_s"]
-            lines.append(f"| {r['backbone']} | {r['resolution']} | {ips['notebook_workers0']:.1f} | "
-                         f"{ips['notebook_workers2']:.1f} | {ips['ours']:.1f} | **{r['ratio_ours_vs_best_notebook']:.2f}x** |")
-        lines.append("")
+            lines.append(f"| {r['backbone']} | {r['resolution']} | " + " | ".join(f"{ips[k]:.1f}" for k in nb)
+                         + f" | {ips['ours']:.1f} | {ips['model_alone']:.1f} | **{r['ratio_ours_vs_best_notebook']:.2f}x**"
+                         f" | {r['ours_share_of_model_alone']:.0%} |")
+        lines += ["", "Model alone: forward, backward and optimizer step of the same model and precision on one batch "
+                  "already on the device; the physical limit of any input pipeline.", ""]
+    lines += gpu_markdown(report)
     if "feature_cache" in report:
         fc = report["feature_cache"]
         lines += [f"## Frozen level-1 trial, {fc['epochs']} epochs (EfficientNet-Lite0, 64 px; train {fc['train']}, "
@@ -364,47 +429,111 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def gpu_markdown(report: dict) -> list[str]:
+    lines: list[str] = []
+    if "speed" in report:
+        lines += ["## Training and evaluation speed per model (`fit`, batch 64, strong augmentation, images/s)", "",
+                  "| model | px | mode (train_stages) | amp | train img/s | eval img/s | peak GPU MiB |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["speed"]:
+            lines.append(f"| {r['backbone']} | {r['resolution']} | {r['mode']} ({r['train_stages']}) | {r['amp']} | "
+                         f"{r['train_images_per_s']:.0f} | {r['eval_images_per_s']:.0f} | {r['peak_mib']:.0f} |")
+        lines.append("")
+    if "precision" in report:
+        pr = report["precision"]
+        lines += [f"## Precision: the same trial in fp32, bf16, fp16 and bf16 + torch.compile (train {pr['train']}, "
+                  f"val {pr['val']}, test {pr['test']} real images)", "",
+                  "| case | variant | val acc | test acc | val − fp32 (pp) | seconds | last-epoch train img/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for case, rows in pr["cases"].items():
+            for variant, r in rows.items():
+                if "error" in r or "skipped" in r:
+                    why = f"failed: {r['error']}" if "error" in r else r["skipped"]
+                    lines.append(f"| {case} | {variant} | {why} | | | | |")
+                    continue
+                lines.append(f"| {case} | {variant} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | "
+                             f"{r.get('val_acc_minus_fp32_pp', float('nan')):+.2f} | {r['seconds']:.1f} | "
+                             f"{r['train_images_per_s_last_epoch']:.0f} |")
+        lines.append("")
+    if "packing" in report:
+        pk = report["packing"]
+        lines += [f"## Packing trials on one GPU ({pk['case']['backbone']} {pk['case']['resolution']} px, "
+                  f"train_stages {pk['case']['train_stages']})", "", "| processes | aggregate train img/s | vs one |",
+                  "|---|---|---|"]
+        for k, r in pk["runs"].items():
+            lines.append(f"| {k} | {r['aggregate_images_per_s']:.0f} | "
+                         f"{pk.get('aggregate_over_single', {}).get(k, float('nan')):.2f}x |")
+        lines.append("")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n")[0])
     p.add_argument("--only", help=f"comma-separated sections ({', '.join(SECTIONS)})")
     p.add_argument("--quick", action="store_true", help="tiny measurements (for tests); numbers are not meaningful")
-    p.add_argument("--out", default="results/bench", help="folder for bench.json and BENCH.md")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where throughput and the GPU sections run (auto: cuda if torch sees one)")
+    p.add_argument("--out", default=None, help="folder for bench.json and BENCH.md (default results/bench, "
+                   "results/bench/gpu with --device cuda)")
     args = p.parse_args(argv)
-    sections = args.only.split(",") if args.only else list(SECTIONS)
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    default = ([s for s in SECTIONS if s not in GPU_SECTIONS] if device == "cpu"
+               else ["speed", "precision", "throughput", "packing", "compile"])
+    sections = args.only.split(",") if args.only else default
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         print(f"error: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
+    if device == "cpu" and set(sections) & set(GPU_SECTIONS):
+        print(f"error: sections {', '.join(GPU_SECTIONS)} need --device cuda", file=sys.stderr)
+        return 2
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    else:
+        torch.backends.cudnn.benchmark = True
+    out = Path(args.out or ("results/bench" if device == "cpu" else "results/bench/gpu"))
     report: dict[str, Any] = {"command": "python -m ablations.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
-    steps, rounds = (2, 1) if args.quick else (12, 3)
-    if "throughput" in sections:
-        cases = THROUGHPUT_CASES[:1] if args.quick else THROUGHPUT_CASES
-        report["throughput"] = []
-        for backbone, res in cases:
-            print(f"throughput {backbone} {res} px ...", flush=True)
-            report["throughput"].append(bench_throughput(backbone, res, steps, rounds))
-    if "feature_cache" in sections:
-        print("feature cache ...", flush=True)
-        report["feature_cache"] = bench_feature_cache(20 if args.quick else 150, 2 if args.quick else 5)
-    if "overhead" in sections:
-        print("ray overhead ...", flush=True)
-        report["overhead"] = bench_overhead(2 if args.quick else 6)
-    if "driver_memory" in sections:
-        print("driver memory ...", flush=True)
-        report["driver_memory"] = bench_driver_memory(4 if args.quick else 40)
-    if "smoke" in sections:
-        print("smoke grid ...", flush=True)
-        report["smoke"] = bench_smoke()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=1, default=float))
-    text = markdown(report)
-    (out / "BENCH.md").write_text(text + "\n")
-    print(text)
+                              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "device": device}
+
+    def save() -> None:  # after every section, so that a run cut short keeps what it measured
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(report, indent=1, default=float))
+        (out / "BENCH.md").write_text(markdown(report) + "\n")
+
+    steps, rounds = (2, 1) if args.quick else ((30, 2) if device == "cuda" else (12, 3))
+    for section in sections:
+        print(f"{section} ...", flush=True)
+        if section == "throughput":
+            cases = THROUGHPUT_CASES if device == "cpu" else GPU_THROUGHPUT_CASES
+            report["throughput"] = [bench_throughput(b, r, steps, rounds, device=device)
+                                    for b, r in (cases[:1] if args.quick else cases)]
+        elif section == "feature_cache":
+            report["feature_cache"] = bench_feature_cache(20 if args.quick else 150, 2 if args.quick else 5)
+        elif section == "overhead":
+            report["overhead"] = bench_overhead(2 if args.quick else 6)
+        elif section == "driver_memory":
+            report["driver_memory"] = bench_driver_memory(4 if args.quick else 40)
+        elif section == "smoke":
+            report["smoke"] = bench_smoke()
+        else:
+            from . import bench_gpu
+
+            def progress(partial, section=section):
+                report[section] = partial
+                save()
+
+            if section == "compile":  # rows beside the precision section's, compared with its fp32
+                report["precision"] = bench_gpu.bench_compile(args.quick, progress=lambda p: progress(p, "precision"),
+                                                              into=report.get("precision"))
+            else:
+                report[section] = getattr(bench_gpu, f"bench_{section}")(quick=args.quick, progress=progress)
+        save()
+    print(markdown(report))
     return 0
 
 

@@ -43,10 +43,12 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Shift each image by (dy[i], dx[i]) pixels with zero fill, keeping its size."""
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int | None = None) -> torch.Tensor:
+    """Shift each image by (dy[i], dx[i]) pixels with zero fill, keeping its size. ``pad`` bounds |dy| and
+    |dx|; callers that know it pass it, which spares a device-to-host synchronisation per batch."""
     n, c, h, w = x.shape
-    pad = int(max(dy.abs().max().item(), dx.abs().max().item(), 0))
+    if pad is None:
+        pad = int(max(dy.abs().max().item(), dx.abs().max().item(), 0))
     if pad == 0:
         return x
     padded = F.pad(x, (pad, pad, pad, pad))
@@ -62,7 +64,7 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
     n = x.shape[0]
     dy = torch.randint(-pad, pad + 1, (n,), generator=gen, device=x.device)
     dx = torch.randint(-pad, pad + 1, (n,), generator=gen, device=x.device)
-    return translate(x, dy, dx)
+    return translate(x, dy, dx, pad)
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -91,7 +93,7 @@ _GRAY = (0.299, 0.587, 0.114)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    w = _constant(_GRAY, x).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
@@ -119,13 +121,13 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation
     return x
 
 
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)  # once, on the CPU: an inverse on a GPU waits for its singularity check
 
 
 def hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotate hue by ``angle`` radians per image (linear YIQ approximation of an HSV hue shift)."""
-    fwd = _RGB2YIQ.to(x.device, x.dtype)
-    inv = torch.linalg.inv(fwd)
+    fwd, inv = _constant(_RGB2YIQ, x), _constant(_YIQ2RGB, x)
     cos, sin = torch.cos(angle), torch.sin(angle)
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rot = torch.stack([torch.stack([one, zero, zero], 1),
@@ -133,6 +135,18 @@ def hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
                        torch.stack([zero, sin, cos], 1)], 1)  # (n, 3, 3)
     m = inv @ rot @ fwd
     return torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 1)
+
+
+_CONSTANTS: dict = {}
+
+
+def _constant(values, like: torch.Tensor) -> torch.Tensor:
+    """A small constant tensor on ``like``'s device and dtype, copied there once (not once per batch)."""
+    key = (id(values), like.device, like.dtype)
+    if key not in _CONSTANTS:
+        t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float64)
+        _CONSTANTS[key] = t.to(like.device, like.dtype)
+    return _CONSTANTS[key]
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -144,9 +158,7 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:
     mean, std = NORMALIZATION[kind]
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
+    return (x - _constant(mean, x).view(1, 3, 1, 1)) / _constant(std, x).view(1, 3, 1, 1)
 
 
 def augment(x: torch.Tensor, preset: str, gen: torch.Generator) -> torch.Tensor:
@@ -204,5 +216,5 @@ def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
         dy = {"t": s, "b": -s}[view[6]]
         dx = {"l": s, "r": -s}[view[7]]
         n = x.shape[0]
-        return translate(x, torch.full((n,), dy, device=x.device), torch.full((n,), dx, device=x.device))
+        return translate(x, torch.full((n,), dy, device=x.device), torch.full((n,), dx, device=x.device), s)
     raise ValueError(f"unknown TTA view {view!r}")

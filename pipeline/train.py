@@ -159,6 +159,8 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device) if device is None else torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest convolution once
     arrays = data.arrays() if hasattr(data, "arrays") else dict(data)
     num_classes = int(max(arrays["train_y"].max(), arrays["val_y"].max(), arrays["test_y"].max())) + 1
     classes = tuple(str(c) for c in (classes or getattr(data, "classes", None) or range(num_classes)))
@@ -185,7 +187,7 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         cache_state = "hit" if not misses else ("miss" if not hits else "partial")
     rank, n_workers = world()
     compiled = torch.compile(model) if (cfg.compile and not cached) else None
-    forward = compiled or model  # evaluation (and training, with one worker)
+    forward = compiled if compiled is not None else model  # evaluation (and training, with one worker)
 
     def trained_module() -> torch.nn.Module:
         """What the training steps call: the head (on cached features) or the model, under DDP with several
@@ -226,12 +228,14 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         model.load_state_dict(resume["model"], strict=False)
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
+        if "scaler" in resume:
+            scaler.load_state_dict(resume["scaler"])
         history = list(resume["history"])
         start_epoch = int(resume["epoch"])
 
     def make_checkpoint(epoch_done: int) -> Callable[[], dict]:
         return lambda: {"model": trained_state(model, cfg.train_stages), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "epoch": epoch_done, "history": list(history),
+                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_done, "history": list(history),
                         "trial_id": cfg.trial_id}
 
     train_seconds = sum(h["seconds"] for h in history)
