@@ -37,7 +37,8 @@ from typing import Any, Callable
 import numpy as np
 
 SECTIONS = (
-    "throughput", "feature_cache", "overhead", "driver_memory", "smoke", "speed", "precision", "packing", "compile")
+    "throughput", "feature_cache", "overhead", "head_memory", "driver_memory", "smoke",
+    "speed", "precision", "packing", "compile")
 GPU_SECTIONS = ("speed", "precision", "packing", "compile")  # ablations/bench_gpu.py; need --device cuda
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
 GPU_THROUGHPUT_CASES = (("resnet18", 224), ("efficientnet_lite0", 224), ("efficientnet_lite0", 96))
@@ -287,10 +288,11 @@ def bench_overhead(n_trials: int) -> dict:
     from pipeline.config import TrialConfig
 
     from . import run as R
+    from .cluster import RAY_TRAIN_ENV, Resources
 
-    res = R.Resources(cpus=1, gpus=0, workers=1, gpu_resource="GPU", concurrency=1)
+    res = Resources(cpus=1, gpus=0, workers=1, gpu_resource="GPU", concurrency=1)
     out: dict[str, Any] = {"trials": n_trials}
-    settings = {"ours": (R.RAY_TRAIN_ENV, True, empty_trial), "ray_defaults": ({}, False, empty_trial_stock)}
+    settings = {"ours": (RAY_TRAIN_ENV, True, empty_trial), "ray_defaults": ({}, False, empty_trial_stock)}
     for name, (env, reuse, trainable) in settings.items():
         t0 = time.perf_counter()
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
@@ -311,6 +313,95 @@ def bench_overhead(n_trials: int) -> dict:
     out["cpus"] = cpus
     for key in out["ours"]:
         out.setdefault("ratio_ours_vs_defaults", {})[key] = out["ours"][key] / out["ray_defaults"][key]
+    return out
+
+
+# ----------------------------------------------------------------------------- 3b. head-node memory per trial
+
+
+def waiting_loop(loop_config: dict) -> None:
+    """A Ray Train worker that holds its trial open for a while, so that many trials are alive at once."""
+    import ray.train
+
+    time.sleep(loop_config["config"].get("hold_s", 20.0))
+    ray.train.report({"kind": "empty", "t_loop": time.time()})
+
+
+def waiting_trial(tune_config: dict, data: dict) -> None:
+    from .trainable import run_trial
+
+    run_trial(tune_config, data, loop=waiting_loop)
+
+
+HEAD_PROCESS_KINDS = {"trial actor": ("ImplicitFunc", "waiting_trial", "run_trial"), "train controller": ("TrainController",)}
+
+
+def _ray_processes() -> dict[str, float]:
+    """Resident MiB of this machine's Ray actor processes, by kind (from their process titles)."""
+    out = {k: 0.0 for k in HEAD_PROCESS_KINDS}
+    count = {k: 0 for k in HEAD_PROCESS_KINDS}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            title = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            rss = int((d / "statm").read_text().split()[1]) * page / 2**20
+        except (OSError, IndexError, ValueError):
+            continue
+        if not title.startswith("ray::"):
+            continue
+        for kind, names in HEAD_PROCESS_KINDS.items():
+            if any(n in title for n in names):
+                out[kind] += rss
+                count[kind] += 1
+    return {**{f"{k}_mib": v for k, v in out.items()}, **{f"{k}_count": c for k, c in count.items()}}
+
+
+def bench_head_memory(concurrency: tuple[int, ...] = (2, 8), hold_s: float = 25.0) -> dict:
+    """What one concurrent trial costs the head node, where its Tune trial actor and Ray Train controller live:
+    ``concurrency`` trials held open at once (their workers sleep), the resident memory of those processes
+    sampled while all are alive, per trial. Sizes the head node (cluster.yaml, README)."""
+    import threading
+
+    import ray
+
+    from pipeline.config import TrialConfig
+
+    from . import run as R
+    from .cluster import RAY_TRAIN_ENV, Resources
+
+    out: dict[str, Any] = {"hold_s": hold_s, "runs": {}}
+    n_cpus = max(concurrency)
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, num_cpus=n_cpus,
+             runtime_env={"env_vars": dict(RAY_TRAIN_ENV)})
+    try:
+        for n in concurrency:
+            res = Resources(cpus=0.001, gpus=0, workers=1, gpu_resource="GPU", concurrency=n)
+            samples: list[dict] = []
+            stop = threading.Event()
+
+            def sample():
+                while not stop.wait(1.0):
+                    samples.append(_ray_processes())
+
+            with tempfile.TemporaryDirectory() as storage:
+                trials = [R.trial_spec(f"hold{n}-{i}", TrialConfig(seed=i), res, storage, 0) for i in range(n)]
+                for t in trials:
+                    t["config"]["hold_s"] = hold_s
+                thread = threading.Thread(target=sample, daemon=True)
+                thread.start()
+                R.make_tuner(waiting_trial, {}, trials, n, storage, []).fit()
+                stop.set()
+                thread.join()
+            full = [s for s in samples if s["train controller_count"] >= n and s["trial actor_count"] >= n]
+            peak = max(full or samples, key=lambda s: s["trial actor_mib"] + s["train controller_mib"])
+            total = peak["trial actor_mib"] + peak["train controller_mib"]
+            out["runs"][str(n)] = {**peak, "all_alive": bool(full), "mib_per_trial": total / n}
+            print(f"  head memory, {n} trials at once: {total / n:.0f} MiB per trial", flush=True)
+    finally:
+        ray.shutdown()
+    out["mib_per_trial"] = max(r["mib_per_trial"] for r in out["runs"].values())
     return out
 
 
@@ -413,6 +504,17 @@ def markdown(report: dict) -> str:
             lines.append(f"| {k.replace('_', ' ')} | {v['seconds_per_trial_concurrency_1']:.1f} | {v[conc_key]:.1f} |")
         r = o["ratio_ours_vs_defaults"]
         lines += ["", "Ratio ours / defaults: " + ", ".join(f"{k.split('_')[-1]} at once {v:.2f}x" for k, v in r.items()), ""]
+    if "head_memory" in report:
+        hm = report["head_memory"]
+        lines += ["## Head-node memory per concurrent trial", "",
+                  "Each running trial keeps a Tune trial actor and a Ray Train controller on the head node. Trials "
+                  f"held open {hm['hold_s']:.0f} s, resident memory of those processes while all were alive:", "",
+                  "| trials at once | trial actors MiB | Train controllers MiB | MiB per trial |", "|---|---|---|---|"]
+        for n, r in hm["runs"].items():
+            lines.append(f"| {n} | {r['trial actor_mib']:.0f} | {r['train controller_mib']:.0f} | "
+                         f"**{r['mib_per_trial']:.0f}** |")
+        lines += ["", f"So 100 concurrent trials need about {hm['mib_per_trial'] * 100 / 1024:.0f} GiB on the head "
+                  "beside Ray's own services.", ""]
     if "driver_memory" in report:
         dm = report["driver_memory"]
         lines += ["## Driver memory", "", f"failed: {dm['error']}" if "error" in dm else
@@ -516,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
             report["feature_cache"] = bench_feature_cache(20 if args.quick else 150, 2 if args.quick else 5)
         elif section == "overhead":
             report["overhead"] = bench_overhead(2 if args.quick else 6)
+        elif section == "head_memory":
+            report["head_memory"] = bench_head_memory((2,) if args.quick else (2, 8), 8.0 if args.quick else 25.0)
         elif section == "driver_memory":
             report["driver_memory"] = bench_driver_memory(4 if args.quick else 40)
         elif section == "smoke":

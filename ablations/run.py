@@ -28,7 +28,9 @@ from typing import Any
 from pipeline.config import EXECUTION_KEYS
 from pipeline.errors import ConfigError, UserError, one_line
 
-from . import grids
+from . import grids, preflight
+from .cluster import (DEFAULT_CLUSTER_WAIT_S, AutoscalerDemand, Resources, ResourceError, connect, fmt_resources,
+                      head_memory_mib, local_resources, max_cluster_resources, plan_resources)
 from .config import parse_overrides
 from .estimate import trial_seconds
 from .results import RunFolder, RunFolderError, environment, now
@@ -36,21 +38,6 @@ from .results import RunFolder, RunFolderError, environment, now
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
 EXIT_INTERRUPTED = 130
-
-
-# Ray Train settings for many short trials (measured by ``python -m ablations.bench``): the controller polls
-# its workers every 0.25 s instead of 2 s (a finished trial is noticed sooner), per-run helper actors we do
-# not need (preemption watcher, metrics) are not started, and workers stay in the directory they start in.
-RAY_TRAIN_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",
-}
-
-
-class ResourceError(UserError, RuntimeError):
-    """The cluster cannot run what was asked for; one line for the user."""
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -69,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default="auto", help="ImageFolder dir or .tar.gz, 'torchvision' (download), or 'auto'")
     g.add_argument("--dry-run", action="store_true", help="print the plan, resources and a time estimate; start nothing")
     g.add_argument("--json", action="store_true", help="with --dry-run: print the trial configs as JSON")
+    g.add_argument("--gpu-speed", type=float, default=1.0, metavar="X",
+                   help="with --dry-run: the GPU's speed relative to the H100 the estimates were measured on")
     o = p.add_argument_group("where results go")
     o.add_argument("--results", default="results", help="parent folder of run folders")
     o.add_argument("--name", help="run folder name (default: the grid name); the same name again resumes")
@@ -92,9 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
     r.add_argument("--num-gpus", type=int, help="GPUs for a local Ray instance (default: all torch sees); "
                                                 "with --dry-run, the GPUs to plan for")
-    r.add_argument("--gpu-resource", default="GPU", help="Ray resource name that counts accelerators")
-    r.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
-                   help="on an autoscaling cluster, wait this long for requested GPUs to appear before failing")
+    r.add_argument("--gpu-resource", default="GPU",
+                   help="Ray resource that counts accelerators; a custom name only counts slots (Ray assigns no GPU "
+                        "for it): trials then use their node's GPU if it has one, or the CPU (--device decides)")
+    r.add_argument("--wait-for-resources", type=float, metavar="SECONDS",
+                   help=f"with --address: how long trials may wait for a node that can run them to join (an "
+                        f"autoscaling cluster adds nodes for waiting trials) before the run fails "
+                        f"(default {DEFAULT_CLUSTER_WAIT_S:g})")
     r.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     return p
 
@@ -120,106 +113,6 @@ def make_plan(args) -> grids.Plan:
     return plan
 
 
-# ----------------------------------------------------------------------------- resources
-
-
-@dataclass
-class Resources:
-    cpus: float
-    gpus: float
-    workers: int
-    gpu_resource: str
-    concurrency: int
-
-    @property
-    def device(self) -> str:
-        return "cuda" if self.gpus and self.gpu_resource == "GPU" else "cpu"
-
-    def describe(self) -> str:
-        gpu = f", {self.gpus:g} {self.gpu_resource}" if self.gpus else ""
-        return (f"{self.workers} worker(s) x ({self.cpus:g} CPU{gpu}) per trial, "
-                f"up to {self.concurrency} trials at once, device {self.device}")
-
-
-def plan_resources(args, cluster: dict[str, float], n_trials: int) -> Resources:
-    """Decide per-trial resources from the flags and what the cluster has; fail on impossible requests."""
-    total_cpus = cluster.get("CPU", 0.0)
-    total_gpus = cluster.get(args.gpu_resource, 0.0)
-    if args.workers < 1:
-        raise ResourceError("--workers must be at least 1")
-    if (args.gpus_per_trial or 0) < 0:
-        raise ResourceError(f"--gpus-per-trial must be 0 or more, got {args.gpus_per_trial:g}")
-    if args.device == "cpu" and args.gpus_per_trial:
-        raise ResourceError("--device cpu cannot be combined with --gpus-per-trial")
-    if args.device == "cpu":
-        gpus = 0.0
-    elif args.gpus_per_trial is not None:
-        gpus = args.gpus_per_trial
-    else:
-        gpus = 1.0 if (args.device == "cuda" or total_gpus > 0) else 0.0
-    if gpus > 0 and total_gpus < gpus * args.workers:
-        raise ResourceError(
-            f"trials ask for {gpus * args.workers:g} {args.gpu_resource} but the Ray cluster has {total_gpus:g} "
-            f"(resources: {_fmt_resources(cluster)}); use --device cpu, or a cluster with GPUs")
-    if gpus > 1 and not float(gpus).is_integer():
-        raise ResourceError(f"--gpus-per-trial {gpus:g}: above 1 it must be a whole number")
-    cpus = args.cpus_per_trial or (1.0 if gpus or total_cpus < 8 else 2.0)
-    if cpus * args.workers > total_cpus:
-        raise ResourceError(f"trials ask for {cpus * args.workers:g} CPUs but the Ray cluster has {total_cpus:g}")
-    conc = int(total_cpus // (cpus * args.workers))
-    if gpus:
-        conc = min(conc, int(total_gpus // (gpus * args.workers) + 1e-9))
-    if args.max_concurrent:
-        conc = min(conc, args.max_concurrent)
-    return Resources(cpus=cpus, gpus=gpus, workers=args.workers, gpu_resource=args.gpu_resource,
-                     concurrency=max(1, min(conc, n_trials)))
-
-
-def _fmt_resources(cluster: dict[str, float]) -> str:
-    keep = {k: v for k, v in cluster.items() if not k.startswith(("node:", "memory", "object_store_memory"))}
-    return ", ".join(f"{k}={v:g}" for k, v in sorted(keep.items())) or "none"
-
-
-def wants_gpu(args) -> bool:
-    return args.device == "cuda" or (args.gpus_per_trial or 0) > 0
-
-
-def local_resources(args) -> tuple[dict[str, float], str]:
-    """What a dry run plans for (no Ray started): this machine, or the GPUs asked for when it has none."""
-    cpus = float(args.num_cpus or os.cpu_count() or 1)
-    if args.num_gpus is not None:
-        gpus = float(args.num_gpus)
-    else:
-        import torch
-
-        gpus = float(torch.cuda.device_count())
-    note = ""
-    if wants_gpu(args) and gpus == 0:
-        gpus = float(max(1, math.ceil((args.gpus_per_trial or 1) * args.workers)))
-        note = f" (this machine has no GPU: planned for {gpus:g}; set --num-gpus)"
-    return {"CPU": cpus, args.gpu_resource: gpus}, note
-
-
-def wait_for_cluster(args) -> dict[str, float]:
-    """The cluster's resources; with --wait-for-resources, first ask an autoscaling cluster for a GPU node
-    and wait for one to join (an autoscaler adds nodes only for requests it sees)."""
-    import ray
-
-    deadline = time.monotonic() + max(args.wait_for_resources, 0.0)
-    requested = False
-    while True:
-        cluster = ray.cluster_resources()
-        if not wants_gpu(args) or cluster.get(args.gpu_resource, 0) > 0 or time.monotonic() >= deadline:
-            return cluster
-        if not requested:
-            from ray.autoscaler.sdk import request_resources
-
-            request_resources(bundles=[{args.gpu_resource: 1}])
-            requested = True
-        print(f"waiting for {args.gpu_resource} to join the cluster ...", flush=True)
-        time.sleep(10)
-
-
 # ----------------------------------------------------------------------------- dry run
 
 
@@ -231,7 +124,7 @@ def data_sizes(plan: grids.Plan) -> tuple[int, int, int]:
     return n_train, s["val_size"], n_test
 
 
-def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "") -> None:
+def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "", gpu_speed: float = 1.0) -> None:
     trials = plan.trials()
     if as_json:
         cfgs = {tid: _with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
@@ -248,12 +141,24 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
     if plan.eval_axes:
         print(f"evaluation-only axes (computed from stored logits, no extra trials): {', '.join(plan.eval_axes)}")
     print(f"resources: {res.describe()}{note}")
+    print(estimate_line(trials.values(), res, (n_train, n_val, n_test), gpu_speed))
+
+
+def estimate_line(configs, res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0) -> str:
+    """The dry run's time estimate (``ablations.estimate``): per-trial seconds from measured speeds, packed trials
+    slowed by their measured sharing of a GPU, over the concurrency the resources allow."""
     gpu = res.device == "cuda"
-    total = sum(trial_seconds(c, n_train, n_val, n_test, gpu) for c in trials.values())
+    per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
+    total = sum(trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed) for c in configs)
     wall = total / res.concurrency
-    basis = "assumed GPU speed (no GPU benchmark yet)" if gpu else "CPU speeds measured on a 2-core machine"
-    print(f"estimated time: {total / 60:.1f} trial-minutes, about {wall / 60:.1f} min wall with "
-          f"{res.concurrency} concurrent ({basis}; rough)")
+    if gpu:
+        gpus_used = max(1.0, res.concurrency * res.gpus * res.workers)
+        basis = (f"GPU speeds measured on one H100{f' x {gpu_speed:g}' if gpu_speed != 1 else ''}, "
+                 f"{res.concurrency} trials on {gpus_used:g} GPU(s); {wall / 3600 * gpus_used:.2f} GPU-hours")
+    else:
+        basis = "CPU speeds measured on a 2-core machine"
+    return (f"estimated time: {total / 60:.1f} trial-minutes, about {wall / 60:.1f} min wall with "
+            f"{res.concurrency} concurrent ({basis}; rough)")
 
 
 def _with_execution(cfg, res: Resources):
@@ -413,10 +318,15 @@ def rss_mb() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def make_recorder(state: RunState):
+def make_recorder(state: RunState, demand: AutoscalerDemand | None = None):
     from ray import tune
 
     class Recorder(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if demand is not None:  # fewer trials left: the autoscaler may let nodes go
+                demand.update(len(state.pending()))
+
+
         def on_trial_start(self, iteration, trials, trial, **info):
             state.launched[trial.config["trial"]["trial_id"]] = time.time()
 
@@ -429,6 +339,8 @@ def make_recorder(state: RunState):
 
         def on_trial_error(self, iteration, trials, trial, **info):
             state.on_error(trial.config["trial"]["trial_id"], _trial_error(trial))
+            if demand is not None:
+                demand.update(len([t for t, s in state.status.items() if s["status"] in ("pending", "running")]))
 
     return Recorder()
 
@@ -457,13 +369,14 @@ def _trial_error(trial) -> str:
 
 
 def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, storage: str, retries: int,
-             verbose: bool) -> None:
+             verbose: bool, demand: AutoscalerDemand | None = None) -> None:
     from .trainable import run_trial
 
     trials = [trial_spec(tid, state.trials[tid], res, storage, retries) for tid in pending]
     for t in trials:
         state.executed[t["trial_id"]] = {k: t["config"][k] for k in EXECUTION_KEYS}
-    results = make_tuner(run_trial, data, trials, res.concurrency, storage, [make_recorder(state)], verbose).fit()
+    results = make_tuner(run_trial, data, trials, res.concurrency, storage, [make_recorder(state, demand)],
+                         verbose).fit()
     for r in results:  # errors that bypassed the callback (e.g. the trainable could not start)
         tid = (r.config or {}).get("trial", {}).get("trial_id")
         if tid and r.error is not None and state.status[tid]["status"] != "finished":
@@ -508,7 +421,7 @@ def run(args) -> int:
     plan = make_plan(args)
     if args.dry_run:
         cluster, note = local_resources(args)
-        print_dry_run(plan, plan_resources(args, cluster, len(plan.trials())), args.json, note)
+        print_dry_run(plan, plan_resources(args, cluster, len(plan.trials())), args.json, note, args.gpu_speed)
         return 0
 
     # 1. the run folder and the data; nothing is written until the cluster can run the plan
@@ -541,18 +454,25 @@ def run(args) -> int:
     else:
         import ray
 
-        connect_ray(args)
+        connect(args)
+        demand = None
         try:
-            cluster = wait_for_cluster(args)
-            res = plan_resources(args, cluster, len(pending))
-            print(f"ray: {_fmt_resources(cluster)}; {res.describe()}", flush=True)
+            res = cluster_resources(args, len(pending))
+            # the autoscaler hears of every trial to run before the first one starts, and the preflight waits
+            # (at most --wait-for-resources) for a node that can run one, then checks CUDA / NCCL there
+            demand = AutoscalerDemand(res, enabled=bool(args.address))
+            demand.update(len(pending))
+            if preflight.needed(res, bool(args.address)):
+                print(preflight.run(res, wait_seconds(args)), flush=True)
             start_folder(folder, meta, splits, state)
             data_ref = ray.put(splits.arrays())
             run_tune(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
-                     args.retries, args.verbose)
+                     args.retries, args.verbose, demand)
         except KeyboardInterrupt:
             interrupted = True
         finally:
+            if demand is not None:
+                demand.clear()  # a request to the autoscaler stays in force until withdrawn
             if folder.exists():
                 state.flush()
             ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
@@ -579,6 +499,27 @@ def run(args) -> int:
     return 0
 
 
+def wait_seconds(args) -> float:
+    """How long the preflight waits for a node: --wait-for-resources, by default long enough for a cloud GPU
+    node to boot on a cluster, and a minute (a hang guard: resources were checked) on a local instance."""
+    if args.wait_for_resources is not None:
+        return max(args.wait_for_resources, 0.0)
+    return DEFAULT_CLUSTER_WAIT_S if args.address else 60.0
+
+
+def cluster_resources(args, n_trials: int) -> Resources:
+    """Per-trial resources on the connected cluster (``ablations.cluster.plan_resources``), printed."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    on_cluster = bool(args.address)
+    res = plan_resources(args, cluster, n_trials, on_cluster=on_cluster,
+                         head_memory_mib=head_memory_mib() if on_cluster else None,
+                         max_resources=max_cluster_resources() if on_cluster else None)
+    print(f"ray: {fmt_resources(cluster)}; {res.describe()}", flush=True)
+    return res
+
+
 def run_meta(plan: grids.Plan, source: str, fingerprint: str, splits, storage: str, old_meta: dict | None) -> dict:
     trials = plan.trials()
     return {
@@ -597,36 +538,6 @@ def start_folder(folder: RunFolder, meta: dict, splits, state: "RunState") -> No
     folder.write_meta(meta)
     folder.write_labels({"val": splits.val_y, "test": splits.test_y}, splits.classes)
     state.flush()
-
-
-def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """Fail within seconds on a host:port nobody listens on (ray.init would retry for a long time)."""
-    import socket
-
-    if not address or address == "auto" or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ResourceError(f"--address {address!r}: expected HOST:PORT of a Ray head node, 'auto' or ray://...")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise ResourceError(f"cannot reach a Ray cluster at {address} ({e.strerror or e})") from None
-
-
-def connect_ray(args) -> None:
-    import ray
-
-    check_address(args.address)
-    try:
-        ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
-                 num_gpus=None if args.address else args.num_gpus,
-                 include_dashboard=False, log_to_driver=args.verbose, configure_logging=args.verbose,
-                 logging_level="INFO" if args.verbose else "ERROR",
-                 runtime_env={"env_vars": dict(RAY_TRAIN_ENV)})
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ResourceError(f"cannot connect to Ray at {args.address or 'a new local instance'}: "
-                            f"{one_line(e)}") from None
 
 
 def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:

@@ -7,8 +7,12 @@ process group with the same Ray functions, but imports them on the workers only,
 ``python -m ablations.bench --only overhead`` measures an empty trial with our settings (this among them)
 against Ray's defaults (stock config): 7.4 s against 8.9 s with our settings before this module.
 
-It relies on private helpers of ``ray.train.torch.config``; ``torch_config()`` checks that they exist and
-otherwise falls back to the stock ``TorchConfig``, so a Ray upgrade costs speed, never correctness.
+A one-worker trial sets up no process group at all (nothing to synchronise; no NCCL init that could fail).
+
+It relies on private parts of Ray Train (the helpers of ``ray.train.torch.config``, ``get_address_and_port``,
+Train V2's ``TrainingFramework`` and its worker group's ``execute*`` methods); ``torch_config()`` checks that
+every one of them exists and otherwise falls back to the stock ``TorchConfig``, so a Ray upgrade costs speed,
+never correctness. pyproject.toml bounds Ray to the versions this was tested with.
 """
 from __future__ import annotations
 
@@ -74,6 +78,8 @@ class LazyTorchBackend(Backend):
     share_cuda_visible_devices: bool = True
 
     def on_start(self, worker_group, backend_config: "LazyTorchConfig") -> None:
+        if len(worker_group) == 1:
+            return  # one worker: no process group to set up (fit() runs without DDP)
         import ray
         from ray.train._internal.utils import get_address_and_port
 
@@ -88,10 +94,12 @@ class LazyTorchBackend(Backend):
                  for i in range(len(worker_group))])
 
     def on_shutdown(self, worker_group, backend_config) -> None:
+        if len(worker_group) == 1:
+            return
         import ray
         from ray.exceptions import GetTimeoutError
 
-        futures = worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1)
+        futures = worker_group.execute_async(_shutdown, destroy_process_group=True)
         try:
             ray.get(futures, timeout=SHUTDOWN_TIMEOUT_S)
         except GetTimeoutError:
@@ -118,12 +126,44 @@ class LazyTorchConfig(BackendConfig):
         return TrainingFramework.TORCH
 
 
+_WORKER_GROUP_METHODS = ("execute", "execute_async", "execute_single", "execute_single_async",
+                         "get_resources_per_worker", "__len__")
+
+
+def lazy_backend_supported() -> list[str]:
+    """The private Ray parts ``LazyTorchConfig`` needs that this Ray lacks (empty: all there)."""
+    missing = []
+    try:
+        import ray.train.torch.config as ray_torch
+
+        missing += [f"ray.train.torch.config.{n}" for n in _WORKER_HELPERS if not hasattr(ray_torch, n)]
+    except ImportError:
+        missing.append("ray.train.torch.config")
+    try:
+        from ray.train._internal.utils import get_address_and_port  # noqa: F401
+    except ImportError:
+        missing.append("ray.train._internal.utils.get_address_and_port")
+    try:
+        from ray.train.v2._internal.util import TrainingFramework
+
+        TrainingFramework.TORCH  # noqa: B018
+    except (ImportError, AttributeError):
+        missing.append("ray.train.v2._internal.util.TrainingFramework.TORCH")
+    try:
+        from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
+
+        missing += [f"WorkerGroup.{m}" for m in _WORKER_GROUP_METHODS if not hasattr(WorkerGroup, m)]
+    except ImportError:
+        missing.append("ray.train.v2 WorkerGroup")
+    return missing
+
+
 def torch_config(backend: str | None = None) -> BackendConfig:
-    """``LazyTorchConfig`` when this Ray has the helpers it calls, else Ray's own ``TorchConfig``."""
-    import ray.train._internal.utils as ray_utils
+    """``LazyTorchConfig`` when this Ray has everything it calls, else Ray's own ``TorchConfig``."""
     import ray.train.torch.config as ray_torch
 
-    if all(hasattr(ray_torch, name) for name in _WORKER_HELPERS) and hasattr(ray_utils, "get_address_and_port"):
+    missing = lazy_backend_supported()
+    if not missing:
         return LazyTorchConfig(backend=backend)
-    logger.warning("this Ray version lacks %s; using the stock TorchConfig", ", ".join(_WORKER_HELPERS))
+    logger.warning("this Ray version lacks %s; using the stock TorchConfig", ", ".join(missing))
     return ray_torch.TorchConfig(backend=backend)

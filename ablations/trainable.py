@@ -29,12 +29,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from pipeline.config import TrialConfig
     from pipeline.data import default_cache_dir
     from pipeline.features import FeatureCache
-    from pipeline.train import fit
+    from pipeline.train import fit, resolve_device
 
     cfg = TrialConfig(**loop_config["config"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    device = ray.train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
+    # Ray assigns a GPU only for the 'GPU' resource; with a custom --gpu-resource the config's device decides
+    # (auto: this node's GPU if it has one)
+    device = ray.train.torch.get_device() if loop_config["use_gpu"] else resolve_device(cfg.device)
     arrays = ray.get(loop_config["data"]["ref"])  # zero-copy views of the object store on this node
 
     resume = None

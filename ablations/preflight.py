@@ -1,0 +1,171 @@
+"""Before the first trial: a node that can run a trial is there (or joins within the wait), and on it the device
+works: CUDA for GPU trials (torch's CUDA build against the node's driver), and a collective all-reduce between
+the workers of a several-worker trial (NCCL on GPUs, gloo on CPUs).
+
+Each check reserves exactly what one trial's workers will (a placement group of their bundles), so the
+autoscaler sees the same demand and the checks run where trials will. A failure is one line naming the cause
+and the fix (``ResourceError``, exit 2), before anything is written.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from datetime import timedelta
+from typing import Any
+
+from pipeline.errors import one_line
+
+from .cluster import Resources, ResourceError, fmt_resources
+
+
+def needed(res: Resources, on_cluster: bool) -> bool:
+    """A local CPU run of one-worker trials has nothing to check; everything else does."""
+    return on_cluster or res.device != "cpu" or res.workers > 1
+
+
+# ----------------------------------------------------------------------------- on the node
+
+
+def nvidia_driver() -> tuple[str | None, str | None]:
+    """(driver version, highest CUDA version it supports) from nvidia-smi, or (None, None) without one."""
+    try:
+        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    import re
+
+    drv = re.search(r"Driver Version:\s*([\d.]+)", out)
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", out)
+    return (drv.group(1) if drv else None), (cuda.group(1) if cuda else None)
+
+
+def device_report(want_cuda: bool) -> dict[str, Any]:
+    """What a trial's worker on this node would see: torch, its CUDA build, the driver, and whether a CUDA
+    tensor operation works (with the error if not)."""
+    import ray
+    import torch
+
+    driver, driver_cuda = nvidia_driver()
+    out: dict[str, Any] = {"node_ip": ray.util.get_node_ip_address(), "torch": torch.__version__,
+                           "torch_cuda": torch.version.cuda, "driver": driver, "driver_cuda": driver_cuda,
+                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    try:
+        torch.cuda.init()
+        x = torch.arange(4.0, device="cuda")
+        out["cuda_ok"] = float((x * 2).sum()) == 12.0
+        out["gpu"] = torch.cuda.get_device_name(0)
+    except Exception as e:  # an old driver, no driver, no visible device ...
+        out["cuda_ok"] = False
+        out["cuda_error"] = one_line(e)
+    return out
+
+
+class _Rank:
+    """One worker of the collective check."""
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def all_reduce(self, backend: str, master: str, rank: int, world: int) -> float:
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group(backend, init_method=f"tcp://{master}", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=120))
+        try:
+            device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
+            t = torch.full((4,), float(rank + 1), device=device)
+            dist.all_reduce(t)
+            return float(t[0])
+        finally:
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- from the driver
+
+
+def _remote_options(res: Resources, pg, index: int) -> dict[str, Any]:
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    opts: dict[str, Any] = {"num_cpus": res.cpus, "scheduling_strategy":
+                            PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
+    if res.use_gpu:
+        opts["num_gpus"] = res.gpus
+    elif res.gpus:
+        opts["resources"] = {res.gpu_resource: res.gpus}
+    return opts
+
+
+def cuda_failure(r: dict[str, Any]) -> str:
+    where = f"on node {r['node_ip']}"
+    build = f"torch {r['torch']} is built for CUDA {r['torch_cuda']}" if r["torch_cuda"] else \
+        f"torch {r['torch']} is a CPU-only build"
+    if not r["torch_cuda"]:
+        fix = "install a CUDA build of torch on the nodes (see README, 'CUDA builds')"
+    elif not r["driver"]:
+        fix = "the node has no NVIDIA driver (nvidia-smi not found): use a GPU image with the driver, or --device cpu"
+    else:
+        fix = (f"the node's driver {r['driver']} supports CUDA up to {r['driver_cuda'] or '?'}: install a torch build "
+               f"for that CUDA version or a newer driver (README, 'CUDA builds')")
+    return f"CUDA is not usable {where} ({r.get('cuda_error', 'no CUDA device')}); {build}; {fix}"
+
+
+def run(res: Resources, wait_s: float) -> str:
+    """Reserve one trial's worker bundles (waiting up to ``wait_s`` for a node), check the device and the
+    collective there, release them. Returns a one-line summary; raises ``ResourceError`` on failure."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = res.worker_bundle()
+    t0 = time.monotonic()
+    pg = placement_group([dict(bundle) for _ in range(res.workers)], strategy="PACK")
+    try:
+        if not pg.wait(timeout_seconds=max(wait_s, 1.0)):
+            raise ResourceError(
+                f"no node that can run a trial ({res.workers} x {fmt_resources(bundle)}) joined the cluster "
+                f"within {wait_s:.0f} s (resources now: {fmt_resources(ray.cluster_resources())}); check the "
+                f"autoscaler's node types and max_workers (`ray status`), or raise --wait-for-resources")
+        waited = time.monotonic() - t0
+        parts = [f"a node for {res.workers} x ({fmt_resources(bundle)}) in {waited:.0f} s"]
+        if res.device != "cpu":
+            remote = ray.remote(device_report).options(**_remote_options(res, pg, 0))
+            report = ray.get(remote.remote(res.device == "cuda"), timeout=300)
+            if res.device == "cuda" and not report["cuda_ok"]:
+                raise ResourceError(cuda_failure(report))
+            parts.append(f"CUDA ok ({report['gpu']}, torch {report['torch']} for CUDA {report['torch_cuda']}, "
+                         f"driver {report['driver']})" if report["cuda_ok"] else "no CUDA on the node: trials use cpu")
+        if res.workers > 1:
+            backend = "nccl" if res.device == "cuda" else "gloo"
+            parts.append(_collective(res, pg, backend))
+        return "preflight: " + "; ".join(parts)
+    finally:
+        remove_placement_group(pg)
+
+
+def _collective(res: Resources, pg, backend: str) -> str:
+    import ray
+
+    ranks = [ray.remote(_Rank).options(**_remote_options(res, pg, i)).remote() for i in range(res.workers)]
+    try:
+        host, port = ray.get(ranks[0].address.remote(), timeout=120)
+        sums = ray.get([r.all_reduce.remote(backend, f"{host}:{port}", i, len(ranks)) for i, r in enumerate(ranks)],
+                       timeout=300)
+    except Exception as e:
+        raise ResourceError(f"{backend} all-reduce between the {res.workers} workers of a trial failed "
+                            f"({one_line(e)}); the nodes must reach each other on all TCP ports "
+                            f"(security group), and NCCL_SOCKET_IFNAME may need to name their network interface") from None
+    finally:
+        for r in ranks:
+            ray.kill(r)
+    want = res.workers * (res.workers + 1) / 2
+    if any(abs(s - want) > 1e-6 for s in sums):
+        raise ResourceError(f"{backend} all-reduce between the {res.workers} workers of a trial returned {sums}, "
+                            f"expected {want:g} each")
+    return f"{backend} all-reduce ok between {res.workers} workers"

@@ -1,0 +1,158 @@
+"""The cluster path, on this machine: a real autoscaling Ray cluster (Ray's fake node provider: worker nodes
+are raylets started and stopped by the real autoscaler) and a real S3 API (moto's server), used exactly as the
+README's cluster section says: ``python -m ablations.run --address ... --storage s3://...``.
+
+A custom resource ``accel`` stands in for GPUs (no CUDA device is faked): the worker node type carries one
+``accel`` and one CPU, the head none, and the cluster starts with no worker node at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from .conftest import GRIDS, run_cli
+from .fake_cluster import FakeAutoscalingCluster
+from .test_reliability import read_trials, start_cli, wait_for
+
+pytestmark = pytest.mark.ray
+
+MAX_WORKERS = 3
+BUCKET = "ablations-test"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A local S3 endpoint (moto in server mode) with one bucket; the environment that points pyarrow (and so
+    Ray's storage and the driver) at it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+    yield env
+    server.stop()
+
+
+def s3_keys(env: dict, prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    keys, token = [], None
+    while True:
+        kw = {"Bucket": BUCKET, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+        page = client.list_objects_v2(**kw)
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return keys
+        token = page["NextContinuationToken"]
+
+
+@pytest.fixture(scope="module")
+def autoscaling(s3, tmp_path_factory):
+    cluster = FakeAutoscalingCluster(
+        tmp_path_factory.mktemp("fake-cluster"), max_workers=MAX_WORKERS, head_cpus=0, env=s3,
+        worker_types={"accel_node": {"resources": {"CPU": 1, "accel": 1}, "node_config": {},
+                                     "min_workers": 0, "max_workers": MAX_WORKERS}})
+    cluster.start()
+    yield cluster
+    cluster.shutdown()
+
+
+def worker_nodes(address: str) -> int:
+    """Alive nodes with an accel, asked from a separate process (this one stays out of that cluster)."""
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+            "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('accel'))))" % address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def cluster_args(cluster, s3_prefix: str, *extra: str) -> list[str]:
+    return ["--address", cluster.address, "--gpu-resource", "accel", "--gpus-per-trial", "1", "--cpus-per-trial", "1",
+            "--storage", f"s3://{BUCKET}/{s3_prefix}", "--wait-for-resources", "180", *extra]
+
+
+def test_an_autoscaling_cluster_grows_for_waiting_trials_and_shrinks_after(autoscaling, s3, mini_archive, tmp_path):
+    assert worker_nodes(autoscaling.address) == 0  # no worker node at the start
+    proc = run_cli("--grid", str(GRIDS / "cnn.yaml"), "--seeds", "8", "--data", str(mini_archive),
+                   "--results", str(tmp_path), "--name", "scale", "--no-report",
+                   *cluster_args(autoscaling, "scale"), env=s3, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "preflight: a node for 1 x (CPU=1, accel=1)" in proc.stdout
+    df = pd.read_parquet(tmp_path / "scale" / "trials.parquet")
+    assert len(df) == 8 and (df.status == "finished").all()
+    # the cluster grew to (at least) 3 worker nodes and trials ran on several of them; the head has no CPU
+    assert df.node_id.nunique() >= MAX_WORKERS, df.node_id.value_counts()
+    # checkpoints and final artifacts went to S3
+    keys = s3_keys(s3, "scale/")
+    assert {tid for tid in df.trial_id if any(f"/{tid}/" in k or k.startswith(f"scale/{tid}/") for k in keys)} \
+        == set(df.trial_id)
+    # the run withdrew its request to the autoscaler: idle nodes are removed (idle timeout 12 s)
+    wait_for(lambda: worker_nodes(autoscaling.address) == 0, 180, every=5)
+
+
+def test_s3_checkpoints_resume_after_the_driver_is_killed(autoscaling, s3, mini_archive, tmp_path):
+    args = ["--grid", str(GRIDS / "resume.yaml"), "--seeds", "3", "--data", str(mini_archive),
+            "--results", str(tmp_path), "--no-report", *cluster_args(autoscaling, "resume")]
+    folder = tmp_path / "resume"
+    os.environ.update(s3)  # start_cli passes this process's environment on
+    try:
+        proc = start_cli(*args)
+
+        def mid_grid():
+            df = read_trials(folder)
+            if df is None:
+                return None
+            done = df[df.status == "finished"]
+            under_way = df[(df.status == "running") & (df.epochs_done >= 1)]
+            return df if len(done) >= 1 and len(under_way) >= 1 else None
+
+        before = wait_for(mid_grid, 600, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at = time.time()
+        finished_before = before[before.status == "finished"].set_index("trial_id")
+        under_way = before[before.status == "running"].trial_id.tolist()
+        assert any(k.endswith(".pt") or "checkpoint" in k for k in s3_keys(s3, "resume/")), "no checkpoint in S3"
+
+        again = run_cli(*args, env=s3, timeout=900)
+    finally:
+        for k in s3:
+            os.environ.pop(k, None)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert f"{len(finished_before)} of 3 trials already finished" in again.stdout
+    after = pd.read_parquet(folder / "trials.parquet").set_index("trial_id")
+    assert (after.status == "finished").all() and len(after) == 3
+    for tid, row in finished_before.iterrows():  # not run again
+        assert after.loc[tid, "t_fit_end"] == row.t_fit_end < killed_at
+    # a trial under way at the kill continued from its last epoch checkpoint, read back from S3
+    assert after.loc[under_way, "resumed_from_epoch"].max() >= 1
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert epochs.groupby("trial_id").epoch.apply(list).map(lambda e: e == [1, 2, 3, 4]).all()
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["storage"] == f"s3://{BUCKET}/resume"
+
+
+def test_no_node_for_a_trial_fails_with_one_line_after_the_wait(autoscaling, mini_archive, tmp_path):
+    """A trial shape no node type offers (2 accel per worker) on an autoscaling cluster: one line, exit 2."""
+    proc = run_cli("--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--results", str(tmp_path),
+                   "--address", autoscaling.address, "--gpu-resource", "accel", "--gpus-per-trial", "2",
+                   "--wait-for-resources", "15", timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "accel" in err[0], proc.stderr
+    assert not (tmp_path / "cnn").exists()
+
