@@ -32,7 +32,7 @@ class Checks:
         try:
             out = fn()
         except Exception as e:  # every failure is reported, then the next check runs
-            msg = one_line(e)
+            msg = one_line(getattr(e, "cause", None) or e)  # a remote check's own exception, not Ray's wrapper
             self.failures.append(f"{what}: {msg}")
             self.line("FAIL", what, msg)
             return None
@@ -172,7 +172,10 @@ def check_micro_run(args, res) -> str:
     from pipeline import data as D
     from pipeline.config import TrialConfig
 
-    s = D.make_splits(D.load(D.resolve_source(args.data)), val_size=200, train_per_class=32, test_per_class=10)
+    ds = D.load(D.resolve_source(args.data))
+    n_classes = len(ds.classes)
+    smallest = min(int((ds.train_y == c).sum()) for c in range(n_classes))
+    s = D.make_splits(ds, val_size=5 * n_classes, train_per_class=max(2, min(32, smallest - 6)), test_per_class=2)
     cfg = TrialConfig(backbone=args.backbone, pretrained=args.backbone == "efficientnet_lite0",
                       resolution=args.resolution, train_stages="all", augment="basic", epochs=2, batch_size=64,
                       device=res.device, threads=0 if res.device != "cpu" else int(res.cpus))

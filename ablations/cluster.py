@@ -11,6 +11,7 @@ Two kinds of cluster:
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -231,8 +232,12 @@ def connect(args, env_vars: dict[str, str] | None = None) -> None:
     local_extra: dict[str, Any] = {}
     if not args.address:
         local_extra = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
+        if not args.verbose:  # Ray's notice that a new local instance uses token authentication (its default)
+            logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     try:
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=args.verbose,
+        # "local": always a new instance without --address, even where `ray start` left one running (ray.init()
+        # would join that one)
+        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=args.verbose,
                  configure_logging=args.verbose, logging_level="INFO" if args.verbose else "ERROR",
                  runtime_env={"env_vars": {**RAY_TRAIN_ENV, **(env_vars or {})}}, **local_extra)
     except (ConnectionError, RuntimeError, ValueError) as e:

@@ -313,6 +313,8 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         "feature_cache_state": cache_state,
         "resumed_from_epoch": start_epoch,
         "device_type": device.type,
+        "amp_dtype": str(dtype).replace("torch.", "") if dtype else "off",  # autocast as it ran
+        "compiled": compiled is not None,
         "world_size": n_workers,  # torch.distributed's, so a process group that was not set up shows as 1
     })
     return TrialResult(config=cfg.to_dict(), history=history, logits=logits, metrics=metrics,
