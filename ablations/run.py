@@ -236,8 +236,9 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
     if as_json:
         cfgs = {tid: _with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
         rows = [{**p.row(), **cfgs[p.trial_id]} for p in plan.points]
-        print(json.dumps({"grid": plan.grid, "resources": res.__dict__, "points": rows,
-                          "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan)}, indent=1))
+        out = {"grid": plan.grid, "resources": res.__dict__, "points": rows,
+               "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan)}
+        print(json.dumps(out, indent=1))
         return
     from tabulate import tabulate
 
