@@ -307,11 +307,6 @@ def pooled_sd(samples: Iterable[Sequence[float]]) -> tuple[float, int]:
 
 
 
-def significant(lo: float, hi: float) -> bool:
-    """A confidence interval that excludes 0."""
-    return bool(np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0))
-
-
 def fmt_pm(mean: float, half: float, scale: float = 100.0, digits: int = 1, n: int | None = None) -> str:
     """'93.4 ± 0.6' (percent by default); 'n=1, no CI' style when the half-width is undefined. A half-width
     that rounds to zero is never printed as '± 0.0': exactly 0 (tied seeds) says so, a tiny one gets digits."""
