@@ -11,7 +11,7 @@ import pandas as pd
 from .results import atomic_write
 from .rundata import RunData, config_keys
 from .stats import MIN_SEEDS, finite
-from .tablespec import fmt_value
+from .tablespec import fmt_value, seed_values
 
 GRADCAM_PER_CLASS = 3
 ORDINAL = {"train_stages": ("0", "1", "2", "3", "4", "all")}
@@ -130,7 +130,7 @@ def fig_per_class_f1(run: RunData, pc: pd.DataFrame, path: Path) -> bool:
 
 def fig_axis(run: RunData, axis: str, num: pd.DataFrame, path: Path) -> bool:
     """Accuracy against a numeric axis (lr on a log scale, train_stages in order 0..4, all): the mean over seeds,
-    with 95% CI bars from MIN_SEEDS seeds on (a t-interval from fewer seeds is not drawn)."""
+    each seed as a small dot, and 95% CI bars from MIN_SEEDS seeds on (a t-interval from fewer is not drawn)."""
     if axis in run.eval_axes or not len(num):
         return False
     rows = num[num["seeds"] > 0]
@@ -165,14 +165,18 @@ def fig_axis(run: RunData, axis: str, num: pd.DataFrame, path: Path) -> bool:
         v = vals[r["config_id"]]
         label = ", ".join(f"{k}={fmt_value(v.get(k))}" for k in others) or "test"
         ci = r["test_acc_ci"] if r["seeds"] >= MIN_SEEDS else math.nan
-        groups.setdefault(label, []).append((xpos(v.get(xkey)), r["test_acc_mean"], ci))
+        per_seed = list(seed_values(r.to_dict(), "test_acc").values())
+        groups.setdefault(label, []).append((xpos(v.get(xkey)), r["test_acc_mean"], ci, per_seed))
     for label, pts in groups.items():
-        pts = sorted(p for p in pts if finite(p[0]))
+        pts = sorted((p for p in pts if finite(p[0])), key=lambda p: p[0])
         if not pts:
             continue
-        x, m, h = (np.array(t, dtype=float) for t in zip(*pts))
-        ax.errorbar(x, m * 100, yerr=np.where(np.isfinite(h), h * 100, 0), marker="o", capsize=4,
-                    label=label if others else f"test accuracy (mean; 95% CI over seeds from {MIN_SEEDS} seeds)")
+        x, m, h = (np.array(t, dtype=float) for t in list(zip(*pts))[:3])
+        line = ax.errorbar(x, m * 100, yerr=np.where(np.isfinite(h), h * 100, 0), marker="o", capsize=4,
+                           label=label if others else f"test accuracy (mean; 95% CI from {MIN_SEEDS} seeds on)")
+        sx = [p[0] for p in pts for _ in p[3]]
+        sy = [v * 100 for p in pts for v in p[3]]
+        ax.scatter(sx, sy, s=12, alpha=0.5, color=line.lines[0].get_color(), label=None if others else "each seed")
     if xkey in ORDINAL:
         ax.set_xticks(range(len(order)), order)
     elif xkey in LOG_KEYS and all(float(v.get(xkey)) > 0 for v in vals.values()):

@@ -30,7 +30,7 @@ ALPHA = 0.05
 MIN_SEEDS = 3  # the seed t-test needs at least this many seeds before a difference gets a verdict
 NEEDS_SEEDS = f"needs ≥ {MIN_SEEDS} seeds"
 INCONCLUSIVE = "inconclusive"
-UNTESTED = "untested"
+UNTESTED = "untested (no stored test logits)"
 
 
 def finite(x) -> bool:
@@ -239,7 +239,7 @@ def holm(pvalues) -> np.ndarray:
 
 def verdict(n_seeds: int, diff: float, p_adjusted: float, alpha: float = ALPHA) -> str:
     """'higher' / 'lower' when the corrected p_both is below alpha, 'inconclusive' otherwise; no verdict
-    (NEEDS_SEEDS) with fewer than MIN_SEEDS seeds, 'untested' when a test could not be run (no logits)."""
+    (NEEDS_SEEDS) with fewer than MIN_SEEDS seeds, UNTESTED when the image test could not be run (no logits)."""
     if n_seeds < MIN_SEEDS:
         return NEEDS_SEEDS
     if p_adjusted is None or not np.isfinite(p_adjusted):

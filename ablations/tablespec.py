@@ -213,7 +213,8 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 LATEX_SYMBOLS = {"±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$", "Δ": r"$\Delta$",
-                 "−": "-", "–": "--", "—": "---", "↔": r"$\leftrightarrow$", "→": r"$\to$", "×": r"$\times$"}
+                 "−": "-", "–": "--", "—": "---", "↔": r"$\leftrightarrow$", "→": r"$\to$", "×": r"$\times$",
+                 "…": r"\ldots{}"}
 
 
 def latex_symbols(tex: str) -> str:
