@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from .results import atomic_write
-from .rundata import RunData, _config_keys, _finite
-from .tables import _fmt_value
+from .rundata import RunData, config_keys
+from .stats import MIN_SEEDS, finite
+from .tablespec import fmt_value, seed_values
 
 GRADCAM_PER_CLASS = 3
 ORDINAL = {"train_stages": ("0", "1", "2", "3", "4", "all")}
@@ -128,14 +129,15 @@ def fig_per_class_f1(run: RunData, pc: pd.DataFrame, path: Path) -> bool:
 
 
 def fig_axis(run: RunData, axis: str, num: pd.DataFrame, path: Path) -> bool:
-    """Accuracy against a numeric axis (lr on a log scale, train_stages in order 0..4, all) with CI bars."""
+    """Accuracy against a numeric axis (lr on a log scale, train_stages in order 0..4, all): the mean over seeds,
+    each seed as a small dot, and 95% CI bars from MIN_SEEDS seeds on (a t-interval from fewer is not drawn)."""
     if axis in run.eval_axes or not len(num):
         return False
     rows = num[num["seeds"] > 0]
     if len(rows) < 2:
         return False
     vals = {cid: run.config_values(cid) for cid in rows["config_id"]}
-    keys = [k for k in _config_keys() if len({_fmt_value(v.get(k)) for v in vals.values()}) > 1]
+    keys = [k for k in config_keys() if len({fmt_value(v.get(k)) for v in vals.values()}) > 1]
     spec = (run.spec.get("axes") or {}).get(axis) or {}
     if isinstance(spec, dict) and "key" in spec:
         swept = [str(spec["key"])]
@@ -161,21 +163,26 @@ def fig_axis(run: RunData, axis: str, num: pd.DataFrame, path: Path) -> bool:
     groups: dict[str, list] = {}
     for _, r in rows.iterrows():
         v = vals[r["config_id"]]
-        label = ", ".join(f"{k}={_fmt_value(v.get(k))}" for k in others) or "test"
-        groups.setdefault(label, []).append((xpos(v.get(xkey)), r["test_acc_mean"], r["test_acc_ci"]))
+        label = ", ".join(f"{k}={fmt_value(v.get(k))}" for k in others) or "test"
+        ci = r["test_acc_ci"] if r["seeds"] >= MIN_SEEDS else math.nan
+        per_seed = list(seed_values(r.to_dict(), "test_acc").values())
+        groups.setdefault(label, []).append((xpos(v.get(xkey)), r["test_acc_mean"], ci, per_seed))
     for label, pts in groups.items():
-        pts = sorted(p for p in pts if _finite(p[0]))
+        pts = sorted((p for p in pts if finite(p[0])), key=lambda p: p[0])
         if not pts:
             continue
-        x, m, h = (np.array(t, dtype=float) for t in zip(*pts))
-        ax.errorbar(x, m * 100, yerr=np.where(np.isfinite(h), h * 100, 0), marker="o", capsize=4,
-                    label=label if others else "test accuracy (95% CI over seeds)")
+        x, m, h = (np.array(t, dtype=float) for t in list(zip(*pts))[:3])
+        line = ax.errorbar(x, m * 100, yerr=np.where(np.isfinite(h), h * 100, 0), marker="o", capsize=4,
+                           label=label if others else f"test accuracy (mean; 95% CI from {MIN_SEEDS} seeds on)")
+        sx = [p[0] for p in pts for _ in p[3]]
+        sy = [v * 100 for p in pts for v in p[3]]
+        ax.scatter(sx, sy, s=12, alpha=0.5, color=line.lines[0].get_color(), label=None if others else "each seed")
     if xkey in ORDINAL:
         ax.set_xticks(range(len(order)), order)
     elif xkey in LOG_KEYS and all(float(v.get(xkey)) > 0 for v in vals.values()):
         ax.set_xscale("log")
     ref = rows[rows["is_reference"]]
-    if len(ref) and _finite(ref["test_acc_mean"].iloc[0]):
+    if len(ref) and finite(ref["test_acc_mean"].iloc[0]):
         ax.axhline(ref["test_acc_mean"].iloc[0] * 100, color="gray", ls=":", lw=1, label="reference")
     ax.set_xlabel(xkey + (" (trained top stages)" if xkey == "train_stages" else ""))
     ax.set_ylabel("test accuracy % (no TTA)")
@@ -189,33 +196,33 @@ def fig_axis(run: RunData, axis: str, num: pd.DataFrame, path: Path) -> bool:
 # ============================================================================ Grad-CAM
 
 
-def _test_images(run: RunData):
+def load_test_images(run: RunData):
     """The run's test images (uint8), rebuilt from its data settings and checked against labels.npz."""
     from pipeline import data as D
 
     d = run.meta.get("data") or {}
     source = d.get("source")
     if not source:
-        raise _Skip("run.json names no data source")
+        raise Skip("run.json names no data source")
     if source == "torchvision" and not D.was_cached(source):
-        raise _Skip("the torchvision CIFAR-10 cache is absent on this machine (the report does not download)")
+        raise Skip("the torchvision CIFAR-10 cache is absent on this machine (the report does not download)")
     if source != "torchvision" and not Path(source).exists() and not D.was_cached(source):
-        raise _Skip(f"data source {source} is not on this machine")
+        raise Skip(f"data source {source} is not on this machine")
     try:
         ds = D.load(source)
         splits = D.make_splits(ds, val_size=int(d.get("val_size", 5000)), split_seed=int(d.get("split_seed", 0)),
                                train_per_class=int(d.get("train_per_class", 0)),
                                test_per_class=int(d.get("test_per_class", 0)))
     except D.DataError as e:
-        raise _Skip(f"cannot load the test images ({e})") from None
+        raise Skip(f"cannot load the test images ({e})") from None
     if run.labels is None:
-        raise _Skip("labels.npz is missing (needed to check the rebuilt test images)")
+        raise Skip("labels.npz is missing (needed to check the rebuilt test images)")
     if not np.array_equal(splits.test_y, run.labels["test"]):
-        raise _Skip("the test images rebuilt from run.json do not match labels.npz")
+        raise Skip("the test images rebuilt from run.json do not match labels.npz")
     return splits.test_x, splits.test_y
 
 
-class _Skip(Exception):
+class Skip(Exception):
     """A figure that cannot be made, with the reason for the report."""
 
 
@@ -227,16 +234,16 @@ def _load_model(run: RunData, tid: str, num_classes: int):
 
     path = run.folder.model_path(tid)
     if not path.exists():
-        raise _Skip(f"no saved weights (models/{tid}.pt)")
+        raise Skip(f"no saved weights (models/{tid}.pt)")
     d = torch.load(path, map_location="cpu", weights_only=False)
     cfg = TrialConfig.from_row(d["config"]).replace(device="cpu")
     try:
         model = build_model(cfg, num_classes)
     except ModelError as e:
-        raise _Skip(f"cannot rebuild the model ({e})") from None
+        raise Skip(f"cannot rebuild the model ({e})") from None
     missing, unexpected = model.load_state_dict(d["state"], strict=False)
     if unexpected:
-        raise _Skip(f"saved weights do not fit the model (unexpected {unexpected[:2]})")
+        raise Skip(f"saved weights do not fit the model (unexpected {unexpected[:2]})")
     return model.eval(), cfg
 
 
@@ -255,7 +262,7 @@ def fig_gradcam(run: RunData, level: str, images, path: Path,
     seeds = run.seeds(cid, level)
     tid = next((t for t in seeds.values() if run.folder.model_path(t).exists()), None)
     if tid is None:
-        raise _Skip("no saved weights for any seed (models/ keeps each level's best config by default)")
+        raise Skip("no saved weights for any seed (models/ keeps each level's best config by default)")
     test_x, test_y = images
     k = len(run.classes)
     model, cfg = _load_model(run, tid, k)

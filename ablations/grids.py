@@ -8,6 +8,10 @@ and ``axes``. An axis sweeps config keys around one level's reference config:
     {"around": "L3", "arms": {"se": {"head": "se"}, "cnn": {...}}}            named deltas
     {"around": "L4", "key": "tta", "values": [...], "eval": true}             evaluation only: no new trials
 
+An axis may also carry ``reported: {arm: percent}`` (a seed write-up's test accuracy for that arm, shown beside
+ours) and ``compete: false`` (its arms are not candidates for their level's best config: the seed recipes,
+which rerun each write-up's own configuration, are not variants of the level they start from).
+
 Every point runs once per seed. The same config reached twice (e.g. an axis arm equal to its level's
 reference) has one trial id and runs once; each way of reaching it is a row ("membership") of the plan.
 
@@ -15,7 +19,8 @@ Grids are YAML files: the built-in ones live in ``ablations/builtin_grids/`` (``
 own is passed by path (``--grid my_grid.yaml``; JSON works too). Other sections: ``seeds`` (default
 number of seeds), ``base`` (config keys shared by every level), ``ensembles`` (formed by the reporter
 from stored logits: ``{name: {axis: AXIS}}`` or ``{name: {levels: [L2, L3]}}``), ``reported`` (the seed
-write-ups' numbers per level, shown beside ours), ``run_levels`` (the levels to run by default), and
+write-ups' numbers per level, shown beside ours), ``claims`` (the study's hypotheses, each with its source,
+given a verdict in the report: see ``ablations.claims``), ``run_levels`` (the levels to run by default), and
 ``extends: OTHER`` (start from another grid and replace or extend its parts, see ``merge_specs``).
 """
 from __future__ import annotations
@@ -30,7 +35,10 @@ from typing import Any
 
 from pipeline.augment import TTA_MODES
 from pipeline.config import DATA_KEYS, ConfigError, TrialConfig, coerce, from_dict
+from pipeline.data import CIFAR10_CLASSES
 from pipeline.errors import UserError, one_line
+
+from . import claims as C
 
 
 class GridError(UserError, ValueError):
@@ -39,24 +47,31 @@ class GridError(UserError, ValueError):
 
 LEVEL_NAMES = ("L1", "L2", "L3", "L4")
 
-# Numbers the seed write-ups reported (test accuracy, their own single runs, original CIFAR-10 binaries,
-# ResNet at 224 px). Shown beside ours in the level comparison; never used to choose anything.
+# Numbers the seed write-ups reported (test accuracy of their own single runs, at 224 px), by write-up:
+# 000 ResNet-18 L1-L4; 001 ResNet-18 L1-L2 and a CNN from scratch as L3; 002 ResNet-50 L1-L3 (L4 planned);
+# 003 only the CNN from scratch (the same write-up as 001's L3); 004 ResNet-18, no numbers. Shown beside ours
+# in the level comparison; never used to choose anything.
 SEED_REPORTED = {
-    "L1": "80-81% (000), 93.5% (001), 82.1% (003, ResNet-50)",
-    "L2": "~70% partial (000), 94.7% (001), 94.6% (003)",
-    "L3": "91.7% fusion (000), 65.9% CNN from scratch (001/002), 94.6% SE (003)",
-    "L4": "94.25% layer3+4 + flip TTA (000); ensembles planned, not run (003)",
+    "L1": "~80-81% (000, ResNet-18), 93.5% (001, ResNet-18, freezing not stated), "
+          "82.1% (002, ResNet-50 frozen, lr 1e-3)",
+    "L2": "~70% after partial training (000), 94.7% (001, Adam 1e-4, 5 epochs), 94.6% (002, ResNet-50)",
+    "L3": "91.7% fusion head (000), 94.6% SE head (002, ResNet-50), 65.9% CNN from scratch (001 and 003)",
+    "L4": "94.25% layer3+4 + flip TTA (000); ensembles, MixUp, label smoothing planned, not run (002)",
 }
 
 LEVEL_LABELS = {
-    "L1": "frozen pretrained backbone + linear head",
-    "L2": "augmentation, dropout, weight decay, AdamW + cosine, last stage unfrozen",
-    "L3": "architecture: multi-scale fusion head / SE head / CNN from scratch",
-    "L4": "deeper fine-tuning, TTA, MixUp/CutMix/label smoothing, ensembles",
+    "L1": "frozen pretrained backbone + linear head (002; 000 and 001 replace the head without saying what they "
+          "froze)",
+    "L2": "augmentation, dropout, weight decay (001), AdamW + cosine, last stage unfrozen (002)",
+    "L3": "multi-scale fusion head (000); the SE head (002) and the CNN from scratch (001, 003) are arms",
+    "L4": "layer3 + layer4 fine-tuned, backbone at 5e-5, flip TTA (000); MixUp, label smoothing and ensembles "
+          "as arms (planned in 002, not run)",
 }
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_grids"
-SECTIONS = {"description", "seeds", "base", "levels", "axes", "ensembles", "reported", "run_levels"}
+SECTIONS = {"description", "seeds", "base", "levels", "axes", "ensembles", "reported", "run_levels", "claims"}
+AXIS_KEYS = {"around", "key", "values", "cross", "arms", "eval", "reported", "compete"}
+CLASSES = CIFAR10_CLASSES  # what class claims may name
 
 
 def builtin_names() -> list[str]:
@@ -76,6 +91,7 @@ class Point:
     seed: int
     is_reference: bool
     config: TrialConfig
+    competes: bool = True  # a candidate for its level's best config (False for the arms of a compete: false axis)
 
     @cached_property
     def trial_id(self) -> str:
@@ -87,7 +103,8 @@ class Point:
 
     def row(self) -> dict[str, Any]:
         return {"trial_id": self.trial_id, "config_id": self.config_id, "level": self.level, "axis": self.axis,
-                "arm": self.arm, "seed": self.seed, "is_reference": self.is_reference, **self.config.to_dict()}
+                "arm": self.arm, "seed": self.seed, "is_reference": self.is_reference, "competes": self.competes,
+                **self.config.to_dict()}
 
 
 @dataclass
@@ -96,6 +113,7 @@ class Plan:
     spec: dict
     points: list[Point] = field(default_factory=list)
     eval_axes: tuple[str, ...] = ()
+    claims: tuple[C.Claim, ...] = ()
 
     def trials(self) -> dict[str, TrialConfig]:
         """Unique trials in plan order."""
@@ -158,7 +176,8 @@ def _load(name_or_path: str, seen: tuple[str, ...], base_dir: Path | None = None
 
 def merge_specs(parent: dict, child: dict) -> dict:
     """``child`` on top of ``parent``: base keys and level ``set`` keys are updated one by one; axes,
-    ensembles and reported texts are replaced by name (a null value removes one); other keys replace."""
+    ensembles, reported texts and claims are replaced by name (a null value removes one; removing an axis
+    removes the claims about it); other keys replace."""
     out = copy.deepcopy(parent)
     for key, value in child.items():
         if key == "base":
@@ -173,9 +192,23 @@ def merge_specs(parent: dict, child: dict) -> dict:
         elif key in ("axes", "ensembles", "reported"):
             merged = {**(parent.get(key) or {}), **(value or {})}
             out[key] = {k: v for k, v in merged.items() if v is not None}
+        elif key == "claims":
+            merged = {**_claims_mapping(parent.get(key)), **_claims_mapping(value)}
+            out[key] = {k: v for k, v in merged.items() if v is not None}
         else:
             out[key] = copy.deepcopy(value)
+    removed = {a for a, v in (child.get("axes") or {}).items() if v is None}
+    if removed and out.get("claims"):
+        out["claims"] = {k: v for k, v in _claims_mapping(out["claims"]).items()
+                         if not (isinstance(v, dict) and v.get("axis") in removed)}
     return out
+
+
+def _claims_mapping(value) -> dict:
+    try:
+        return C.as_mapping(value)
+    except C.ClaimError as e:
+        raise GridError(str(e)) from None
 
 
 def _config(values: dict, where: str) -> TrialConfig:
@@ -195,16 +228,16 @@ def _coerce_all(delta: dict, where: str) -> dict:
 
 
 def _arm_name(delta: dict) -> str:
-    def fmt(v):
-        return f"{v:g}" if isinstance(v, float) else str(v)
-
     if len(delta) == 1:
-        return fmt(next(iter(delta.values())))
-    return ",".join(f"{k}={fmt(v)}" for k, v in delta.items())
+        return C.arm_name(next(iter(delta.values())))
+    return ",".join(f"{k}={C.arm_name(v)}" for k, v in delta.items())
 
 
 def _axis_arms(name: str, axis: dict) -> dict[str, dict]:
     where = f"axis {name!r}"
+    unknown = set(axis) - AXIS_KEYS
+    if unknown:
+        raise GridError(f"{where}: unknown key(s) {sorted(unknown)}; an axis has {sorted(AXIS_KEYS)}")
     kinds = [k for k in ("key", "cross", "arms") if k in axis]
     if len(kinds) != 1:
         raise GridError(f"{where}: give exactly one of 'key'+'values', 'cross' or 'arms'")
@@ -297,9 +330,9 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
     plan = Plan(grid=name, spec=spec, eval_axes=tuple(eval_axes))
     ref_cfg = {lv: _config(refs[lv], f"level {lv!r}") for lv in wanted_levels}
 
-    def add(level, axis, arm, cfg: TrialConfig, is_ref: bool):
+    def add(level, axis, arm, cfg: TrialConfig, is_ref: bool, competes: bool = True):
         for s in range(n_seeds):
-            plan.points.append(Point(level, axis, arm, s, is_ref, cfg.replace(seed=s)))
+            plan.points.append(Point(level, axis, arm, s, is_ref, cfg.replace(seed=s), competes))
 
     for lv in wanted_levels:
         add(lv, "reference", "reference", ref_cfg[lv], True)
@@ -318,7 +351,7 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
         if not any(c.trial_id == ref.trial_id for c in cfgs.values()):
             cfgs = {"reference": ref, **cfgs}
         for arm, cfg in cfgs.items():
-            add(lv, ax_name, arm, cfg, cfg.trial_id == ref.trial_id)
+            add(lv, ax_name, arm, cfg, cfg.trial_id == ref.trial_id, bool(ax.get("compete", True)))
 
     for ens_name, ens in (spec.get("ensembles") or {}).items():
         ok = isinstance(ens, dict) and len(ens) == 1 and (
@@ -328,12 +361,90 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
             raise GridError(f"ensemble {ens_name!r}: give either 'axis: <axis of this grid>' or "
                             f"'levels: [<levels of this grid>]'")
 
+    plan.claims = _checked_claims(name, spec, level_specs, axis_specs)
+
     settings = {tuple(getattr(c, k) for k in DATA_KEYS) for c in plan.trials().values()}
     if len(settings) > 1:
         raise GridError(f"grid {name!r}: all trials of a run must share the data settings {DATA_KEYS}")
     if not plan.points:
         raise GridError(f"grid {name!r}: the selection has no trials")
     return plan
+
+
+def axis_arm_names(name: str, axis: dict) -> list[str]:
+    """The arm names an axis produces ('reference' is always there: it is added when no arm equals it)."""
+    if axis.get("eval"):
+        return [str(v) for v in axis.get("values") or []]
+    return [*_axis_arms(name, axis), "reference"]
+
+
+def _check_axis_options(name: str, axis: dict) -> None:
+    if not isinstance(axis.get("compete", True), bool):
+        raise GridError(f"axis {name!r}: 'compete' must be true or false")
+    reported = axis.get("reported")
+    if reported is None:
+        return
+    arms = axis_arm_names(name, axis)
+    if not isinstance(reported, dict):
+        raise GridError(f"axis {name!r}: 'reported' maps arms to a write-up's test accuracy in percent")
+    for arm, value in reported.items():
+        if C.arm_name(arm) not in arms:
+            raise GridError(f"axis {name!r}: 'reported' names arm {arm!r}, which the axis does not have")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise GridError(f"axis {name!r}: reported accuracy of arm {arm!r} must be a percentage, got {value!r}")
+
+
+def _checked_claims(name: str, spec: dict, level_specs: dict, axis_specs: dict) -> tuple[C.Claim, ...]:
+    for ax_name, ax in axis_specs.items():
+        _check_axis_options(ax_name, ax)
+    try:
+        claims = C.parse(spec.get("claims"))
+        C.check(claims, level_specs, {a: axis_arm_names(a, ax) for a, ax in axis_specs.items()}, CLASSES)
+    except C.ClaimError as e:
+        raise GridError(f"grid {name!r}: {e}") from None
+    return tuple(claims)
+
+
+def ensembles_of(spec: dict, levels: list[str]) -> dict[str, dict]:
+    """The grid's declared ensembles, or (none declared) one of the best config of each of ``levels``."""
+    return dict(spec.get("ensembles") or {"best of each level": {"levels": list(levels)}})
+
+
+def describe_ensembles(plan: Plan) -> list[str]:
+    """What ensembles the report will form from this plan's stored logits, one line each."""
+    levels = list(dict.fromkeys(p.level for p in plan.points))
+    axes = {}
+    for p in plan.points:
+        axes.setdefault(p.axis, set()).add(p.arm)
+    out = []
+    for name, e in ensembles_of(plan.spec, levels).items():
+        if "axis" in e:
+            arms = axes.get(e["axis"])
+            what = (f"every arm of axis {e['axis']} ({len(arms)} arms)" if arms else
+                    f"axis {e['axis']} (not in this selection: no ensemble)")
+            if e["axis"] in plan.eval_axes:
+                what = f"axis {e['axis']} is evaluation-only: see the TTA table instead (no ensemble)"
+        else:
+            present = [lv for lv in e.get("levels", []) if lv in levels]
+            what = f"the best config (by validation) of {', '.join(present) or 'no level in this selection'}"
+        out.append(f"{name}: {what}; soft vote and validation-weighted soft vote, per seed")
+    n_seeds = len({p.seed for p in plan.points})
+    if n_seeds >= 2:
+        out.append(f"seeds of each level's best config ({', '.join(levels)}): soft vote of its {n_seeds} seeds")
+    return out
+
+
+def describe_claims(plan: Plan) -> list[str]:
+    """The plan's claims, one line each, marked where this selection cannot measure them."""
+    levels = {p.level for p in plan.points}
+    axes = {p.axis for p in plan.points}
+    out = []
+    for c in plan.claims:
+        need_levels = {c.level} if c.kind == "classes" else ({c.better, c.worse} if c.kind == "levels" else set())
+        missing = sorted(need_levels - levels) + ([c.axis] if c.kind == "arms" and c.axis not in axes else [])
+        note = f" [not in this selection: {', '.join(missing)}]" if missing else ""
+        out.append(f"{c.id}: {c.says} -- measures {c.compared()}; source: {c.source}{note}")
+    return out
 
 
 def summarize(plan: Plan) -> list[dict[str, Any]]:

@@ -129,7 +129,9 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
     if as_json:
         cfgs = {tid: _with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
         rows = [{**p.row(), **cfgs[p.trial_id]} for p in plan.points]
-        print(json.dumps({"grid": plan.grid, "resources": res.__dict__, "points": rows}, indent=1))
+        out = {"grid": plan.grid, "resources": res.__dict__, "points": rows,
+               "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan)}
+        print(json.dumps(out, indent=1))
         return
     from tabulate import tabulate
 
@@ -140,6 +142,9 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
     print(tabulate(grids.summarize(plan), headers="keys", tablefmt="github"))
     if plan.eval_axes:
         print(f"evaluation-only axes (computed from stored logits, no extra trials): {', '.join(plan.eval_axes)}")
+    for title, lines in (("claims (verdicts in REPORT.md)", grids.describe_claims(plan)),
+                         ("ensembles (formed by the report from stored logits)", grids.describe_ensembles(plan))):
+        print(f"{title}:" + "".join(f"\n  {line}" for line in lines) if lines else f"{title}: none")
     print(f"resources: {res.describe()}{note}")
     print(estimate_line(trials.values(), res, (n_train, n_val, n_test), gpu_speed))
 

@@ -1,7 +1,8 @@
 """Reading a results folder into what the report's tables and figures need.
 
-``RunData`` loads a run (trials, labels, epochs, and logits on demand) and records what is missing in ``notes``;
-``finished`` and ``best_config_ids`` pick out finished trials and each level's best config (on validation only).
+``RunData`` loads a run (trials, labels, epochs, logits on demand, the grid's claims) and records what is missing
+in ``notes``; ``finished`` and ``best_config_ids`` pick out finished trials and each level's best config (on
+validation only); ``normalise_trials`` fills the columns an older trials.parquet lacks.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from .results import RunFolder
+from .stats import finite
 
 LOGITS_CACHE = 24  # trials whose logits stay in memory at once
 
 
-# ============================================================================ public helpers (used by run.py)
+# ============================================================================ public helpers (also used by run.py)
 
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:
@@ -32,9 +34,12 @@ def best_config_ids(df: pd.DataFrame) -> dict[str, str]:
     """Each level's best config: highest mean validation accuracy over its finished seeds (never test).
 
     Ties go to the level's reference config, then to the config with more finished seeds, then plan order.
+    Rows of axes that do not compete (``competes`` False: the seed recipes) are not candidates.
     """
-    df = _normalise(df)
+    df = normalise_trials(df)
     fin = finished(df)
+    if len(fin):
+        fin = fin[fin["competes"]]
     if not len(fin) or "val_acc" not in fin:
         return {}
     fin = fin[np.isfinite(pd.to_numeric(fin["val_acc"], errors="coerce"))]
@@ -54,18 +59,19 @@ def best_config_ids(df: pd.DataFrame) -> dict[str, str]:
 # ============================================================================ loading a run
 
 
-def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+def normalise_trials(df: pd.DataFrame) -> pd.DataFrame:
     """Fill columns an older or partial trials.parquet may lack."""
     if not len(df):
         return df
     df = df.copy()
     for col, default in (("level", "?"), ("axis", "reference"), ("arm", "reference"), ("seed", 0),
-                         ("status", "pending"), ("error", None)):
+                         ("status", "pending"), ("error", None), ("competes", True)):
         if col not in df:
             df[col] = default
     if "is_reference" not in df:
         df["is_reference"] = df["axis"] == "reference"
     df["is_reference"] = df["is_reference"].fillna(False).astype(bool)
+    df["competes"] = df["competes"].fillna(True).astype(bool)
     if "config_id" not in df:
         df["config_id"] = [_config_id_of(r) for r in df.to_dict("records")]
     df["config_id"] = df["config_id"].fillna(df["trial_id"])
@@ -83,17 +89,11 @@ def _config_id_of(row: dict) -> str:
         return str(row["trial_id"])
 
 
-def _config_keys() -> list[str]:
+def config_keys() -> list[str]:
+    """The config keys that make a config (not execution keys, not the seed)."""
     from pipeline.config import EXECUTION_KEYS, TrialConfig
 
     return [k for k in TrialConfig.__dataclass_fields__ if k not in EXECUTION_KEYS and k != "seed"]
-
-
-def _finite(x) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 class RunData:
@@ -106,7 +106,7 @@ class RunData:
         self.spec = self.meta.get("grid_spec") or {}
         self.eval_axes = set(self.meta.get("eval_axes") or [])
         try:
-            self.df = _normalise(self.folder.read_trials())
+            self.df = normalise_trials(self.folder.read_trials())
         except Exception as e:
             self.notes.append(f"trials.parquet unreadable ({type(e).__name__}: {e}); no trial tables.")
             self.df = pd.DataFrame()
@@ -146,6 +146,30 @@ class RunData:
         for lv, ls in (self.spec.get("levels") or {}).items():  # a grid may describe its own levels
             if isinstance(ls, dict) and ls.get("description"):
                 self.level_labels[str(lv)] = str(ls["description"])
+        self.claims_origin = ""  # where the claims come from, when not from this run's own grid
+        self.claims = self._read_claims()
+
+    def _read_claims(self) -> list:
+        """The claims of the grid this run was made with; for a run whose run.json predates claims, those of the
+        built-in grid of the same name today (claims it cannot measure say so in the report)."""
+        from . import claims, grids
+
+        value = self.spec.get("claims")
+        grid = str(self.meta.get("grid") or "")
+        if value is None and grid in grids.builtin_names():
+            try:
+                value = grids.load_spec(grid)[1].get("claims")
+            except grids.GridError as e:
+                self.notes.append(f"cannot read the claims of the built-in grid {grid!r}: {e}")
+                return []
+            if value:
+                self.claims_origin = (f"This run's run.json predates claims: these are the claims of the built-in grid "
+                                      f"`{grid}` as it is today.")
+        try:
+            return claims.parse(value)
+        except claims.ClaimError as e:
+            self.notes.append(f"claims not evaluated: {e}")
+            return []
 
     # ------------------------------------------------------------------ structure
 
@@ -163,6 +187,28 @@ class RunData:
         pairs = zip(self.df["axis"].astype(str), self.df["level"].astype(str))
         return [(a, lv) for a, lv in dict.fromkeys(pairs) if a != "reference"]
 
+    def axis_spec(self, axis: str) -> dict:
+        spec = (self.spec.get("axes") or {}).get(axis)
+        return spec if isinstance(spec, dict) else {}
+
+    def reference_config(self, level: str) -> str | None:
+        """The config id of a level's reference, or None when the level is not in this run."""
+        if not len(self.df):
+            return None
+        rows = self.df[(self.df["level"].astype(str) == level) & (self.df["axis"] == "reference")]
+        return str(rows["config_id"].iloc[0]) if len(rows) else None
+
+    def arm_config(self, axis: str, arm: str) -> tuple[str, str, str] | None:
+        """(level, config_id, TTA mode) of one arm of an axis; an evaluation-only axis's arm is a TTA mode of its
+        level's reference. None when the axis or arm is not in this run."""
+        if not len(self.df):
+            return None
+        rows = self.df[(self.df["axis"] == axis) & (self.df["arm"].astype(str) == arm)]
+        if not len(rows):
+            return None
+        r = rows.iloc[0]
+        return str(r["level"]), str(r["config_id"]), (arm if axis in self.eval_axes else "none")
+
     def seeds(self, config_id: str, level: str | None = None) -> dict[int, str]:
         """Finished seeds of a config: {seed: trial_id}."""
         f = self.fin[self.fin["config_id"] == config_id]
@@ -176,7 +222,7 @@ class RunData:
         if not len(rows):
             return {}
         r = rows.iloc[0]
-        return {k: r[k] for k in _config_keys() if k in rows}
+        return {k: r[k] for k in config_keys() if k in rows}
 
     def config_name(self, level: str, config_id: str) -> str:
         """'L2 reference', 'L2 lr=0.0001', 'L3 architecture=scratch_cnn'."""
@@ -193,7 +239,7 @@ class RunData:
         if tid not in self.trials.index or col not in self.trials:
             return math.nan
         v = self.trials.at[tid, col]
-        return float(v) if _finite(v) else math.nan
+        return float(v) if finite(v) else math.nan
 
     def status_counts(self, rows: pd.DataFrame | None = None) -> dict[str, int]:
         rows = self.df if rows is None else rows
@@ -258,9 +304,9 @@ class RunData:
     def acc(self, tid: str, split: str = "test", mode: str = "none") -> float:
         """Accuracy from trials.parquet (``test_acc``, ``test_acc_<mode>``), else from the stored logits."""
         v = self.value(tid, f"{split}_acc" if mode == "none" else f"{split}_acc_{mode}")
-        if not _finite(v) and mode == "none":
+        if not finite(v) and mode == "none":
             v = self.value(tid, f"{split}_acc_none")
-        if not _finite(v):
+        if not finite(v):
             c = self.correct(tid, split, mode)
             v = float(c.mean()) if c is not None else math.nan
         return v

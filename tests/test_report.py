@@ -46,6 +46,11 @@ SPEC = {
              "tta": {"around": "L2", "key": "tta", "values": ["none", "flip"], "eval": True}},
     "reported": {"L1": "99.9% (hand-made write-up)"},
     "ensembles": {"lr arms": {"axis": "lr"}},
+    "claims": {"l2_beats_l1": {"says": "L2 beats L1", "better": "L2", "worse": "L1", "source": "hand-made 001"},
+               "flip_helps": {"says": "flip TTA helps", "axis": "tta", "better": "flip", "worse": "none",
+                              "source": "hand-made 002"},
+               "low_lr_helps": {"says": "a low lr helps", "axis": "lr", "better": 1.0e-4, "worse": 1.0e-3,
+                                "source": "hand-made 003"}},
 }
 
 # (level, arm of the lr axis or 'ref') -> per seed: (test correct, test offset, val correct, flip fixes)
@@ -233,9 +238,9 @@ def test_report_markdown_sections(report_run):
     path, info = report_run
     text = info["report"].read_text()
     headings = [ln for ln in text.splitlines() if ln.startswith("## ")]
-    assert headings[0] == "## Level comparison"  # the level comparison comes first
-    for h in ("## Ablations", "## Test-time augmentation", "## Ensembles", "## Per-class results",
-              "## Learning curves", "## Grad-CAM", "## Trials"):
+    assert headings[:2] == ["## Claims", "## Level comparison"]  # the claims come first, then the levels
+    for h in ("## Method: how sure is each difference", "## Ablations", "## Test-time augmentation", "## Ensembles",
+              "## Per-class results", "## Learning curves", "## Grad-CAM", "## Trials"):
         assert h in headings, h
     assert "### Axis lr (around L2)" in text
     assert "Run not finished" in text
@@ -243,7 +248,10 @@ def test_report_markdown_sections(report_run):
     assert "L2 lr=0.0001" in text  # the validation winner names the L2 row
     assert "99.9% (hand-made write-up)" in text  # the spec's 'reported' overrides the seeds' numbers
     assert "(n=1, no CI)" not in (path / "tables" / "levels.md").read_text()  # every level has >= 2 seeds
-    assert "bootstrap 95% CI of the difference excludes 0" in text  # the significance rule is stated
+    # the rule is stated: both tests, Holm within each table, no verdict below 3 seeds
+    assert "holds across seeds *and* test images" in text and "Holm's step-down method within each table" in text
+    assert "needs ≥ 3 seeds" in text and "Minimum detectable effect" in text
+    assert "± 0.0" not in text
     # failed and pending trials are listed, the error with its pipe escaped for markdown
     failed_id = info["ids"][(("L2", "0.01"), 2)]
     pending_id = info["ids"][(("L2", "0.0001"), 2)]
@@ -272,7 +280,13 @@ def test_level_csv_numbers(report_run):
     assert lv.loc["L2", "best_config"] == "L2 lr=0.0001"
     assert lv.loc["L2", "seeds"] == 2
     assert lv.loc["L2", "test_acc_mean"] == pytest.approx(0.77)
-    assert lv.loc["L2", "test_acc_ci"] == pytest.approx(T95[1] * np.std([0.76, 0.78], ddof=1) / math.sqrt(2))
+    # two seeds: no t-interval anywhere; the per-seed values are kept and shown instead
+    assert math.isnan(lv.loc["L2", "test_acc_ci"])
+    assert lv.loc["L2", "test_acc_seed0"] == pytest.approx(0.76)
+    assert lv.loc["L2", "test_acc_seed1"] == pytest.approx(0.78)
+    md = (path / "tables" / "levels.md").read_text()
+    assert "| 76.0 / 78.0 " in next(ln for ln in md.splitlines() if ln.startswith("| L2 "))
+    assert f"| {72.0:.1f} ± {T95[2] * 0.02 / math.sqrt(3) * 100:.1f} " in md  # L1: 3 seeds, a t-interval
     assert lv.loc["L2", "val_acc_mean"] == pytest.approx(0.8625)
     assert lv.loc["L2", "tta"] == "flip"
     assert lv.loc["L2", "test_acc_tta_mean"] == pytest.approx(0.77)  # this config's flip view changes nothing
@@ -292,22 +306,25 @@ def test_ablation_csv_numbers_and_significance(report_run):
     low = ab.loc["0.0001"]
     assert low["seeds"] == 2 and low["paired_seeds"] == 2
     assert low["diff"] == pytest.approx(-0.035)
-    assert low["diff_ci"] == pytest.approx(T95[1] * np.std([-0.04, -0.03], ddof=1) / math.sqrt(2))
+    assert (low["diff_seed0"], low["diff_seed1"]) == (pytest.approx(-0.04), pytest.approx(-0.03))
+    assert math.isnan(low["diff_ci"]) and math.isnan(low["p_seed"])  # no t-interval or t-test from 2 seeds
     assert low["boot_diff"] == pytest.approx(-0.035)
     assert (low["mcnemar_seed0_n01"], low["mcnemar_seed0_n10"]) == (40, 32)
     from scipy.stats import binomtest
 
     assert low["mcnemar_seed0_p"] == pytest.approx(binomtest(32, 72, 0.5).pvalue)
-    assert low["boot_lo"] < 0 < low["boot_hi"] and not bool(low["significant"])
-    # lr=0.01: nested correct sets, +0.10 and +0.11: every discordant image favours the arm
+    assert low["boot_lo"] < 0 < low["boot_hi"]
+    # lr=0.01: nested correct sets, +0.10 and +0.11: every discordant image favours the arm, and still no
+    # verdict: two seeds say nothing about seed-to-seed variation
     high = ab.loc["0.01"]
     assert high["diff"] == pytest.approx(0.105)
     assert (high["mcnemar_seed0_n01"], high["mcnemar_seed0_n10"]) == (0, 20)
     assert high["mcnemar_seed0_p"] == pytest.approx(2 * 0.5 ** 20)
-    assert high["boot_lo"] > 0 and bool(high["significant"])
+    assert high["boot_lo"] > 0
+    assert list(ab["verdict"]) == ["needs ≥ 3 seeds", "reference", "needs ≥ 3 seeds"]
     md = (path / "tables" / "ablation_lr.md").read_text()
-    assert "≈ not significant" in next(ln for ln in md.splitlines() if ln.startswith("| 0.0001"))
-    assert "higher" in next(ln for ln in md.splitlines() if ln.startswith("| 0.01 "))
+    line = next(ln for ln in md.splitlines() if ln.startswith("| 0.01 "))
+    assert "needs ≥ 3 seeds" in line and "+10.0 / +11.0 (n=2)" in line and "±" not in line
 
 
 def test_tta_tables(report_run):
@@ -319,12 +336,40 @@ def test_tta_tables(report_run):
     assert ref["diff"] == pytest.approx(0.05)  # 8, 10, 12 of 200 images fixed
     assert ref["diff_ci"] == pytest.approx(T95[2] * 0.01 / math.sqrt(3), rel=1e-6)
     assert (ref["mcnemar_seed1_n01"], ref["mcnemar_seed1_n10"]) == (0, 10)
-    assert bool(ref["significant"])
+    # 3 seeds: t-test on +4, +5, +6 pp (t = 0.05 / (0.01 / sqrt 3) with 2 df) and the image bootstrap
+    from scipy.stats import t as student_t
+
+    assert ref["p_seed"] == pytest.approx(2 * student_t.sf(0.05 / (0.01 / math.sqrt(3)), 2), rel=1e-6)
+    assert ref["p_both"] == pytest.approx(max(ref["p_seed"], ref["boot_p"]))
+    assert ref["p_holm"] == pytest.approx(ref["p_both"])  # the only comparison of the table with 3 seeds
+    assert ref["verdict"] == "higher"
+    others = tta[tta["config"] != "L2 reference"]
+    assert len(others) and (others["verdict"] == "needs ≥ 3 seeds").all()
     # the evaluation-only axis compares TTA modes of the same trials
     ax = _csv(path, "ablation_tta").set_index("arm")
     assert ax.loc["flip", "test_acc_mean"] == pytest.approx(0.86)
     assert ax.loc["flip", "diff"] == pytest.approx(0.05)
-    assert bool(ax.loc["none", "is_reference"])
+    assert bool(ax.loc["none", "is_reference"]) and ax.loc["flip", "verdict"] == "higher"
+
+
+def test_claims_table(report_run):
+    path, _ = report_run
+    cl = _csv(path, "claims").set_index("claim")
+    assert list(cl.index) == ["l2_beats_l1", "flip_helps", "low_lr_helps"]
+    # L2 reference - L1 reference on 3 seeds: 0.80 - 0.70, 0.81 - 0.72, 0.82 - 0.74
+    assert cl.loc["l2_beats_l1", "diff"] == pytest.approx(0.09)
+    assert cl.loc["flip_helps", "diff"] == pytest.approx(0.05)
+    assert cl.loc["low_lr_helps", "verdict"] == "needs ≥ 3 seeds"  # its arm finished 2 seeds
+    # Holm over the two measured claims, by hand: the smaller p_both doubled, the larger kept (at least that)
+    p_a, p_b = cl.loc["l2_beats_l1", "p_both"], cl.loc["flip_helps", "p_both"]
+    small, large = sorted([p_a, p_b])
+    holm_by_hand = {small: 2 * small, large: max(2 * small, large)}
+    for cid, p in (("l2_beats_l1", p_a), ("flip_helps", p_b)):
+        assert cl.loc[cid, "p_holm"] == pytest.approx(holm_by_hand[p])
+        assert cl.loc[cid, "p_holm"] < 0.05 and cl.loc[cid, "verdict"] == "confirmed"
+    text = (path / "REPORT.md").read_text()
+    assert text.index("## Claims") < text.index("## Level comparison")
+    assert "hand-made 002" in text.split("## Level comparison")[0]
 
 
 def test_ensemble_table(report_run):

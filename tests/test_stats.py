@@ -85,7 +85,6 @@ def test_paired_bootstrap_identical_models():
     a = np.random.default_rng(0).random((2, 300)) < 0.6
     d, lo, hi, p = S.paired_bootstrap(a, a.copy(), n_boot=1000, seed=0)
     assert (d, lo, hi) == (0.0, 0.0, 0.0) and p == pytest.approx(1.0)
-    assert not S.significant(lo, hi)
 
 
 def test_paired_bootstrap_matches_literal_index_resampling():
@@ -123,7 +122,7 @@ def test_paired_bootstrap_detects_real_difference_only():
     base = rng.random((2, 1000)) < 0.7
     better = base | (rng.random((2, 1000)) < 0.2)  # fixes some errors, never breaks a correct one
     _, lo, hi, p = S.paired_bootstrap(better, base, n_boot=2000, seed=0)
-    assert S.significant(lo, hi) and lo > 0 and p < 0.01
+    assert lo > 0 and p < 0.01
     noise = rng.random((2, 1000)) < 0.7  # same accuracy, different errors
     _, lo, hi, p = S.paired_bootstrap(noise, base, n_boot=2000, seed=0)
     assert lo < 0.03 and hi > -0.03
@@ -141,4 +140,159 @@ def test_formatting():
     assert S.fmt_pm(0.9342, float("nan"), n=1) == "93.4 (n=1, no CI)"
     assert S.fmt_pm(float("nan"), 0.1) == "–"
     assert S.fmt_p(0.0004) == "<0.001" and S.fmt_p(0.0214) == "0.021" and S.fmt_p(0.5) == "0.50"
-    assert S.significant(0.001, 0.02) and S.significant(-0.03, -0.01) and not S.significant(-0.01, 0.02)
+    # never '± 0.0': tied seeds say so, a half-width under 0.05 pp gets a significant digit
+    assert S.fmt_pm(0.574, 0.0) == "57.4 (seeds tied)"
+    assert S.fmt_pm(0.574, 0.0003) == "57.4 ± 0.03"
+    assert S.fmt_pm(0.574, 0.0005) == "57.4 ± 0.1"
+
+
+# ----------------------------------------------------------------------------- seed-aware verdicts
+
+
+def test_t_test_by_hand():
+    # [2, 3, 4] pp: mean 3, sd 1, t = 0.03 / (0.01 / sqrt 3) = 5.196 with 2 df: two-sided p = 0.03510
+    m, h, p = S.t_test([0.02, 0.03, 0.04])
+    assert m == pytest.approx(0.03) and h == pytest.approx(4.3026527 * 0.01 / math.sqrt(3), rel=1e-6)
+    assert p == pytest.approx(0.035099, abs=2e-6)
+    # against a null of 0.01: t = 0.02 / (0.01 / sqrt 3) = 3.464: p = 0.07418
+    assert S.t_test([0.02, 0.03, 0.04], null=0.01)[2] == pytest.approx(0.074180, abs=2e-6)
+    # tied seeds: p = 0 away from the null, 1 at it; one seed: no test
+    assert S.t_test([0.02, 0.02, 0.02])[2] == 0.0 and S.t_test([0.0, 0.0, 0.0])[2] == 1.0
+    assert math.isnan(S.t_test([0.05])[2])
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert list(S.holm([0.01, 0.04, 0.03, 0.005])) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # NaN is not part of the family (m = 2 here): 0.02 * 2 = 0.04, max(0.04, 0.03) = 0.04
+    out = S.holm([0.02, float("nan"), 0.03])
+    assert out[0] == pytest.approx(0.04) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert list(S.holm([0.6, 0.7])) == [1.0, 1.0]  # capped at 1
+    assert list(S.holm([0.04])) == [0.04]  # one comparison: no correction
+
+
+def test_family_verdicts_by_hand():
+    """p_both is the larger of the seed and image p-values; Holm runs over the rows with >= 3 seeds."""
+    def row(d, p_images, seeds=3):
+        diffs = {s: d + 0.001 * (s - 1) for s in range(seeds)}  # seeds agree closely: p_seed < 0.001
+        return S.seed_image_test(diffs, (d, d - 0.01, d + 0.01, p_images))
+
+    rows = [row(0.03, 0.004), row(0.02, 0.04), row(-0.04, 0.03), row(0.05, 0.0001, seeds=2)]
+    assert all(r["p_seed"] < 0.001 for r in rows[:3]) and math.isnan(rows[3]["p_seed"])
+    assert [r["p_both"] for r in rows[:3]] == pytest.approx([0.004, 0.04, 0.03])
+    S.family_verdicts(rows)
+    # sorted 0.004, 0.03, 0.04 times 3, 2, 1 = 0.012, 0.06, 0.04 -> running max 0.012, 0.06, 0.06
+    assert [r["p_holm"] for r in rows[:3]] == pytest.approx([0.012, 0.06, 0.06])
+    assert math.isnan(rows[3]["p_holm"])
+    assert [r["verdict"] for r in rows] == ["higher", "inconclusive", "inconclusive", "needs ≥ 3 seeds"]
+    # each of the three alone would have been called (p < 0.05): the correction is what makes two inconclusive
+    alone = [row(0.02, 0.04), row(-0.04, 0.03)]
+    for r in alone:
+        S.family_verdicts([r])
+    assert [r["verdict"] for r in alone] == ["higher", "lower"]
+
+
+def _nested_pair(rng, n: int, base_correct: int, change: int) -> tuple[np.ndarray, np.ndarray]:
+    """(arm, reference) correctness on n images: the arm fixes ``change`` of the reference's errors (change > 0)
+    or breaks -change of its correct images, so every discordant image favours one side."""
+    ref = np.zeros(n, bool)
+    ref[rng.permutation(n)[:base_correct]] = True
+    arm = ref.copy()
+    pool = np.flatnonzero(~ref if change > 0 else ref)
+    arm[rng.permutation(pool)[:abs(change)]] = change > 0
+    return arm, ref
+
+
+def _seed_run(changes: list[int], n: int = 2000, base: int = 1400, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    pairs = [_nested_pair(rng, n, base, c) for c in changes]
+    a, b = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    diffs = {s: float(a[s].mean() - b[s].mean()) for s in range(len(changes))}
+    return a, b, diffs
+
+
+def test_seeds_that_disagree_get_no_verdict_though_every_seed_is_significant_on_images():
+    # per-seed differences +4, -3, +5 pp on 2,000 test images
+    a, b, diffs = _seed_run([80, -60, 100])
+    assert [round(d * 100, 6) for d in diffs.values()] == [4.0, -3.0, 5.0]
+    for s in range(3):  # each seed alone: the image bootstrap excludes 0, McNemar agrees
+        _, lo, hi, _ = S.paired_bootstrap(a[s], b[s], n_boot=2000, seed=s)
+        assert lo > 0 or hi < 0
+        assert S.mcnemar_exact(a[s], b[s])[2] < 1e-10
+    boot = S.paired_bootstrap(a, b, n_boot=2000, seed=0)
+    assert boot[1] > 0  # the seed-averaged image bootstrap alone would call it higher
+    row = S.seed_image_test(diffs, boot, 3)
+    assert row["p_seed"] > 0.3 and row["p_both"] == row["p_seed"]  # the seeds do not agree
+    S.family_verdicts([row])
+    assert row["verdict"] == "inconclusive"
+
+
+def test_consistent_two_points_over_five_seeds_is_called_higher():
+    a, b, diffs = _seed_run([40, 42, 38, 40, 44])  # +2.0, +2.1, +1.9, +2.0, +2.2 pp
+    boot = S.paired_bootstrap(a, b, n_boot=2000, seed=0)
+    row = S.seed_image_test(diffs, boot, 5)
+    assert row["diff"] == pytest.approx(0.0204) and row["diff_ci"] < 0.002
+    assert row["p_seed"] < 1e-4 and row["boot_p"] < 0.01
+    S.family_verdicts([row])
+    assert row["verdict"] == "higher"
+    # the same differences with the sign flipped are called lower; with two seeds they get no verdict
+    flipped = S.seed_image_test({s: -d for s, d in diffs.items()}, S.paired_bootstrap(b, a, n_boot=2000), 5)
+    two = S.seed_image_test({0: diffs[0], 1: diffs[1]}, S.paired_bootstrap(a[:2], b[:2], n_boot=2000), 2)
+    S.family_verdicts([flipped, two])
+    assert flipped["verdict"] == "lower" and two["verdict"] == "needs ≥ 3 seeds"
+
+
+def test_min_detectable_effect_has_the_power_it_claims():
+    """At the returned effect the t-test (n - 1 df, two-sided 5%) rejects about 80% of the time (simulated)."""
+    from scipy.stats import t as student_t
+
+    rng = np.random.default_rng(0)
+    for n in (3, 5):
+        d = S.min_detectable_effect(1.0, n)
+        x = rng.normal(d, 1.0, (100_000, n))
+        t = x.mean(1) / (x.std(1, ddof=1) / math.sqrt(n))
+        assert np.mean(np.abs(t) > student_t.ppf(0.975, n - 1)) == pytest.approx(0.80, abs=0.01), n
+    # linear in the SD; a stricter alpha needs more; large n approaches (z_0.975 + z_0.8) sd / sqrt(n)
+    assert S.min_detectable_effect(0.02, 3) == pytest.approx(2 * S.min_detectable_effect(0.01, 3))
+    assert S.min_detectable_effect(0.01, 3, alpha=0.0125) > S.min_detectable_effect(0.01, 3)
+    assert S.min_detectable_effect(0.01, 400) == pytest.approx((1.959964 + 0.841621) * 0.01 / 20, rel=0.01)
+    assert math.isnan(S.min_detectable_effect(0.01, 1)) and math.isnan(S.min_detectable_effect(float("nan"), 5))
+
+
+def test_pooled_sd_by_hand():
+    # samples [1, 2, 3] (ss 2) and [5, 7] (ss 2): sqrt(4 / 3); a single value adds nothing
+    sd, df = S.pooled_sd([[1, 2, 3], [5, 7], [9]])
+    assert df == 3 and sd == pytest.approx(math.sqrt(4 / 3))
+
+
+def test_class_group_values_and_bootstrap():
+    # 2 seeds, classes 0..3 with 4 images each; recall per class (seed 0): 1, .5, .25, 0; (seed 1): 1, 1, .5, .5
+    y = np.repeat(np.arange(4), 4)
+    c0 = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], bool)
+    c1 = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0], bool)
+    vals = S.class_group_values(np.stack([c0, c1]), y, better=[0, 1], worse=[2, 3])
+    assert list(vals) == pytest.approx([(1 + .5) / 2 - (.25 + 0) / 2, (1 + 1) / 2 - (.5 + .5) / 2])
+    d, lo, hi, p = S.class_group_bootstrap(np.stack([c0, c1]), y, [0, 1], [2, 3], n_boot=4000, seed=1)
+    assert d == pytest.approx(vals.mean()) and lo <= d <= hi
+    # against literal resampling within each class
+    rng = np.random.default_rng(7)
+    big_y = np.repeat(np.arange(4), 300)
+    big = rng.random((3, 1200)) < np.where(big_y < 2, 0.8, 0.6)
+    _, lo, hi, _ = S.class_group_bootstrap(big, big_y, [0, 1], [2, 3], n_boot=20000, seed=3)
+    reps = []
+    for _ in range(3000):
+        idx = np.concatenate([rng.choice(np.flatnonzero(big_y == k), 300) for k in range(4)])
+        reps.append(S.class_group_values(big[:, idx], big_y[idx], [0, 1], [2, 3]).mean())
+    lo2, hi2 = np.quantile(reps, [0.025, 0.975])
+    assert lo == pytest.approx(lo2, abs=0.006) and hi == pytest.approx(hi2, abs=0.006)
+    with pytest.raises(ValueError):
+        S.class_group_bootstrap(big, big_y, [0, 9], [2])
+
+
+def test_bootstrap_p_against_a_margin():
+    """With a null of m the p-value asks whether the difference is beyond m: small for m well below it."""
+    a, b, _ = _seed_run([100, 100, 100])  # +5 pp
+    p0 = S.paired_bootstrap(a, b, n_boot=4000, seed=0)[3]
+    p_below = S.paired_bootstrap(a, b, n_boot=4000, seed=0, null=0.02)[3]
+    p_at = S.paired_bootstrap(a, b, n_boot=4000, seed=0, null=0.05)[3]
+    assert p0 < 0.001 and p_below < 0.001 and p_at > 0.5
