@@ -552,7 +552,8 @@ def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:
     old_points = []
     for row in old_meta.get("plan", []):
         cfg = TrialConfig.from_row(row)
-        old_points.append(grids.Point(row["level"], row["axis"], row["arm"], row["seed"], row["is_reference"], cfg))
+        old_points.append(grids.Point(row["level"], row["axis"], row["arm"], row["seed"], row["is_reference"], cfg,
+                                      competes=row.get("competes", True)))
     seen = {(p.trial_id, p.level, p.axis, p.arm) for p in old_points}
     new = [p for p in plan.points if (p.trial_id, p.level, p.axis, p.arm) not in seen]
     return grids.Plan(grid=old_meta["grid"], spec=old_meta.get("grid_spec", {}), points=old_points + new,
