@@ -60,21 +60,24 @@ def check_torch(device: str) -> str | tuple[str, str]:
 def check_ray(args) -> str:
     import ray
 
-    from .cluster import connect, fmt_resources
+    from .cluster import cluster_address, connect, fmt_resources
     from .torch_backend import lazy_backend_supported
 
     connect(args)
     missing = lazy_backend_supported()
     extra = f"; private Train helpers missing ({', '.join(missing)}): stock TorchConfig" if missing else ""
-    where = args.address or "a new local instance"
+    where = cluster_address(args) or "a new local instance"
     return f"Ray {ray.__version__} at {where}: {fmt_resources(ray.cluster_resources())}{extra}"
 
 
 def check_task_gpus(args) -> str | tuple[str, str]:
     import ray
 
+    from .cluster import cluster_address, wants_gpu
     from .preflight import cuda_failure, device_report
 
+    if cluster_address(args) and wants_gpu(args):  # an autoscaling cluster may have no GPU node yet: get one
+        return _preflight_on_cluster(args)
     gpus = ray.cluster_resources().get("GPU", 0)
     if not gpus:
         if args.device == "cuda":
@@ -85,6 +88,22 @@ def check_task_gpus(args) -> str | tuple[str, str]:
     if not r["cuda_ok"]:
         raise RuntimeError(cuda_failure(r))
     return f"a task with 1 GPU on {r['node_ip']} sees {r['gpu']} (CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']})"
+
+
+def _preflight_on_cluster(args) -> str:
+    """The run's own preflight: ask the autoscaler for one trial's resources, wait for a node, check CUDA there."""
+    import ray
+
+    from . import preflight
+    from .cluster import AutoscalerDemand, max_cluster_resources, plan_resources
+
+    res = plan_resources(args, ray.cluster_resources(), 1, on_cluster=True, max_resources=max_cluster_resources())
+    demand = AutoscalerDemand(res, enabled=True)
+    demand.update(1)
+    try:
+        return preflight.run(res, args.wait_for_resources)
+    finally:
+        demand.clear()
 
 
 def storage_roundtrip(uri: str) -> dict[str, Any]:
@@ -210,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whose pretrained weights to look for offline")
     p.add_argument("--no-micro-run", action="store_true")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds any one remote check may take")
+    p.add_argument("--wait-for-resources", type=float, default=1200.0, metavar="SECONDS",
+                   help="on a cluster: how long to wait for a node with a GPU to join")
     p.add_argument("--num-cpus", type=int)
     p.add_argument("--num-gpus", type=int)
     p.add_argument("--verbose", action="store_true")
@@ -235,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster import plan_resources
 
         def micro() -> str:
-            res = plan_resources(args, ray.cluster_resources(), 1)
+            from .cluster import cluster_address
+
+            res = plan_resources(args, ray.cluster_resources(), 1, on_cluster=bool(cluster_address(args)))
             return check_micro_run(args, res)
 
         c.run("micro run", micro)

@@ -223,26 +223,34 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
         raise ResourceError(f"cannot reach a Ray cluster at {address} ({e.strerror or e})") from None
 
 
+def cluster_address(args) -> str | None:
+    """The existing cluster this run joins: ``--address``, else ``$RAY_ADDRESS`` (set for a driver submitted with
+    ``ray job submit``), else None: a new local instance."""
+    return args.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(args, env_vars: dict[str, str] | None = None) -> None:
-    """``ray.init``: a new local instance (with ``--num-cpus``/``--num-gpus``, and the custom GPU resource if one
-    is named), or the cluster at ``--address``. ``env_vars`` reach every Ray worker process."""
+    """``ray.init``: the existing cluster (``cluster_address``), or a new local instance (with ``--num-cpus`` and
+    ``--num-gpus``). ``env_vars`` reach every Ray worker process."""
     import ray
 
     check_address(args.address)
     local_extra: dict[str, Any] = {}
-    if not args.address:
+    if not cluster_address(args):
         local_extra = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
         if not args.verbose:  # Ray's notice that a new local instance uses token authentication (its default)
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     try:
-        # "local": always a new instance without --address, even where `ray start` left one running (ray.init()
-        # would join that one)
-        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=args.verbose,
-                 configure_logging=args.verbose, logging_level="INFO" if args.verbose else "ERROR",
+        # "local": a new instance, even where `ray start` left one running (which plain ray.init() would join)
+        ray.init(address=args.address or (None if cluster_address(args) else "local"), include_dashboard=False,
+                 log_to_driver=args.verbose, configure_logging=args.verbose,
+                 logging_level="INFO" if args.verbose else "ERROR",
                  runtime_env={"env_vars": {**RAY_TRAIN_ENV, **(env_vars or {})}}, **local_extra)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ResourceError(f"cannot connect to Ray at {args.address or 'a new local instance'}: "
-                            f"{one_line(e)}") from None
+        hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, or the "
+                "token in ~/.ray/auth_token)" if cluster_address(args) else "")
+        raise ResourceError(f"cannot connect to Ray at {cluster_address(args) or 'a new local instance'}: "
+                            f"{one_line(e)}{hint}") from None
 
 
 # ----------------------------------------------------------------------------- autoscaler demand

@@ -29,7 +29,7 @@ from pipeline.config import EXECUTION_KEYS
 from pipeline.errors import ConfigError, UserError, one_line
 
 from . import grids, preflight
-from .cluster import (DEFAULT_CLUSTER_WAIT_S, AutoscalerDemand, Resources, ResourceError, connect, fmt_resources,
+from .cluster import (DEFAULT_CLUSTER_WAIT_S, AutoscalerDemand, Resources, cluster_address, connect, fmt_resources,
                       head_memory_mib, local_resources, max_cluster_resources, plan_resources)
 from .config import parse_overrides
 from .estimate import trial_seconds
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the run is complete)")
     o.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
     r = p.add_argument_group("resources")
-    r.add_argument("--address", help="address of an existing Ray cluster (default: start one on this machine)")
+    r.add_argument("--address", help="address of an existing Ray cluster (default: $RAY_ADDRESS, as set for a `ray job "
+                                     "submit` driver, else a new instance on this machine)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: GPUs when the cluster has them; cpu: run everything on CPUs")
     r.add_argument("--gpus-per-trial", type=float, help="GPU share per trial worker, e.g. 0.25 packs 4 trials per GPU")
@@ -465,9 +466,9 @@ def run(args) -> int:
             res = cluster_resources(args, len(pending))
             # the autoscaler hears of every trial to run before the first one starts, and the preflight waits
             # (at most --wait-for-resources) for a node that can run one, then checks CUDA / NCCL there
-            demand = AutoscalerDemand(res, enabled=bool(args.address))
+            demand = AutoscalerDemand(res, enabled=bool(cluster_address(args)))
             demand.update(len(pending))
-            if preflight.needed(res, bool(args.address)):
+            if preflight.needed(res, bool(cluster_address(args))):
                 print(preflight.run(res, wait_seconds(args)), flush=True)
             start_folder(folder, meta, splits, state)
             data_ref = ray.put(splits.arrays())
@@ -509,7 +510,7 @@ def wait_seconds(args) -> float:
     node to boot on a cluster, and a minute (a hang guard: resources were checked) on a local instance."""
     if args.wait_for_resources is not None:
         return max(args.wait_for_resources, 0.0)
-    return DEFAULT_CLUSTER_WAIT_S if args.address else 60.0
+    return DEFAULT_CLUSTER_WAIT_S if cluster_address(args) else 60.0
 
 
 def cluster_resources(args, n_trials: int) -> Resources:
@@ -517,7 +518,7 @@ def cluster_resources(args, n_trials: int) -> Resources:
     import ray
 
     cluster = ray.cluster_resources()
-    on_cluster = bool(args.address)
+    on_cluster = bool(cluster_address(args))
     res = plan_resources(args, cluster, n_trials, on_cluster=on_cluster,
                          head_memory_mib=head_memory_mib() if on_cluster else None,
                          max_resources=max_cluster_resources() if on_cluster else None)

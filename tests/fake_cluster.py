@@ -61,8 +61,10 @@ class FakeAutoscalingCluster:
         self.config = autoscaling_config({"CPU": head_cpus}, worker_types, max_workers, self.address)
         # a short, unique temp dir: Ray's socket paths must stay under 108 characters
         self.tmpdir = Path("/tmp") / f"rf{self.id}"
+        # RAY_AUTH_MODE explicit: `ray start` would otherwise turn token authentication on whenever an earlier
+        # local instance left a token in ~/.ray, and clients given an explicit address send none
         self.env = {**os.environ, **(env or {}), MARKER: self.id, "RAY_FAKE_CLUSTER": "1",
-                    "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_TMPDIR": str(self.tmpdir)}
+                    "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_TMPDIR": str(self.tmpdir), "RAY_AUTH_MODE": "disabled"}
 
     def start(self) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
