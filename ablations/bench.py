@@ -336,17 +336,25 @@ def waiting_trial(tune_config: dict, data: dict) -> None:
 HEAD_PROCESS_KINDS = {"trial actor": ("ImplicitFunc", "waiting_trial", "run_trial"), "train controller": ("TrainController",)}
 
 
+def _pss_mib(pid_dir: Path) -> float:
+    """Proportional set size: resident memory with shared pages (torch's libraries, Ray's) divided among the
+    processes sharing them, so that the sum over processes is what they take together."""
+    for line in (pid_dir / "smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError("no Pss line")
+
+
 def _ray_processes() -> dict[str, float]:
-    """Resident MiB of this machine's Ray actor processes, by kind (from their process titles)."""
+    """Memory (PSS, MiB) of this machine's Ray actor processes, by kind (from their process titles)."""
     out = {k: 0.0 for k in HEAD_PROCESS_KINDS}
     count = {k: 0 for k in HEAD_PROCESS_KINDS}
-    page = os.sysconf("SC_PAGE_SIZE")
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             title = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            rss = int((d / "statm").read_text().split()[1]) * page / 2**20
+            rss = _pss_mib(d) if title.startswith("ray::") else 0.0
         except (OSError, IndexError, ValueError):
             continue
         if not title.startswith("ray::"):
@@ -508,7 +516,8 @@ def markdown(report: dict) -> str:
         hm = report["head_memory"]
         lines += ["## Head-node memory per concurrent trial", "",
                   "Each running trial keeps a Tune trial actor and a Ray Train controller on the head node. Trials "
-                  f"held open {hm['hold_s']:.0f} s, resident memory of those processes while all were alive:", "",
+                  f"held open {hm['hold_s']:.0f} s; memory of those processes while all were alive (PSS: shared "
+                  "pages divided among the processes that share them, so the sum is what they take together):", "",
                   "| trials at once | trial actors MiB | Train controllers MiB | MiB per trial |", "|---|---|---|---|"]
         for n, r in hm["runs"].items():
             lines.append(f"| {n} | {r['trial actor_mib']:.0f} | {r['train controller_mib']:.0f} | "

@@ -12,6 +12,7 @@ Top to bottom:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -390,10 +391,21 @@ def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, st
 
 
 def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int) -> dict[str, Any]:
-    """What one Tune trial needs: its config as it will run, the resources of its workers, where to store."""
+    """What one Tune trial needs: its config as it will run, the resources of its workers, where to store, and
+    whether this Ray has what ``torch_backend.LazyTorchConfig`` needs (checked once, here in the driver)."""
     return {"trial_id": tid, "config": _with_execution(cfg, res).to_dict(),
             "resources": {"cpus": res.cpus, "gpus": res.gpus, "workers": res.workers, "gpu_resource": res.gpu_resource},
-            "storage": storage, "retries": retries}
+            "storage": storage, "retries": retries, "lazy_backend": lazy_backend()}
+
+
+@functools.cache
+def lazy_backend() -> bool:
+    from .torch_backend import lazy_backend_supported
+
+    missing = lazy_backend_supported()
+    if missing:
+        print(f"note: this Ray lacks {', '.join(missing)}: trials use Ray's own TorchConfig", flush=True)
+    return not missing
 
 
 # The Tune trial actor (and the Train controller, which Ray Train places beside it) holds no CPU and lives on

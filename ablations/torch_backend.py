@@ -155,7 +155,26 @@ def lazy_backend_supported() -> list[str]:
         missing += [f"WorkerGroup.{m}" for m in _WORKER_GROUP_METHODS if not hasattr(WorkerGroup, m)]
     except ImportError:
         missing.append("ray.train.v2 WorkerGroup")
+    try:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer  # noqa: F401
+    except ImportError:
+        missing.append("ray.train.v2.api.data_parallel_trainer.DataParallelTrainer")
     return missing
+
+
+def make_trainer(loop, *, use_gpu: bool, lazy: bool, torch_config: BackendConfig | None = None, **kwargs):
+    """The Ray Train trainer of one trial. ``lazy`` (the driver checked ``lazy_backend_supported()`` once): Train
+    V2's DataParallelTrainer with ``LazyTorchConfig``, so that neither the calling Tune trial actor (both live on
+    the head node, one pair per running trial) nor the Train controller imports torch; ``TorchTrainer`` imports
+    it on import. Else a ``TorchTrainer`` with ``torch_config`` (Ray's own by default)."""
+    backend = "nccl" if use_gpu else "gloo"
+    if lazy:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+        return DataParallelTrainer(loop, backend_config=LazyTorchConfig(backend=backend), **kwargs)
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(loop, torch_config=torch_config or TorchConfig(backend=backend), **kwargs)
 
 
 def torch_config(backend: str | None = None) -> BackendConfig:

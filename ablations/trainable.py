@@ -94,26 +94,27 @@ def _report_final_dir(d: Path, rank: int) -> None:
 
 
 def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop, torch_config=None) -> None:
-    """Tune function trainable: one TorchTrainer run (of ``loop`` on each worker) for one trial config.
-    ``torch_config`` defaults to ``torch_backend.torch_config()``, which keeps torch out of the controller."""
+    """Tune function trainable: one Ray Train run (of ``loop`` on each worker) for one trial config. With the
+    driver's ``lazy_backend`` (``torch_backend.lazy_backend_supported``), a DataParallelTrainer with
+    ``LazyTorchConfig``: torch is imported neither here nor in the Train controller; else a TorchTrainer with
+    ``torch_config`` (default: Ray's own)."""
     import time
 
     t_start = time.time()
     config = tune_config["trial"]
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .torch_backend import torch_config as default_torch_config
+    from .torch_backend import make_trainer
 
     res = config["resources"]
     per_worker = {"CPU": res["cpus"]}
     if res["gpus"]:
         per_worker[res["gpu_resource"]] = res["gpus"]
     use_gpu = bool(res["gpus"]) and res["gpu_resource"] == "GPU"
-    trainer = TorchTrainer(
-        loop,
-        torch_config=torch_config or default_torch_config(),  # TorchTrainer picks nccl or gloo by use_gpu
+    trainer = make_trainer(
+        loop, use_gpu=use_gpu, lazy=config.get("lazy_backend", False) and torch_config is None,
+        torch_config=torch_config,
         train_loop_config={"config": config["config"], "data": data, "use_gpu": use_gpu,
                            "t_trainable_start": t_start},
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
