@@ -207,9 +207,33 @@ def _decode_imagefolder(path: Path):
     return train_x, train_y, test_x, test_y, classes
 
 
+def torchvision_downloaded(root: Path | None = None) -> bool:
+    """Whether torchvision's CIFAR-10 files are already in the cache (no download needed)."""
+    from torchvision.datasets import CIFAR10
+
+    folder = Path(root or default_cache_dir()) / "torchvision"
+    return (folder / CIFAR10.base_folder).is_dir()
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Fail within seconds, with one line, where the download host cannot be reached (no internet): a download
+    would otherwise wait on DNS and connect timeouts and retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError as e:
+        raise DataError(f"cannot download CIFAR-10 with torchvision: {u.hostname} is not reachable "
+                        f"({e.strerror or type(e).__name__}); pass --data PATH to a local copy") from None
+
+
 def _decode_torchvision(root: Path):
     from torchvision.datasets import CIFAR10
 
+    if not torchvision_downloaded(root):
+        check_reachable(CIFAR10.url)
     try:
         train = CIFAR10(root / "torchvision", train=True, download=True)
         test = CIFAR10(root / "torchvision", train=False, download=True)

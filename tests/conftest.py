@@ -1,7 +1,12 @@
-"""Shared fixtures: real CIFAR-10 from the shared archive, small class-balanced subsets, a real Ray cluster.
+"""Shared fixtures: real CIFAR-10 images, small class-balanced subsets, a real Ray cluster.
+
+Most tests use ``tests/data/cifar10-subset.tar.gz`` (real CIFAR-10 images shipped in the repository, see
+tests/data/README.md), so they run on any machine. The few that need the whole data set (``cifar``) resolve
+it as ``--data auto`` does (``$ABLATIONS_DATA``, the shared archive beside the checkout, or torchvision's
+download) and skip with a one-line reason where none is reachable.
 
 The decoded-data cache lives in ``$ABLATIONS_CACHE`` (default ``~/.cache/ablations``), as for users, so
-the 60,000 images are decoded once per machine, not once per test session.
+images are decoded once per machine, not once per test session.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import pytest
 
 from pipeline import data as D
 
-ARCHIVE = D.SHARED_ARCHIVE
+SUBSET = Path(__file__).resolve().parent / "data" / "cifar10-subset.tar.gz"
 
 
 def pytest_configure(config):
@@ -22,22 +27,35 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def archive() -> Path:
-    if not ARCHIVE.exists():
-        pytest.fail(f"the shared CIFAR-10 archive is missing: {ARCHIVE}")
-    return ARCHIVE
+def subset_archive() -> Path:
+    """5,000 training and 1,000 test images of real CIFAR-10 (500 / 100 per class), shipped with the tests."""
+    return SUBSET
 
 
 @pytest.fixture(scope="session")
-def cifar(archive) -> D.Dataset:
-    """The whole real CIFAR-10 (50,000 train + 10,000 test), decoded once and cached on disk."""
-    return D.load(str(archive))
+def subset(subset_archive) -> D.Dataset:
+    return D.load(str(subset_archive))
 
 
 @pytest.fixture(scope="session")
-def small_splits(cifar) -> D.Splits:
+def cifar() -> D.Dataset:
+    """The whole real CIFAR-10 (50,000 train + 10,000 test), resolved as ``--data auto`` does; skipped where no
+    copy is reachable (no shared archive, no $ABLATIONS_DATA, no internet for torchvision)."""
+    source = D.resolve_source("auto")
+    if source == "torchvision" and not D.torchvision_downloaded():
+        try:
+            from torchvision.datasets import CIFAR10
+
+            D.check_reachable(CIFAR10.url)
+        except D.DataError as e:
+            pytest.skip(f"the whole CIFAR-10 is not reachable: {e}; set ABLATIONS_DATA to a copy")
+    return D.load(source)
+
+
+@pytest.fixture(scope="session")
+def small_splits(subset) -> D.Splits:
     """A class-balanced subset: 60 train, 200 validation (stratified), 30 test images per class."""
-    return D.make_splits(cifar, val_size=200, split_seed=0, train_per_class=60, test_per_class=30)
+    return D.make_splits(subset, val_size=200, split_seed=0, train_per_class=60, test_per_class=30)
 
 
 def make_mini_archive(src: Path, dest: Path, train_per_class: int, test_per_class: int) -> Path:
@@ -58,9 +76,9 @@ def make_mini_archive(src: Path, dest: Path, train_per_class: int, test_per_clas
 
 
 @pytest.fixture(scope="session")
-def mini_archive(archive, tmp_path_factory) -> Path:
+def mini_archive(subset_archive, tmp_path_factory) -> Path:
     """40 train and 20 test real images per class, as a .tar.gz in ImageFolder layout."""
-    return make_mini_archive(archive, tmp_path_factory.mktemp("data") / "mini.tar.gz", 40, 20)
+    return make_mini_archive(subset_archive, tmp_path_factory.mktemp("data") / "mini.tar.gz", 40, 20)
 
 
 def digest_rows(x: np.ndarray) -> set[bytes]:

@@ -13,10 +13,10 @@ from pipeline.train import fit
 
 
 @pytest.fixture(scope="module")
-def tiny(cifar):
+def tiny(subset):
     from pipeline import data as D
 
-    return D.make_splits(cifar, val_size=20, train_per_class=6, test_per_class=2)
+    return D.make_splits(subset, val_size=20, train_per_class=6, test_per_class=2)
 
 
 def cfg(**kw) -> TrialConfig:
