@@ -100,7 +100,7 @@ def model_alone_steps(cfg, steps: int, batch: int) -> float:
     import torch.nn.functional as F
 
     from pipeline.models import build_model, train_mode
-    from pipeline.train import amp_dtype, resolve_device
+    from pipeline.device import amp_dtype, resolve_device
 
     device = resolve_device(cfg.device)
     torch.manual_seed(0)

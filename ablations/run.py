@@ -547,7 +547,7 @@ def run(args) -> int:
             res = plan_resources(args, cluster, len(pending))
             print(f"ray: {_fmt_resources(cluster)}; {res.describe()}", flush=True)
             start_folder(folder, meta, splits, state)
-            data_ref = ray.put(splits.arrays())
+            data_ref = ray.put({**splits.arrays(), "train_idx": splits.train_idx})  # the index keys augmentation
             run_tune(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
                      args.retries, args.verbose)
         except KeyboardInterrupt:
