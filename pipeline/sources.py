@@ -162,12 +162,16 @@ class CachedPrefix:
         self.base = key_base(cfg, precision, cache, cut)
         self.loaded: dict[tuple[str, str], torch.Tensor] = {}
         self.train_z: torch.Tensor | None = None
+        self.train_view = ""
 
     def begin_epoch(self, epoch: int) -> None:
         cfg = self.cfg
         name = views.view_name(cfg.augment, cfg.seed, epoch)
-        self.train_z = self._load("train", name, lambda: views.draw(cfg.augment, cfg.seed, epoch,
-                                                                     self.data.train_index, self.inputs.device))
+        if name != self.train_view:  # without augmentation every epoch sees the same view
+            self.train_z = None  # let the previous view go first
+            self.train_z = self._load("train", name, lambda: views.draw(cfg.augment, cfg.seed, epoch,
+                                                                         self.data.train_index, self.inputs.device))
+            self.train_view = name
 
     def prepare(self, split: str, tta_views) -> None:
         for view in tta_views:
