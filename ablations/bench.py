@@ -165,10 +165,11 @@ def alternate(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, lis
     return out
 
 
-def data_subset(per_class: int):
+def data_subset(per_class: int, val_size: int = 500, test_per_class: int = 100):
     from pipeline import data as D
 
-    return D.make_splits(D.load("auto"), val_size=500, split_seed=0, train_per_class=per_class, test_per_class=100)
+    return D.make_splits(D.load("auto"), val_size=val_size, split_seed=0, train_per_class=per_class,
+                         test_per_class=test_per_class)
 
 
 # ----------------------------------------------------------------------------- 1. throughput
@@ -273,7 +274,7 @@ PREFIX_CASE = dict(backbone="efficientnet_lite0", resolution=96, train_stages="1
                    weight_decay=1e-4, optimizer="adamw", schedule="cosine", lr=1e-3, batch_size=64)
 
 
-def bench_prefix_cache(per_class: int, epochs: int) -> dict:
+def bench_prefix_cache(per_class: int, epochs: int, val_size: int = 500, test_per_class: int = 100) -> dict:
     """An L2-style trial (``PREFIX_CASE``: Lite0 at 96 px, the top stage fine-tuned, basic augmentation): the
     frozen stages every step (plain), against their outputs cached per view, cold and warm."""
     import torch
@@ -281,7 +282,7 @@ def bench_prefix_cache(per_class: int, epochs: int) -> dict:
     from pipeline.config import TrialConfig
 
     cfg = TrialConfig(**PREFIX_CASE, epochs=epochs, device="cpu", threads=torch.get_num_threads())
-    return {"case": PREFIX_CASE, **cache_runs(cfg, data_subset(per_class), "plain")}
+    return {"case": PREFIX_CASE, **cache_runs(cfg, data_subset(per_class, val_size, test_per_class), "plain")}
 
 
 # ----------------------------------------------------------------------------- 3. Ray overhead
@@ -558,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "feature_cache":
             report["feature_cache"] = bench_feature_cache(20 if args.quick else 150, 2 if args.quick else 5)
         elif section == "prefix_cache":
-            report["prefix_cache"] = bench_prefix_cache(20 if args.quick else 1000, 2 if args.quick else 4)
+            report["prefix_cache"] = (bench_prefix_cache(10, 2, val_size=100, test_per_class=10) if args.quick
+                                      else bench_prefix_cache(1000, 4))
         elif section == "overhead":
             report["overhead"] = bench_overhead(2 if args.quick else 6)
         elif section == "driver_memory":

@@ -282,7 +282,16 @@ def plan_prefix(cfg: TrialConfig, model: Classifier, data: TrialData, inputs: In
                 precision: Precision) -> PrefixPlan:
     """Cached prefix outputs where the config allows them, the prefix has parameters to skip, the trial's
     entries fit the cache budget, and (on a GPU) reading an image's prefix output is measured faster than
-    recomputing it."""
+    recomputing it; with several workers, only if every worker can (they must train the same module)."""
+    plan = _plan_prefix(cfg, model, data, inputs, cache, precision)
+    every_worker = agreed(plan.cached, inputs.device)  # a collective: every worker calls it, whatever its plan
+    if plan.cached and not every_worker:
+        plan.path, plan.reason = "plain", "another worker of this trial cannot use the cache"
+    return plan
+
+
+def _plan_prefix(cfg: TrialConfig, model: Classifier, data: TrialData, inputs: Inputs, cache: PrefixCache,
+                 precision: Precision) -> PrefixPlan:
     refusal = prefix_refusal(cfg)
     final = prefix_cut(cfg.train_stages)
     if refusal:
@@ -304,8 +313,6 @@ def plan_prefix(cfg: TrialConfig, model: Classifier, data: TrialData, inputs: In
             plan.path, plan.reason = "plain", "cost model: recomputing the prefix is faster than reading it"
         else:
             plan.reason = "cost model: reading the prefix is faster than recomputing it"
-    if not agreed(plan.cached, inputs.device):
-        plan.path, plan.reason = "plain", "another worker of this trial cannot use the cache"
     return plan
 
 

@@ -220,3 +220,24 @@ def test_a_damaged_entry_is_computed_again(damage, tmp_path):
     again = PrefixCache(tmp_path).get_or_compute("k", shape, _fill(1.5))  # a new process's view of the cache
     assert again.state == "computed" and (again.array == 1.5).all()
     assert PrefixCache(tmp_path).get_or_compute("k", shape, _fill(0)).state == "hit"
+
+
+# ------------------------------------------------------------------ the benchmark section
+
+
+def test_bench_prefix_cache_section_runs_quick(tmp_path):
+    """``python -m ablations.bench --quick --only prefix_cache``: plain, cold and warm runs of the L2-style trial.
+    The warm trial reads what the cold one stored, so the two compute the same numbers."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "ablations.bench", "--quick", "--only", "prefix_cache", "--out",
+                           str(tmp_path)], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pc = json.loads((tmp_path / "bench.json").read_text())["prefix_cache"]
+    assert (pc["plain"]["path"], pc["cold_cache"]["path"], pc["warm_cache"]["path"]) == ("plain", "cached", "cached")
+    assert (pc["cold_cache"]["cache"], pc["warm_cache"]["cache"]) == ("miss", "hit")
+    assert pc["warm_cache"]["val_acc"] == pc["cold_cache"]["val_acc"]
+    assert pc["speedup_warm"] == pc["plain"]["seconds"] / pc["warm_cache"]["seconds"] > 0
+    assert "Frozen-prefix cache" in (tmp_path / "BENCH.md").read_text()
