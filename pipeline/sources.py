@@ -115,7 +115,7 @@ class RawImages:
         self.cfg, self.data, self.inputs = cfg, data, inputs
         self.module: torch.nn.Module = model
         self.params = views.ViewParams()
-        self.rng = np.random.default_rng()
+        self.rng: np.random.Generator | None = None  # per epoch, for MixUp/CutMix
 
     def begin_epoch(self, epoch: int) -> None:
         cfg = self.cfg
@@ -221,14 +221,12 @@ class CachedPrefix:
 
 
 def prefix_shape(prefix: Prefix, inputs: Inputs, data: TrialData) -> tuple[int, ...]:
-    """The shape of one image's prefix output (from one blank image through the prefix)."""
-    was_training = prefix.training
+    """The shape of one image's prefix output (from one blank image through the prefix, in eval mode; training
+    sets its modes each epoch)."""
     prefix.eval()
     blank = torch.zeros((1, *data.x["train"].shape[1:]), dtype=torch.uint8, device=inputs.device)
     with torch.inference_mode():
-        shape = tuple(prefix(inputs(blank)).shape[1:])
-    prefix.train(was_training)
-    return shape
+        return tuple(prefix(inputs(blank)).shape[1:])
 
 
 def key_base(cfg: TrialConfig, precision: Precision, cache: PrefixCache, cut: int) -> dict:

@@ -104,7 +104,6 @@ def make_schedule(cfg: TrialConfig, opt: torch.optim.Optimizer, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 
-
 # ----------------------------------------------------------------------------- where the time goes
 
 
@@ -202,7 +201,19 @@ def train_one_epoch(module: torch.nn.Module, source: RawImages | CachedPrefix, s
         correct += (logits.argmax(1) == y).sum()
         seen += len(idx)
     loss_total, correct_total, seen_total = _all_sum([float(loss_sum), int(correct), seen], device)
+    _broadcast_buffers(module)
     return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total, "lr": lr}
+
+
+def _broadcast_buffers(module: torch.nn.Module) -> None:
+    """With several workers, worker 0's BatchNorm statistics everywhere: each worker updated its own on its share
+    of the last batch (DDP broadcasts them only at the next forward), so that all evaluate the same model."""
+    if world()[1] == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer, 0)
 
 
 @torch.inference_mode()
