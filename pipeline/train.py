@@ -153,6 +153,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
     def checkpoint(self) -> dict:
+        """The state after ``epoch`` epochs. The optimizer's part refers to live tensors: write it out before
+        training goes on (the Ray trainable saves it at once)."""
         return {"model": trained_state(self.model, self.train_stages), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
                 "history": list(self.history)}

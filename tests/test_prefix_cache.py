@@ -66,6 +66,23 @@ def test_a_cached_trial_is_the_plain_trial(case, data, tmp_path):
     assert cached.metrics["val_acc"] == plain.metrics["val_acc"]
 
 
+def test_a_trial_resumed_after_an_epoch_ends_as_the_uninterrupted_one(data, tmp_path):
+    """The checkpoint (TrainState) holds what the next epoch needs; the views are keyed by epoch, so the resumed
+    trial reads the same ones."""
+    cfg = lite(train_stages="1", augment="strong")
+    first = tmp_path / "epoch1.pt"
+
+    def save_first(row, make_checkpoint):  # as the Ray trainable does: written at once
+        if row["epoch"] == 1:
+            torch.save(make_checkpoint(), first)
+
+    whole = fit(cfg, data, prefix_cache=PrefixCache(tmp_path), on_epoch=save_first)
+    resumed = fit(cfg, data, prefix_cache=PrefixCache(tmp_path), resume=torch.load(first, weights_only=False))
+    assert resumed.metrics["resumed_from_epoch"] == 1 and len(resumed.history) == 2
+    assert np.array_equal(resumed.logits["test"]["none"], whole.logits["test"]["none"])
+    assert resumed.history[1]["train_loss"] == whole.history[1]["train_loss"]
+
+
 def test_trials_that_differ_in_lr_share_the_prefix_and_the_store_is_float16(data, tmp_path):
     first = fit(lite(train_stages="1", augment="basic", epochs=1), data, prefix_cache=PrefixCache(tmp_path))
     second = fit(lite(train_stages="1", augment="basic", epochs=1, lr=3e-3, head="se"), data,
