@@ -8,8 +8,9 @@ the run affects both, and reports medians and the ratio ours / notebook:
    EfficientNet-Lite0 at 64 and 128 px. Notebook: per-image PIL transforms (RandomCrop with padding, flip,
    rotation, ColorJitter, Resize, ToTensor, Normalize) in a DataLoader, the plain loop, default memory
    format. Ours: ``pipeline.train`` (uint8 tensors, batched augmentation, channels_last, pinned threads).
-2. a frozen-backbone level-1 trial of 5 epochs: features computed every epoch vs the feature cache, cold
-   (this trial fills it) and warm (an earlier trial of the run filled it).
+2. a frozen-backbone level-1 trial of 5 epochs: features computed every epoch vs the prefix cache, cold
+   (this trial fills it) and warm (an earlier trial of the run filled it). ``prefix_cache``: the same for an
+   L2-style trial (top stage fine-tuned, augmented views): plain, cold and warm.
 3. Ray's overhead per trial: empty trials (a Tune trial starting a one-worker TorchTrainer that reports
    once) with our settings (Train environment, Tune actor reuse, ``torch_backend.LazyTorchConfig``) against
    Ray's defaults, one at a time and at the default concurrency.
@@ -37,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 SECTIONS = (
-    "throughput", "feature_cache", "overhead", "head_memory", "driver_memory", "smoke",
+    "throughput", "feature_cache", "prefix_cache", "overhead", "head_memory", "driver_memory", "smoke",
     "speed", "precision", "packing", "compile")
 GPU_SECTIONS = ("speed", "precision", "packing", "compile")  # ablations/bench_gpu.py; need --device cuda
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
@@ -101,7 +102,7 @@ def model_alone_steps(cfg, steps: int, batch: int) -> float:
     import torch.nn.functional as F
 
     from pipeline.models import build_model, train_mode
-    from pipeline.train import amp_dtype, resolve_device
+    from pipeline.device import amp_dtype, resolve_device
 
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
@@ -165,10 +166,11 @@ def alternate(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, lis
     return out
 
 
-def data_subset(per_class: int):
+def data_subset(per_class: int, val_size: int = 500, test_per_class: int = 100):
     from pipeline import data as D
 
-    return D.make_splits(D.load("auto"), val_size=500, split_seed=0, train_per_class=per_class, test_per_class=100)
+    return D.make_splits(D.load("auto"), val_size=val_size, split_seed=0, train_per_class=per_class,
+                         test_per_class=test_per_class)
 
 
 # ----------------------------------------------------------------------------- 1. throughput
@@ -230,30 +232,58 @@ def bench_throughput(backbone: str, resolution: int, steps: int, rounds: int, ba
 # ----------------------------------------------------------------------------- 2. feature cache
 
 
+def cache_runs(cfg, s, plain: str) -> dict[str, Any]:
+    """The trial ``cfg`` on splits ``s`` without the prefix cache (key ``plain``), with a cold cache (this trial
+    computes and stores its prefix outputs) and a warm one (an earlier trial with the same seed stored them);
+    seconds, validation accuracy and where the time went, and the speed-ups over ``plain``."""
+    from pipeline.prefix_cache import PrefixCache
+    from pipeline.train import fit
+
+    out: dict[str, Any] = {"train": len(s.train_y), "val": len(s.val_y), "test": len(s.test_y),
+                           "epochs": cfg.epochs}
+    with tempfile.TemporaryDirectory() as d:
+        runs = {
+            plain: lambda: fit(cfg.replace(feature_cache=False), s),
+            "cold_cache": lambda: fit(cfg, s, prefix_cache=PrefixCache(d)),  # computes and stores
+            "warm_cache": lambda: fit(cfg, s, prefix_cache=PrefixCache(d)),  # a later trial: reads
+        }
+        for name, run in runs.items():
+            m = run().metrics
+            out[name] = {"seconds": m["trial_seconds"], "val_acc": m["val_acc"], "test_acc": m["test_acc"],
+                         "cache": m["feature_cache_state"], "path": m["prefix_path"],
+                         "train_images_per_second": m["train_images_per_second"],
+                         "breakdown": {k: m[k] for k in m if k.endswith("_seconds") and k != "trial_seconds"}}
+            print(f"  {name}: {m['trial_seconds']:.1f} s, val acc {m['val_acc']:.4f} ({m['feature_cache_state']})",
+                  flush=True)
+    out["speedup_warm"] = out[plain]["seconds"] / out["warm_cache"]["seconds"]
+    out["speedup_cold"] = out[plain]["seconds"] / out["cold_cache"]["seconds"]
+    return out
+
+
 def bench_feature_cache(per_class: int, epochs: int) -> dict:
+    """Level 1: a frozen backbone, no augmentation; the cache holds its pooled features."""
     import torch
 
     from pipeline.config import TrialConfig
-    from pipeline.features import FeatureCache
-    from pipeline.train import fit
 
-    s = data_subset(per_class)
     cfg = TrialConfig(backbone="efficientnet_lite0", resolution=64, train_stages="0", epochs=epochs, lr=1e-3,
                       device="cpu", threads=torch.get_num_threads())
-    out: dict[str, Any] = {"train": len(s.train_y), "val": len(s.val_y), "test": len(s.test_y), "epochs": epochs}
-    with tempfile.TemporaryDirectory() as d:
-        runs = {
-            "no_cache": lambda: fit(cfg.replace(feature_cache=False), s),
-            "cold_cache": lambda: fit(cfg, s, feature_cache=FeatureCache(d)),  # computes and stores features
-            "warm_cache": lambda: fit(cfg, s, feature_cache=FeatureCache(d)),  # a later trial: reads them
-        }
-        for name, run in runs.items():
-            r = run()
-            out[name] = {"seconds": r.metrics["trial_seconds"], "val_acc": r.metrics["val_acc"],
-                         "cache": r.metrics["feature_cache_state"]}
-    out["speedup_warm"] = out["no_cache"]["seconds"] / out["warm_cache"]["seconds"]
-    out["speedup_cold"] = out["no_cache"]["seconds"] / out["cold_cache"]["seconds"]
-    return out
+    return cache_runs(cfg, data_subset(per_class), "no_cache")
+
+
+PREFIX_CASE = dict(backbone="efficientnet_lite0", resolution=96, train_stages="1", augment="basic", dropout=0.5,
+                   weight_decay=1e-4, optimizer="adamw", schedule="cosine", lr=1e-3, batch_size=64)
+
+
+def bench_prefix_cache(per_class: int, epochs: int, val_size: int = 500, test_per_class: int = 100) -> dict:
+    """An L2-style trial (``PREFIX_CASE``: Lite0 at 96 px, the top stage fine-tuned, basic augmentation): the
+    frozen stages every step (plain), against their outputs cached per view, cold and warm."""
+    import torch
+
+    from pipeline.config import TrialConfig
+
+    cfg = TrialConfig(**PREFIX_CASE, epochs=epochs, device="cpu", threads=torch.get_num_threads())
+    return {"case": PREFIX_CASE, **cache_runs(cfg, data_subset(per_class, val_size, test_per_class), "plain")}
 
 
 # ----------------------------------------------------------------------------- 3. Ray overhead
@@ -502,6 +532,20 @@ def markdown(report: dict) -> str:
         for k in ("no_cache", "cold_cache", "warm_cache"):
             lines.append(f"| {k.replace('_', ' ')} | {fc[k]['seconds']:.2f} | {fc[k]['val_acc']:.3f} |")
         lines += ["", f"Speed-up over no cache: warm **{fc['speedup_warm']:.1f}x**, cold {fc['speedup_cold']:.2f}x.", ""]
+    if "prefix_cache" in report:
+        pc = report["prefix_cache"]
+        lines += [f"## Frozen-prefix cache: an L2-style trial, {pc['epochs']} epochs (EfficientNet-Lite0, 96 px, "
+                  f"top stage fine-tuned, basic augmentation; train {pc['train']}, val {pc['val']}, test "
+                  f"{pc['test']} images)", "",
+                  "| variant | seconds | val acc | train img/s | prefix s | train s | val s | eval s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for k in ("plain", "cold_cache", "warm_cache"):
+            r, b = pc[k], pc[k]["breakdown"]
+            lines.append(f"| {k.replace('_', ' ')} | {r['seconds']:.1f} | {r['val_acc']:.4f} | "
+                         f"{r['train_images_per_second']:.0f} | {b['prefix_seconds']:.1f} | {b['train_seconds']:.1f} | "
+                         f"{b['val_seconds']:.1f} | {b['eval_seconds']:.1f} |")
+        lines += ["", f"Speed-up over plain: warm **{pc['speedup_warm']:.2f}x** (a later trial of the same seed), "
+                  f"cold {pc['speedup_cold']:.2f}x (the trial that computes the views).", ""]
     if "overhead" in report:
         o = report["overhead"]
         lines += [f"## Ray overhead per empty trial ({o['trials']} trials; {o['cpus']} CPUs)", "",
@@ -625,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
                                     for b, r in (cases[:1] if args.quick else cases)]
         elif section == "feature_cache":
             report["feature_cache"] = bench_feature_cache(20 if args.quick else 150, 2 if args.quick else 5)
+        elif section == "prefix_cache":
+            report["prefix_cache"] = (bench_prefix_cache(10, 2, val_size=100, test_per_class=10) if args.quick
+                                      else bench_prefix_cache(1000, 4))
         elif section == "overhead":
             report["overhead"] = bench_overhead(2 if args.quick else 6)
         elif section == "head_memory":

@@ -62,7 +62,8 @@ def bench_speed(quick: bool = False, batch: int = 64, device: str = "cuda", prog
     import torch
 
     from pipeline.config import TrialConfig
-    from pipeline.train import amp_dtype, fit
+    from pipeline.device import amp_dtype
+    from pipeline.train import fit
 
     steps = 4 if quick else 30
     s = _splits(batch * steps // 10 + 1, 2048 if not quick else 64, 205 if not quick else 8)

@@ -15,7 +15,7 @@ an H100 (``--gpu-speed``).
 from __future__ import annotations
 
 from pipeline.augment import TTA_MODES
-from pipeline.config import TrialConfig, uses_feature_cache
+from pipeline.config import TrialConfig, prefix_refusal
 
 # backbone: (reference resolution, training images/s by mode, evaluation images/s); modes: "cached" (frozen,
 # head on cached features), "frozen" (frozen, features recomputed: augmentation), "partial" (top stages), "all"
@@ -47,8 +47,10 @@ TRIAL_OVERHEAD_S = 16.0
 
 
 def _mode(cfg: TrialConfig) -> str:
+    """The speed class of a trial. Frozen-prefix caching of augmented views and of partly fine-tuned trials is not
+    modelled here: their first trial per view pays the full price, later ones less, so estimates lean long."""
     if cfg.train_stages == "0":
-        return "cached" if uses_feature_cache(cfg) else "frozen"
+        return "cached" if prefix_refusal(cfg) is None and cfg.augment == "none" else "frozen"
     return "all" if cfg.train_stages == "all" else "partial"
 
 

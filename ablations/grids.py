@@ -26,6 +26,7 @@ given a verdict in the report: see ``ablations.claims``), ``run_levels`` (the le
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from pipeline.augment import TTA_MODES
 from pipeline.config import DATA_KEYS, ConfigError, TrialConfig, coerce, from_dict
 from pipeline.data import CIFAR10_CLASSES
 from pipeline.errors import UserError, one_line
+from pipeline.ids import ID_SCHEMA
 
 from . import claims as C
 
@@ -92,14 +94,15 @@ class Point:
     is_reference: bool
     config: TrialConfig
     competes: bool = True  # a candidate for its level's best config (False for the arms of a compete: false axis)
+    schema: int = ID_SCHEMA  # the trial-id schema of the results folder it runs in (pipeline.ids)
 
     @cached_property
     def trial_id(self) -> str:
-        return self.config.trial_id
+        return self.config.trial_id_in(self.schema)
 
     @cached_property
     def config_id(self) -> str:
-        return self.config.config_id
+        return self.config.config_id_in(self.schema)
 
     def row(self) -> dict[str, Any]:
         return {"trial_id": self.trial_id, "config_id": self.config_id, "level": self.level, "axis": self.axis,
@@ -128,6 +131,14 @@ class Plan:
 
     def to_json(self) -> list[dict]:
         return [p.row() for p in self.points]
+
+    @property
+    def schema(self) -> int:
+        return self.points[0].schema if self.points else ID_SCHEMA
+
+    def under_schema(self, schema: int) -> "Plan":
+        """The same plan with trial ids of another id schema (a results folder keeps the one it was made with)."""
+        return dataclasses.replace(self, points=[dataclasses.replace(p, schema=schema) for p in self.points])
 
 
 def load_spec(name_or_path: str) -> tuple[str, dict]:

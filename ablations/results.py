@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
+from pipeline.ids import ID_SCHEMA
 
 FORMAT = "ablations-run/1"
 STATUSES = ("finished", "failed", "running", "pending")
@@ -100,6 +101,17 @@ class RunFolder:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise RunFolderError(f"{self.path} is not an ablations results folder (run.json format is not {FORMAT})")
         return meta
+
+    def id_schema(self) -> int:
+        """The trial-id schema the folder was made with (``pipeline.ids``): 1 for folders from before schemas were
+        recorded, the current one for a new folder. A folder of a newer version is refused."""
+        if not self.exists():
+            return ID_SCHEMA
+        schema = int(self.read_meta().get("id_schema", 1))
+        if schema > ID_SCHEMA:
+            raise RunFolderError(f"{self.path} was made by a newer version of this tool (trial-id schema {schema}, "
+                                 f"this one knows up to {ID_SCHEMA}); upgrade, or choose another --name")
+        return schema
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_text(self.run_json, json.dumps({"format": FORMAT, **meta}, indent=1, default=str))

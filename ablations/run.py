@@ -449,11 +449,9 @@ def run(args) -> int:
     folder = RunFolder(Path(args.results) / (args.name or plan.grid))
     source = D.resolve_source(args.data)
     fingerprint = D.fingerprint(source)
-    old_meta = folder.check_usable(plan.grid, fingerprint, set(plan.trials()), args.extend)
+    plan, old_meta = plan_in_folder(folder, plan, fingerprint, args.extend)
     if args.resume and old_meta is None:
         raise RunFolderError(f"--resume: {folder.path} holds no run to resume")
-    if old_meta is not None and args.extend:
-        plan = _merge_plans(old_meta, plan)
     cached = D.was_cached(source)
     splits = D.make_splits(D.load(source), **plan.data_settings())
     print(f"data: {source} ({'cache' if cached else 'decoded'} in {time.time() - t0:.1f} s); {splits.describe()}",
@@ -462,6 +460,7 @@ def run(args) -> int:
     meta = run_meta(plan, source, fingerprint, splits, storage, old_meta)
     state = RunState(folder, plan, args.keep_models, storage, args.retries)
     pending = state.pending()
+    refuse_stale(folder, state)
     print(f"run folder {folder.path}: {len(state.trials) - len(pending)} of {len(state.trials)} trials already "
           f"finished", flush=True)
 
@@ -483,7 +482,7 @@ def run(args) -> int:
             if preflight.needed(res, bool(cluster_address(args))):
                 print(preflight.run(res, wait_seconds(args)), flush=True)
             start_folder(folder, meta, splits, state)
-            data_ref = ray.put(splits.arrays())
+            data_ref = ray.put({**splits.arrays(), "train_idx": splits.train_idx})  # the index keys augmentation
             run_tune(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
                      args.retries, args.verbose, demand)
         except KeyboardInterrupt:
@@ -538,10 +537,38 @@ def cluster_resources(args, n_trials: int) -> Resources:
     return res
 
 
+def plan_in_folder(folder: RunFolder, plan: grids.Plan, fingerprint: str | None,
+                   extend: bool) -> tuple[grids.Plan, dict | None]:
+    """The plan with the trial ids of the folder's id schema, checked against what the folder holds (a different
+    grid, plan or data is refused; ``extend`` adds this plan's trials to the folder's), and the folder's meta."""
+    schema = folder.id_schema()
+    plan = plan.under_schema(schema)
+    old_meta = folder.check_usable(plan.grid, fingerprint, set(plan.trials()), extend)
+    if old_meta is not None and extend:
+        plan = _merge_plans(old_meta, plan).under_schema(schema)
+    return plan, old_meta
+
+
+def refuse_stale(folder: RunFolder, state: "RunState") -> None:
+    """A folder made with an older id schema runs its unfinished trials with its own ids, unless what they
+    compute changed since (``pipeline.ids.COMPUTE_CHANGES``): then the run is refused, so that one folder never
+    mixes the two."""
+    from pipeline.ids import stale_trials
+
+    schema = folder.id_schema()
+    stale = stale_trials({tid: state.trials[tid] for tid in state.pending()}, schema)
+    if stale:
+        raise RunFolderError(
+            f"{folder.path} was made by an older version (trial-id schema {schema}) and {len(stale)} of its unfinished "
+            f"trials would now compute differently ({next(iter(stale.values()))}); finish it with the version that "
+            f"started it, or choose another --name")
+
+
 def run_meta(plan: grids.Plan, source: str, fingerprint: str, splits, storage: str, old_meta: dict | None) -> dict:
     trials = plan.trials()
     return {
         "grid": plan.grid, "grid_spec": plan.spec, "argv": sys.argv, "trial_ids": sorted(trials),
+        "id_schema": plan.schema,
         "eval_axes": list(plan.eval_axes), "plan": plan.to_json(),
         "data": {"source": source, "fingerprint": fingerprint, **plan.data_settings(),
                  "sizes": {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)},

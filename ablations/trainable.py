@@ -27,8 +27,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import torch
 
     from pipeline.config import TrialConfig
-    from pipeline.data import default_cache_dir
-    from pipeline.features import FeatureCache
+    from pipeline.prefix_cache import PrefixCache
     from pipeline.train import fit, resolve_device
 
     cfg = TrialConfig(**loop_config["config"])
@@ -49,7 +48,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
 
     def on_epoch(row: dict, make_checkpoint) -> None:
-        metrics = {"kind": "epoch", "trial_id": cfg.trial_id, **row}
+        metrics = {"kind": "epoch", "trial_id": loop_config["trial_id"], **row}
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(make_checkpoint(), Path(d) / "state.pt")
@@ -57,9 +56,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    cache = FeatureCache(default_cache_dir() / "features")  # on this node's disk, shared by its trials
     t_fit = time.time()
-    result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume, feature_cache=cache,
+    result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume,
+                 prefix_cache=PrefixCache.default(),  # on this node's disk, shared by its trials
                  classes=tuple(loop_config["data"]["classes"]))
     result.metrics.update({"node_id": ray.get_runtime_context().get_node_id(),
                            "node_ip": ray.util.get_node_ip_address(),
@@ -115,8 +114,8 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
     trainer = make_trainer(
         loop, use_gpu=use_gpu, lazy=config.get("lazy_backend", False) and torch_config is None,
         torch_config=torch_config,
-        train_loop_config={"config": config["config"], "data": data, "use_gpu": use_gpu,
-                           "t_trainable_start": t_start},
+        train_loop_config={"config": config["config"], "trial_id": config["trial_id"], "data": data,
+                           "use_gpu": use_gpu, "t_trainable_start": t_start},
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             name=config["trial_id"],

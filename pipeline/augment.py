@@ -1,16 +1,19 @@
 """Batched image augmentation on the trial's device: whole uint8 batches in, float batches out.
 
-Everything here works on (N, C, H, W) tensors and draws per-image randomness from one
-``torch.Generator``, so the same seed gives the same batch. No PIL, no per-image Python loop.
-The notebook equivalents (torchvision's per-image transforms) are named next to each function.
+Everything here works on (N, C, H, W) tensors. The random parameters of an augmentation (one row per image)
+come from ``pipeline.views``, keyed by image and epoch, so this module draws no random numbers itself except for
+MixUp/CutMix, which pair the images of a batch. No PIL, no per-image Python loop, no device-to-host
+synchronisation. The notebook equivalents (torchvision's per-image transforms) are named next to each function.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.special import betaincinv
+
+from .views import ViewParams
 
 NORMALIZATION = {
     # ImageNet statistics (torchvision's ResNet weights)
@@ -29,13 +32,6 @@ TTA_MODES = {
     "flip_crops": TTA_VIEWS,
 }
 TTA_SHIFT = 2  # pixels at the native resolution
-
-# augment presets: the seeds' level-2 pipelines
-AUGMENT_PRESETS = {
-    "none": {},
-    "basic": {"pad": 4, "flip": True},  # RandomCrop(32, padding=4) + RandomHorizontalFlip
-    "strong": {"pad": 4, "flip": True, "rotate": 15.0, "jitter": (0.2, 0.2, 0.2, 0.05)},  # + rotation + ColorJitter
-}
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -59,17 +55,8 @@ def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int | No
     return padded[b, ch, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """RandomCrop(size, padding=pad): a random translation in [-pad, pad] with zero fill."""
-    n = x.shape[0]
-    dy = torch.randint(-pad, pad + 1, (n,), generator=gen, device=x.device)
-    dx = torch.randint(-pad, pad + 1, (n,), generator=gen, device=x.device)
-    return translate(x, dy, dx, pad)
-
-
-def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    """RandomHorizontalFlip(p), decided per image."""
-    mask = torch.rand(x.shape[0], generator=gen, device=x.device) < p
+def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RandomHorizontalFlip with the decision per image given: flip the images where ``mask`` is true."""
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
@@ -83,12 +70,6 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_rotate(x: torch.Tensor, max_degrees: float, gen: torch.Generator) -> torch.Tensor:
-    """RandomRotation(max_degrees)."""
-    deg = (torch.rand(x.shape[0], generator=gen, device=x.device) * 2 - 1) * max_degrees
-    return rotate(x, deg)
-
-
 _GRAY = (0.299, 0.587, 0.114)
 
 
@@ -97,27 +78,21 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
-def _uniform(n: int, amount: float, gen: torch.Generator, device) -> torch.Tensor:
-    return 1.0 + (torch.rand(n, generator=gen, device=device) * 2 - 1) * amount
-
-
-def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
-                 gen: torch.Generator) -> torch.Tensor:
-    """ColorJitter with per-image factors, applied in a fixed order; hue is a rotation in YIQ space."""
-    n, dev = x.shape[0], x.device
-    if brightness:
-        x = (x * _uniform(n, brightness, gen, dev).view(n, 1, 1, 1)).clamp_(0, 1)
-    if contrast:
+def color_jitter(x: torch.Tensor, brightness: torch.Tensor | None = None, contrast: torch.Tensor | None = None,
+                 saturation: torch.Tensor | None = None, hue: torch.Tensor | None = None) -> torch.Tensor:
+    """ColorJitter with the per-image factors given (hue: an angle in radians), applied in a fixed order; hue is a
+    rotation in YIQ space."""
+    n = x.shape[0]
+    if brightness is not None:
+        x = (x * brightness.view(n, 1, 1, 1)).clamp_(0, 1)
+    if contrast is not None:
         mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        f = _uniform(n, contrast, gen, dev).view(n, 1, 1, 1)
-        x = ((x - mean) * f + mean).clamp_(0, 1)
-    if saturation:
+        x = ((x - mean) * contrast.view(n, 1, 1, 1) + mean).clamp_(0, 1)
+    if saturation is not None:
         g = _gray(x)
-        f = _uniform(n, saturation, gen, dev).view(n, 1, 1, 1)
-        x = ((x - g) * f + g).clamp_(0, 1)
-    if hue:
-        ang = (torch.rand(n, generator=gen, device=dev) * 2 - 1) * hue * 2 * math.pi
-        x = hue_rotate(x, ang)
+        x = ((x - g) * saturation.view(n, 1, 1, 1) + g).clamp_(0, 1)
+    if hue is not None:
+        x = hue_rotate(x, hue)
     return x
 
 
@@ -161,31 +136,32 @@ def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:
     return (x - _constant(mean, x).view(1, 3, 1, 1)) / _constant(std, x).view(1, 3, 1, 1)
 
 
-def augment(x: torch.Tensor, preset: str, gen: torch.Generator) -> torch.Tensor:
-    """Apply an augment preset ('none', 'basic', 'strong') to a float batch at native resolution."""
-    spec = AUGMENT_PRESETS[preset]
-    if spec.get("pad"):
-        x = random_crop(x, spec["pad"], gen)
-    if spec.get("flip"):
-        x = random_flip(x, gen)
-    if spec.get("rotate"):
-        x = random_rotate(x, spec["rotate"], gen)
-    if spec.get("jitter"):
-        x = color_jitter(x, *spec["jitter"], gen=gen)
+def apply_view(x: torch.Tensor, p: ViewParams) -> torch.Tensor:
+    """Augment a float batch at native resolution with its rows of a view's parameters (``pipeline.views``):
+    crop (translation with zero fill), flip, rotation, colour jitter, in this order."""
+    if p.dy is not None:
+        x = translate(x, p.dy, p.dx, p.pad)
+    if p.flip is not None:
+        x = flip_where(x, p.flip)
+    if p.degrees is not None:
+        x = rotate(x, p.degrees)
+    if any(v is not None for v in (p.brightness, p.contrast, p.saturation, p.hue)):
+        x = color_jitter(x, p.brightness, p.contrast, p.saturation, p.hue)
     return x
 
 
-def mix(x: torch.Tensor, y: torch.Tensor, kind: str, alpha: float, num_classes: int,
-        gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mix(x: torch.Tensor, y: torch.Tensor, kind: str, alpha: float, num_classes: int, gen: torch.Generator,
+        rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """MixUp or CutMix of a batch with its own permutation; returns images and soft targets.
 
-    One mixing coefficient per batch, as in the papers and torchvision.transforms.v2.MixUp/CutMix.
+    One mixing coefficient per batch, as in the papers and torchvision.transforms.v2.MixUp/CutMix. The
+    coefficient and the box come from the host generator ``rng`` and the pairing from the device generator
+    ``gen``, so nothing waits for the device.
     """
     target = F.one_hot(y, num_classes).to(x.dtype)
     if kind == "none":
         return x, target
-    u = float(torch.rand((), generator=gen, device=x.device))
-    lam = float(betaincinv(alpha, alpha, u))  # Beta(alpha, alpha) drawn from this batch's generator
+    lam = float(rng.beta(alpha, alpha))
     perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
     if kind == "mixup":
         x = x * lam + x[perm] * (1 - lam)
@@ -193,8 +169,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, kind: str, alpha: float, num_classes: 
         h, w = x.shape[-2:]
         cut = math.sqrt(1 - lam)
         ch, cw = int(h * cut), int(w * cut)
-        cy = int(torch.randint(h, (1,), generator=gen, device=x.device))
-        cx = int(torch.randint(w, (1,), generator=gen, device=x.device))
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
         y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
         x = x.clone()

@@ -1,15 +1,14 @@
-"""One trial's configuration: a plain frozen dataclass, validated, hashable into a trial id.
+"""One trial's configuration: a plain frozen dataclass, validated, hashable into a trial id (``pipeline.ids``).
 
 Every key is a column of ``trials.parquet``. Keys listed in ``EXECUTION_KEYS`` say *how* a trial runs
-(device, precision, workers, local paths); they are excluded from the trial id, so the same study run
-on a laptop and on a GPU cluster names its trials the same way.
+(device, precision, workers, caching); they are excluded from the trial id, so the same study run
+on a laptop and on a GPU cluster names its trials the same way. A new key needs an entry in
+``pipeline.ids.ID_BASELINE`` (the value that reproduces what trials computed before it existed).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -55,10 +54,11 @@ class TrialConfig:
     amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
-    feature_cache: bool = True
+    feature_cache: bool = True  # the frozen-prefix cache (pipeline.sources), where a trial can use it
     eval_batch_size: int = 512
     threads: int = 0
     workers: int = 1
+    # --- a local weights file for pretrained=true; part of the trial id by its content
     weights: str = ""
 
     def __post_init__(self) -> None:
@@ -70,14 +70,27 @@ class TrialConfig:
     def replace(self, **changes: Any) -> "TrialConfig":
         return dataclasses.replace(self, **changes)
 
+    def trial_id_in(self, schema: int) -> str:
+        """The id under an id schema (a results folder keeps the schema it was made with)."""
+        from .ids import trial_id
+
+        return trial_id(self, schema)
+
+    def config_id_in(self, schema: int) -> str:
+        """The trial id of this config with seed 0: the same for every seed of one config."""
+        return dataclasses.replace(self, seed=0).trial_id_in(schema)
+
     @property
     def trial_id(self) -> str:
-        return trial_id(self)
+        from .ids import ID_SCHEMA
+
+        return self.trial_id_in(ID_SCHEMA)
 
     @property
     def config_id(self) -> str:
-        """The trial id of this config with seed 0: the same for every seed of one config."""
-        return trial_id(dataclasses.replace(self, seed=0))
+        from .ids import ID_SCHEMA
+
+        return self.config_id_in(ID_SCHEMA)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "TrialConfig":
@@ -86,7 +99,7 @@ class TrialConfig:
 
 
 EXECUTION_KEYS = frozenset(
-    {"device", "amp", "channels_last", "compile", "feature_cache", "eval_batch_size", "threads", "workers", "weights"}
+    {"device", "amp", "channels_last", "compile", "feature_cache", "eval_batch_size", "threads", "workers"}
 )
 DATA_KEYS = ("train_per_class", "val_size", "test_per_class", "split_seed")
 
@@ -148,7 +161,8 @@ def check_value(key: str, value: Any) -> None:
 
 def validate(cfg: TrialConfig) -> None:
     for f in fields(cfg):
-        check_value(f.name, getattr(cfg, f.name))
+        if f.name in FIELD_TYPES:  # a subclass's own keys are its own to check
+            check_value(f.name, getattr(cfg, f.name))
     if cfg.backbone == "small_cnn" and cfg.pretrained:
         raise ConfigError("backbone=small_cnn has no pretrained weights: set pretrained=false")
     if cfg.freeze_epochs and cfg.freeze_epochs >= cfg.epochs:
@@ -210,20 +224,19 @@ def effective_normalization(cfg: TrialConfig) -> str:
     return "imagenet"
 
 
-def uses_feature_cache(cfg: TrialConfig) -> bool:
-    """A frozen backbone fed deterministic inputs (no augmentation, no MixUp/CutMix) sees the same images every
-    epoch: its features are computed once (``pipeline.features``) and only the head trains."""
-    return cfg.feature_cache and cfg.train_stages == "0" and cfg.augment == "none" and cfg.mix == "none"
+def prefix_refusal(cfg: TrialConfig) -> str | None:
+    """Why a trial cannot train on cached outputs of its frozen prefix (``pipeline.sources``), or None if it can.
+    The prefix is the stem and the stages below ``train_stages``; it must be frozen and see the same images for
+    every trial that shares it, which MixUp/CutMix (mixing input pixels per batch) break."""
+    if not cfg.feature_cache:
+        return "feature_cache=false"
+    if cfg.mix != "none":
+        return f"mix={cfg.mix} mixes input pixels per batch"
+    if cfg.train_stages == "all":
+        return "train_stages=all: nothing is frozen"
+    return None
 
 
-def identity(cfg: TrialConfig) -> dict[str, Any]:
-    """The keys that change a trial's result (everything but execution keys), with 'auto' resolved, so
-    that ``normalize=auto`` and the normalization it stands for name the same trial."""
-    out = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
-    out["normalize"] = effective_normalization(cfg)
-    return out
-
-
-def trial_id(cfg: TrialConfig) -> str:
-    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+def stages_at(cfg: TrialConfig, epoch: int) -> str:
+    """The stages that train in an epoch (0-based): two-phase trials (``freeze_epochs``) train the head alone first."""
+    return "0" if epoch < cfg.freeze_epochs else cfg.train_stages

@@ -2,12 +2,12 @@
 
 Everything takes numpy scores (N, C) — logits, or class probabilities where a function says so (the
 ranking by argmax is the same) — and integer labels (N,), so the reporter can recompute any of it from the
-stored logits without a model.
+stored logits without a model. Plain numpy (scikit-learn's definitions, with 0 where a ratio is 0/0): a trial
+process does not pay for importing scikit-learn.
 """
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .augment import TTA_MODES
 
@@ -44,21 +44,27 @@ def soft_vote(member_probs: list[np.ndarray], weights: list[float] | None = None
     return np.tensordot(w / w.sum(), probs, axes=1)
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros(len(num), dtype=np.float64), where=den > 0)
+
+
 def per_class(scores: np.ndarray, labels: np.ndarray, classes) -> dict[str, np.ndarray]:
     """Precision, recall (= per-class accuracy), F1 and support for each class."""
-    pred = scores.argmax(1)
-    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=np.arange(len(classes)), zero_division=0)
-    return {"precision": p, "recall": r, "f1": f, "support": s}
+    cm = confusion(scores, labels, len(classes))
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    return {"precision": _ratio(tp, predicted), "recall": _ratio(tp, support),
+            "f1": _ratio(2 * tp, support + predicted), "support": support}
 
 
 def macro_f1(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    pred = scores.argmax(1)
-    _, _, f, _ = precision_recall_fscore_support(labels, pred, labels=np.arange(num_classes), zero_division=0)
-    return float(np.mean(f))
+    return float(np.mean(per_class(scores, labels, range(num_classes))["f1"]))
 
 
 def confusion(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return confusion_matrix(labels, scores.argmax(1), labels=np.arange(num_classes))
+    """Counts of (true class, predicted class)."""
+    pred = scores.argmax(1)
+    return np.bincount(np.asarray(labels) * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes,
+                                                                                                     num_classes)
 
 
 def summary(view_logits: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], classes) -> dict:

@@ -11,8 +11,10 @@ everything including the stem. Heads see the global-average-pooled outputs of th
 * ``se``:     squeeze-and-excitation channel attention on the last stage, then dropout + Linear (level 3).
   SE rescales channels by a function of their global average, so SE-then-pool equals pool-then-SE.
 
-Because a head needs only pooled features, a frozen backbone's features can be computed once and
-cached (see ``pipeline.features``).
+A model splits at its freeze depth into a frozen ``Prefix`` (stem and frozen stages; with ``train_stages``
+0 the whole backbone up to the pooled features) and a ``Top`` (trained stages and head), with
+``top(prefix(x)) == model(x)``; the prefix's outputs can then be computed once per view and cached (see
+``pipeline.prefix_cache`` and ``pipeline.sources``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn as nn
 
 from .config import TrialConfig
 from .errors import ModelError  # noqa: F401  (re-exported)
+from .ids import file_digest
 
 
 class Backbone(nn.Module):
@@ -81,6 +84,61 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(*self.features(x))
+
+
+# ---------------------------------------------------------------- frozen prefix and trained top
+
+N_STAGES = 4
+
+
+def prefix_cut(train_stages: str) -> int | None:
+    """How many stages the frozen prefix holds (4 with only the head training); None when the stem trains."""
+    return None if train_stages == "all" else N_STAGES - int(train_stages)
+
+
+class Prefix(nn.Module):
+    """The frozen lower part of a classifier: its stem and its first ``cut`` stages. With every stage frozen
+    (cut 4) it ends in what the head reads: the pooled stage-3 and stage-4 outputs side by side."""
+
+    def __init__(self, model: Classifier, cut: int):
+        super().__init__()
+        self.cut = cut
+        self.stem = model.backbone.stem
+        self.stages = nn.ModuleList(list(model.backbone.stages)[:cut])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        f3 = None
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i == N_STAGES - 2:
+                f3 = x
+        if self.cut == N_STAGES:
+            return torch.cat([f3.mean(dim=(2, 3)), x.mean(dim=(2, 3))], 1)
+        return x
+
+
+class Top(nn.Module):
+    """What trains on a prefix's output: the stages above the cut and the head, so that
+    ``Top(model, cut)(Prefix(model, cut)(x))`` computes ``model(x)``."""
+
+    def __init__(self, model: Classifier, cut: int):
+        super().__init__()
+        self.cut = cut
+        self.c3 = model.backbone.channels[0]
+        self.stages = nn.ModuleList(list(model.backbone.stages)[cut:])
+        self.head = model.head
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.cut == N_STAGES:
+            return self.head(z[:, :self.c3], z[:, self.c3:])
+        x = z
+        p3 = z.mean(dim=(2, 3)) if self.cut == N_STAGES - 1 else None
+        for i, stage in enumerate(self.stages, start=self.cut):
+            x = stage(x)
+            if i == N_STAGES - 2:
+                p3 = x.mean(dim=(2, 3))
+        return self.head(p3, x.mean(dim=(2, 3)))
 
 
 # ---------------------------------------------------------------- backbones
@@ -183,6 +241,19 @@ def _load_file(path: str) -> dict:
     if not isinstance(state, dict):
         raise ModelError(f"weights file {path} does not hold a state dict")
     return state
+
+
+def init_identity(cfg: TrialConfig) -> str:
+    """What a backbone's weights are before training, for cache keys: a weights file's content hash,
+    torchvision's weights name, or the seed of a random initialisation (``build_model`` runs under
+    ``torch.manual_seed(cfg.seed)``)."""
+    if not cfg.pretrained:
+        return f"random-init/seed{cfg.seed}"
+    if cfg.weights:
+        return file_digest(cfg.weights)
+    if cfg.backbone == "efficientnet_lite0":
+        return file_digest(lite0_weights_path())
+    return f"torchvision/{cfg.backbone}/IMAGENET1K_V1"
 
 
 def build_backbone(cfg: TrialConfig) -> Backbone:

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import augment as aug
+from pipeline import views
 from pipeline.config import TrialConfig
 from pipeline.models import build_model, count_trainable, set_trainable, train_mode
-from pipeline.train import Inputs, fit, make_optimizer
+from pipeline.sources import Inputs
+from pipeline.train import fit, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_two_phase_training_freezes_the_backbone_first(tiny):
 
 def test_differential_learning_rates():
     cfg = lite(train_stages="2", lr=1e-3, backbone_lr_mult=0.1)
-    opt = make_optimizer(cfg, build_model(cfg), head_only=False)
+    opt = make_optimizer(cfg, build_model(cfg))
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"head": pytest.approx(1e-3), "backbone": pytest.approx(1e-4)}
 
@@ -100,7 +102,7 @@ def test_schedules_shape_the_learning_rate(schedule, tiny):
                                        ("sgd", torch.optim.SGD)])
 def test_optimizer_axis(name, cls):
     cfg = cnn(optimizer=name, weight_decay=1e-4)
-    opt = make_optimizer(cfg, build_model(cfg), head_only=False)
+    opt = make_optimizer(cfg, build_model(cfg))
     assert type(opt) is cls and opt.param_groups[0]["weight_decay"] == 1e-4
 
 
@@ -112,12 +114,12 @@ def test_augment_presets_change_training_inputs_only(tiny):
     plain = Inputs(cnn(augment="none"), torch.device("cpu"))
     basic = Inputs(cnn(augment="basic"), torch.device("cpu"))
     strong = Inputs(cnn(augment="strong"), torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    assert torch.equal(plain(x, g, train=True), plain(x))
-    assert not torch.allclose(basic(x, torch.Generator().manual_seed(0), train=True), plain(x))
+    index = np.arange(16)
+    assert torch.equal(plain(x, views.draw("none", 0, 0, index)), plain(x))
+    assert not torch.allclose(basic(x, views.draw("basic", 0, 0, index)), plain(x))
     assert torch.equal(basic(x), plain(x))  # evaluation never augments
-    b = basic(x, torch.Generator().manual_seed(0), train=True)
-    s = strong(x, torch.Generator().manual_seed(0), train=True)
+    b = basic(x, views.draw("basic", 0, 0, index))
+    s = strong(x, views.draw("strong", 0, 0, index))
     assert not torch.allclose(b, s)  # rotation and colour jitter on top
 
 
@@ -172,7 +174,7 @@ def test_mixup_mixes_images_and_labels():
     g = torch.Generator().manual_seed(3)
     x = torch.rand(8, 3, 8, 8)
     y = torch.arange(8)
-    xm, t = aug.mix(x, y, "mixup", 0.4, 10, g)
+    xm, t = aug.mix(x, y, "mixup", 0.4, 10, g, np.random.default_rng(3))
     assert torch.allclose(t.sum(1), torch.ones(8))
     lams = {round(t[i, i].item(), 6) for i in range(8) if t[i, i] < 1}
     assert len(lams) == 1  # one mixing coefficient per batch
@@ -192,7 +194,7 @@ def test_cutmix_pastes_a_box_and_weights_labels_by_area():
     g = torch.Generator().manual_seed(5)
     x = torch.stack([torch.full((3, 16, 16), float(i)) for i in range(6)])
     y = torch.arange(6)
-    xm, t = aug.mix(x, y, "cutmix", 1.0, 10, g)
+    xm, t = aug.mix(x, y, "cutmix", 1.0, 10, g, np.random.default_rng(5))
     for i in range(6):
         values, counts = xm[i, 0].unique(return_counts=True)
         kept = (xm[i, 0] == i).float().mean().item()
@@ -205,7 +207,7 @@ def test_cutmix_pastes_a_box_and_weights_labels_by_area():
 
 def test_no_mix_gives_one_hot_targets():
     x, y = torch.rand(4, 3, 8, 8), torch.tensor([1, 2, 3, 4])
-    xm, t = aug.mix(x, y, "none", 1.0, 10, torch.Generator())
+    xm, t = aug.mix(x, y, "none", 1.0, 10, torch.Generator(), np.random.default_rng(0))
     assert torch.equal(xm, x) and torch.equal(t, F.one_hot(y, 10).float())
 
 

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.config import TrialConfig
 from pipeline.models import ModelError, build_model, count_trainable, trained_state
-from pipeline.train import Inputs
+from pipeline.sources import Inputs
 
 STAGES = ("0", "1", "2", "3", "4", "all")
 
