@@ -135,12 +135,15 @@ class Progress:
             self._print(f"finished {self.labels[tid]}: val_acc {metrics.get('val_acc', float('nan')):.3f} "
                         f"test_acc {metrics.get('test_acc', float('nan')):.3f} "
                         f"({metrics.get('trial_seconds', float('nan')):.0f} s in trial)")
-        self.status(force=not self.quiet)
+        self.status(force=not self.quiet or self.all_ended())
 
     def failed(self, tid: str, error: str) -> None:
         self.eta.ended(tid, None)
         self._print(f"FAILED {self.labels[tid]}: {error}")
         self.status(force=True)
+
+    def all_ended(self) -> bool:
+        return not (self.counts["running"] or self.counts["pending"])
 
 
 def estimate_comparison(wall_s: float, estimated_s: float, trials: int) -> str:
@@ -148,8 +151,8 @@ def estimate_comparison(wall_s: float, estimated_s: float, trials: int) -> str:
     if not trials:
         return f"wall time {duration(wall_s)} (no trial to run)"
     ratio = wall_s / estimated_s if estimated_s > 0 else float("nan")
-    return (f"wall time {duration(wall_s)} against the dry run's estimate of {duration(estimated_s)} for these "
-            f"{trials} trial{'s' * (trials > 1)}: {ratio:.2f}x")
+    which = f"these {trials} trials" if trials > 1 else "its one trial"
+    return f"wall time {duration(wall_s)} against the dry run's estimate of {duration(estimated_s)} for {which}: {ratio:.2f}x"
 
 
 def quiet_ray(verbose: bool) -> None:

@@ -124,8 +124,10 @@ class Trackers:
         if "wandb" in self.names:
             from ray.air.integrations.wandb import WandbLoggerCallback
 
+            # each trial's W&B run lives in a Ray actor, whose environment is the cluster's, not the driver's
+            mode = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
             out.append(WandbLoggerCallback(project=self.wandb_project, group=self.experiment,
-                                           dir=str(self.logdir.resolve())))
+                                           dir=str(self.logdir.resolve()), **mode))
         for cb in out:
             try:
                 cb.setup()
