@@ -229,3 +229,17 @@ def test_portable_paths_are_relative_and_resolve_back(tmp_path):
     assert cmd == ["python", "-m", "ablations.run", "--data", "../../shared/cifar.tar.gz", "--set",
                    "weights=../../w.pth", "--grid", "cpu", "--results", "results"]  # relative ones as typed
     assert json.dumps(cmd).count(str(tmp_path)) == 0
+
+
+def test_the_committed_example_runs_carry_no_absolute_paths():
+    from .conftest import REPO
+
+    runs = [p.parent for p in sorted((REPO / "results").glob("*/run.json"))]
+    assert runs
+    for run in runs:
+        meta = json.loads((run / "run.json").read_text())
+        recorded = [meta["storage"], meta["data"]["source"], *meta["argv"]]
+        assert not [s for s in recorded if s.startswith("/")], (run.name, recorded)
+        assert meta["argv"][:3] == ["python", "-m", "ablations.run"]
+        header = (run / "REPORT.md").read_text().split("## ", 1)[0]
+        assert "`/" not in header, (run.name, header)
