@@ -8,7 +8,10 @@ result in the driver) over their estimates. Remaining work is the calibrated est
 plus what is left of every running one, spread over the run's concurrency. Every update is O(1) (running
 trials: O(concurrency)); labels come from an index built once, not from a scan of the plan.
 
-``--quiet`` prints the status lines (at most one per ``every_s`` seconds) and errors only.
+A status line is printed at every trial that ends (in ``--quiet`` mode only when ``every_s`` seconds have passed
+since the last one, or when it was the last trial) and at least every ``every_s`` seconds while trials run
+(the driver's Tune callback calls ``status`` on every step of Tune's loop). ``--quiet`` prints the status lines
+and errors only.
 """
 from __future__ import annotations
 

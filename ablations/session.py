@@ -81,6 +81,9 @@ def make_recorder(session: Session, storage: str, demand=None):
         return len(session.ledger.with_status("pending", "running"))
 
     class Recorder(tune.Callback):
+        def on_step_end(self, iteration, trials, **info):  # Tune's loop: a status line every 30 s, events or not
+            session.progress.status()
+
         def on_trial_start(self, iteration, trials, trial, **info):
             session.started(trial_id(trial))
 
