@@ -16,7 +16,12 @@ the run affects both, and reports medians and the ratio ours / notebook:
    Ray's defaults, one at a time and at the default concurrency.
 4. the driver's memory as trials finish: ``ablations.run`` on 40 cheap real trials, each row recording the
    driver's resident memory; the growth per trial over the second half of the run.
+4b. the driver at scale, without Ray (``driver_scale``): its session (ledger, collector, progress) fed 2,000
+   synthetic trials x 10 epoch events and their final results; time and memory per event in the first and the
+   last 10% of events, and what the TensorBoard callback adds per event.
 5. the smoke grid's wall time (``python -m ablations.run --grid smoke`` in a subprocess).
+6. how fast bad input fails (``fail_fast``): seconds until the CLI exits with its one-line error, for a bad grid,
+   a bad ``--set`` and an unreachable ``--address`` (the tests bound these only against a hang).
 
 Results go to ``results/bench/bench.json`` and ``results/bench/BENCH.md`` with a description of the machine.
 ``--quick`` shrinks every measurement (for tests); ``--only`` picks sections.
@@ -38,7 +43,8 @@ from typing import Any, Callable
 import numpy as np
 
 SECTIONS = (
-    "throughput", "feature_cache", "prefix_cache", "overhead", "head_memory", "driver_memory", "smoke",
+    "throughput", "feature_cache", "prefix_cache", "overhead", "head_memory", "driver_memory", "driver_scale",
+    "smoke", "fail_fast",
     "speed", "precision", "packing", "compile")
 GPU_SECTIONS = ("speed", "precision", "packing", "compile")  # ablations/bench_gpu.py; need --device cuda
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
@@ -486,6 +492,156 @@ def bench_driver_memory(n_trials: int) -> dict:
             "rss_mb_after_last": float(rss[-1]), "kib_per_trial_second_half": slope * 1024}
 
 
+# ----------------------------------------------------------------------------- 4b. the driver at scale
+
+SCALE_GRID = {"description": "synthetic trials for the driver_scale section", "seeds": 1,
+              "base": {"backbone": "small_cnn", "pretrained": False, "train_stages": "all", "resolution": 32,
+                       "epochs": 10, "train_per_class": 20, "val_size": 200, "test_per_class": 50},
+              "levels": {"L3": {"set": {"head": "mlp"}}}}
+
+
+def synthetic_checkpoint(d: Path, classes: tuple[str, ...], n_val: int, n_test: int) -> Path:
+    """A final checkpoint as a worker writes it (``ablations.trainable``): final.json, logits.npz, model.pt."""
+    rng = np.random.default_rng(0)
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / "logits.npz", **{"val/none": rng.normal(size=(n_val, 10)).astype(np.float16),
+                                  "test/none": rng.normal(size=(n_test, 10)).astype(np.float16)})
+    (d / "model.pt").write_bytes(rng.bytes(16 * 1024))
+    now = time.time()
+    metrics = {"val_acc": 0.41, "test_acc": 0.40, "macro_f1": 0.39, "test_acc_flip": 0.42, "trainable_params": 1.2e6,
+               "train_seconds": 30.0, "trial_seconds": 35.0, "eval_seconds": 2.0, "train_images_per_second": 500.0,
+               "resumed_from_epoch": 0, "world_size": 1, "device_type": "cpu", "node_id": "n" * 56,
+               "node_ip": "10.0.0.1", "feature_cache_state": "off", "t_trainable_start": now,
+               "t_worker_start": now + 1, "t_fit_start": now + 2, "t_fit_end": now + 32,
+               **{f"test_acc_{c}": 0.4 for c in classes}, **{f"f1_{c}": 0.4 for c in classes}}
+    history = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.1 * e, "val_loss": 2.1 / e, "val_acc": 0.04 * e,
+                "lr": 1e-3, "seconds": 3.0} for e in range(1, 11)]
+    (d / "final.json").write_text(json.dumps({"metrics": metrics, "history": history}))
+    return d
+
+
+def feed_driver(n_trials: int, epochs: int, concurrency: int, folder_dir: Path, checkpoint: Path,
+                tensorboard_dir: Path | None = None, trace_memory: bool = False) -> dict:
+    """Feed a driver session (``ablations.session``: ledger, collector, progress) the events of ``n_trials``
+    synthetic trials, ``concurrency`` at a time: a start, ``epochs`` epoch results and a final result each. With
+    ``tensorboard_dir``, each result goes to the TensorBoard callback too (``ablations.trackers``), timed apart.
+    Returns per-event seconds (and traced memory, with ``trace_memory``) in event order."""
+    import tracemalloc
+
+    from . import grids
+    from .collector import Collector
+    from .ledger import Ledger
+    from .progress import Eta, Progress, labels
+    from .results import RunFolder
+    from .session import Session
+
+    plan = grids.expand("scale", SCALE_GRID, seeds=n_trials)
+    folder = RunFolder(folder_dir)
+    folder.path.mkdir(parents=True)
+    ledger = Ledger(folder, plan)
+    ledger.open()
+    tids = list(ledger.trials)
+    sink = open(os.devnull, "w")
+    progress = Progress(labels(plan), ledger.counts, Eta({t: 35.0 for t in tids}, concurrency), out=sink)
+    session = Session(ledger, Collector(folder, "best"), progress)
+    tb, tb_trials, tb_seconds = None, {}, []
+    if tensorboard_dir is not None:
+        from ray.tune.experiment import Trial
+
+        from .trackers import tensorboard_callback
+
+        tb = tensorboard_callback(tensorboard_dir)
+    seconds: list[float] = []
+    memory: list[int] = []
+    if trace_memory:
+        tracemalloc.start()
+
+    def timed(fn, *a) -> None:
+        t = time.perf_counter()
+        fn(*a)
+        seconds.append(time.perf_counter() - t)
+        if trace_memory:
+            memory.append(tracemalloc.get_traced_memory()[0])
+
+    def to_tensorboard(tid: str, result: dict) -> None:
+        if tb is not None:
+            t = time.perf_counter()
+            tb.on_trial_result(iteration=0, trials=[], trial=tb_trials[tid], result=result)
+            tb_seconds.append(time.perf_counter() - t)
+
+    tune_keys = {"timestamp": 0, "done": False, "date": "2026-01-01_00-00-00", "time_this_iter_s": 3.0,
+                 "time_total_s": 3.0, "pid": 1, "hostname": "bench", "node_ip": "10.0.0.1",
+                 "checkpoint_dir_name": None, "time_since_restore": 3.0, "iterations_since_restore": 1}
+    for i in range(0, len(tids), concurrency):
+        wave = tids[i:i + concurrency]
+        for tid in wave:
+            timed(session.started, tid)
+            if tb is not None:
+                spec = {"trial": {"trial_id": tid, "config": ledger.trials[tid].to_dict()}}
+                tb_trials[tid] = Trial("run_trial", config=spec, evaluated_params=spec, stub=True)
+        for e in range(1, epochs + 1):
+            for tid in wave:
+                result = {"kind": "epoch", "trial_id": tid, "epoch": e, "train_loss": 2.0 / e, "train_acc": 0.1 * e,
+                          "val_loss": 2.1 / e, "val_acc": 0.04 * e, "lr": 1e-3, "seconds": 3.0,
+                          "training_iteration": e, **tune_keys}
+                timed(session.epoch, tid, result)
+                to_tensorboard(tid, result)
+        for tid in wave:
+            metrics: dict = {}
+            timed(lambda t: metrics.update(session.finished(t, checkpoint)), tid)
+            if tb is not None:
+                from .trackers import final_metrics
+
+                to_tensorboard(tid, {"kind": "final", "val_acc": 0.41, "test_acc": 0.40, "training_iteration": epochs + 1,
+                                     "final": final_metrics(metrics), **tune_keys})
+                tb.on_trial_complete(iteration=0, trials=[], trial=tb_trials.pop(tid))
+    if trace_memory:
+        tracemalloc.stop()
+    t = time.perf_counter()
+    live = folder.read_trials()  # what a report on the running run reads: the tables with the ledger folded in
+    read_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ledger.close()
+    close_s = time.perf_counter() - t
+    sink.close()
+    assert (live.status == "finished").all() and len(folder.read_epochs()) == n_trials * epochs
+    return {"seconds": seconds, "memory": memory, "tensorboard_seconds": tb_seconds, "read_live_s": read_s,
+            "compact_s": close_s}
+
+
+def bench_driver_scale(n_trials: int = 2000, epochs: int = 10, concurrency: int = 8) -> dict:
+    """Time and memory per event of the driver's own code at ``n_trials`` trials: the first 10% of events against
+    the last 10%. A driver that rewrote its tables or scanned its plan per event would get slower as the run
+    grows; the target is a ratio of at most 1.2."""
+    from pipeline.data import CIFAR10_CLASSES
+
+    out: dict[str, Any] = {"trials": n_trials, "epochs": epochs, "concurrency": concurrency,
+                           "events": n_trials * (epochs + 2)}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        ckpt = synthetic_checkpoint(d / "checkpoint", CIFAR10_CLASSES, 200, 500)
+        timing = feed_driver(n_trials, epochs, concurrency, d / "timed", ckpt)
+        traced = feed_driver(n_trials, epochs, concurrency, d / "traced", ckpt, trace_memory=True)
+        tb = feed_driver(n_trials, epochs, concurrency, d / "tensorboard", ckpt, tensorboard_dir=d / "tb")
+    n = len(timing["seconds"])
+    k = max(n // 10, 1)
+    first, last = timing["seconds"][:k], timing["seconds"][-k:]
+    mem = traced["memory"]
+    out["first_10pct"] = {"events": k, "ms_per_event": 1e3 * sum(first) / k,
+                          "kib_per_event": (mem[k - 1] - mem[0]) / 1024 / max(k - 1, 1)}
+    out["last_10pct"] = {"events": k, "ms_per_event": 1e3 * sum(last) / k,
+                         "kib_per_event": (mem[-1] - mem[-k]) / 1024 / max(k - 1, 1)}
+    out["ratio_last_over_first"] = out["last_10pct"]["ms_per_event"] / out["first_10pct"]["ms_per_event"]
+    out["total_s"] = sum(timing["seconds"])
+    out["traced_mib_at_end"] = mem[-1] / 2**20
+    out["read_live_s"], out["compact_s"] = timing["read_live_s"], timing["compact_s"]
+    tbs = tb["tensorboard_seconds"]
+    out["tensorboard"] = {"ms_per_event": 1e3 * sum(tbs) / len(tbs),
+                          "ms_per_trial": 1e3 * sum(tbs) / n_trials,
+                          "driver_ms_per_event_with_it": 1e3 * sum(tb["seconds"]) / len(tb["seconds"])}
+    return out
+
+
 # ----------------------------------------------------------------------------- 5. smoke grid
 
 
@@ -497,6 +653,33 @@ def bench_smoke() -> dict:
     overhead = (df.s_launch_to_trainable + df.s_trainable_to_worker + df.s_worker_to_fit + df.s_fit_to_driver)
     return {"seconds": wall, "trials": len(df), "test_acc": dict(zip(df.level + "/" + df.arm, df.test_acc)),
             "median_ray_overhead_per_trial_s": float(overhead.median())}
+
+
+# ----------------------------------------------------------------------------- 6. failing fast
+
+FAIL_FAST_CASES = {
+    "unknown grid": ["--grid", "nope", "--dry-run"],
+    "bad --set": ["--grid", "smoke", "--set", "lr=fast", "--dry-run"],
+    "unreachable --address": ["--grid", "smoke", "--address", "127.0.0.1:1", "--no-report"],
+}
+
+
+def bench_fail_fast(rounds: int) -> dict:
+    """Seconds from starting ``python -m ablations.run`` with bad input to its exit with one ``error:`` line
+    (median of ``rounds``)."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, args in FAIL_FAST_CASES.items():
+            times, lines = [], []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "ablations.run", *args, "--results", d],
+                                      capture_output=True, text=True)
+                times.append(time.perf_counter() - t)
+                lines = proc.stderr.strip().splitlines()
+            out[name] = {"seconds": statistics.median(times), "exit_code": proc.returncode,
+                         "one_line": len(lines) == 1 and lines[0].startswith("error: ")}
+    return out
 
 
 # ----------------------------------------------------------------------------- main
@@ -575,6 +758,25 @@ def markdown(report: dict) -> str:
                    f"driver's resident memory was {dm['rss_mb_after_first']:.0f} MiB after the first trial and "
                    f"{dm['rss_mb_after_last']:.0f} MiB after the last; over the second half it grew "
                    f"**{dm['kib_per_trial_second_half']:.0f} KiB per trial** (least-squares slope)."), ""]
+    if "driver_scale" in report:
+        ds = report["driver_scale"]
+        f, la, tb = ds["first_10pct"], ds["last_10pct"], ds["tensorboard"]
+        lines += [f"## The driver at scale (no Ray: {ds['trials']} synthetic trials x {ds['epochs']} epochs, "
+                  f"{ds['concurrency']} at a time, {ds['events']} events)", "",
+                  "| events | ms per event | KiB per event (traced) |", "|---|---|---|",
+                  f"| first 10% | {f['ms_per_event']:.3f} | {f['kib_per_event']:.2f} |",
+                  f"| last 10% | {la['ms_per_event']:.3f} | {la['kib_per_event']:.2f} |", "",
+                  f"Last over first: **{ds['ratio_last_over_first']:.2f}x** (target ≤ 1.2). All events "
+                  f"{ds['total_s']:.1f} s; reading the live tables (ledger folded in) {ds['read_live_s']:.2f} s; "
+                  f"compacting at the end {ds['compact_s']:.2f} s. The TensorBoard callback adds "
+                  f"{tb['ms_per_event']:.2f} ms per event ({tb['ms_per_trial']:.0f} ms per trial of "
+                  f"{ds['epochs']} epochs).", ""]
+    if "fail_fast" in report:
+        lines += ["## Bad input fails fast (seconds to the one-line error, median)", "",
+                  "| case | seconds | exit code | one line |", "|---|---|---|---|"]
+        for name, r in report["fail_fast"].items():
+            lines.append(f"| {name} | {r['seconds']:.1f} | {r['exit_code']} | {'yes' if r['one_line'] else 'NO'} |")
+        lines.append("")
     if "smoke" in report:
         sm = report["smoke"]
         lines += ["## Smoke grid", "", f"failed: {sm['error']}" if "error" in sm else
@@ -678,8 +880,12 @@ def main(argv: list[str] | None = None) -> int:
             report["head_memory"] = bench_head_memory((2,) if args.quick else (2, 8), 8.0 if args.quick else 25.0)
         elif section == "driver_memory":
             report["driver_memory"] = bench_driver_memory(4 if args.quick else 40)
+        elif section == "driver_scale":
+            report["driver_scale"] = bench_driver_scale(200 if args.quick else 2000)
         elif section == "smoke":
             report["smoke"] = bench_smoke()
+        elif section == "fail_fast":
+            report["fail_fast"] = bench_fail_fast(1 if args.quick else 3)
         else:
             from . import bench_gpu
 

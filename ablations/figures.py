@@ -200,10 +200,12 @@ def load_test_images(run: RunData):
     """The run's test images (uint8), rebuilt from its data settings and checked against labels.npz."""
     from pipeline import data as D
 
+    from .portable import resolve
+
     d = run.meta.get("data") or {}
-    source = d.get("source")
-    if not source:
+    if not d.get("source"):
         raise Skip("run.json names no data source")
+    source = resolve(d["source"], run.folder.path)  # recorded relative to the run folder
     if source == "torchvision" and not D.was_cached(source):
         raise Skip("the torchvision CIFAR-10 cache is absent on this machine (the report does not download)")
     if source != "torchvision" and not Path(source).exists() and not D.was_cached(source):

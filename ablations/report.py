@@ -147,7 +147,7 @@ def header(ctx: Context) -> list[str]:
            state + f" Trials: {ctx.status_line() or 'none recorded yet'}.", "",
            f"Data `{d.get('source')}`: train {sizes.get('train', '?')}{sub_txt}, validation {sizes.get('val', '?')} "
            f"(stratified split of the training set, split seed {d.get('split_seed')}), test {n_test}. {test_txt}", "",
-           f"Run folder `{run.folder.path}`; report written {now()}.", ""]
+           f"Run `{run.folder.path.name}`; report written {now()}.", ""]
     if not ctx.has_trials:
         out += ["No trials recorded yet (trials.parquet is missing or empty).", ""]
     return out

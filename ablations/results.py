@@ -1,15 +1,27 @@
 """The results folder: the contract between runner, reporter and users.
 
     results/<run>/
-      run.json              grid, expanded plan, data source and hash, versions, machine, times
+      run.json              grid, expanded plan, data source and hash, versions, machine, times (paths relative to
+                            the run folder, or as the user gave them: no absolute path of the machine that made it)
       trials.parquet        one row per plan point (trial_id, level, axis, arm, seed, config..., metrics)
       epochs.parquet        one row per (trial_id, epoch)
+      ledger.jsonl          while a run goes on: one JSON line per event since the tables were last compacted
       labels.npz            val and test labels (once)
       logits/<trial_id>.npz val/test logits per TTA view, float16 (keys 'val/none', 'test/flip', ...)
       models/<trial_id>.pt  trained weights (head + trained stages) of the models the report needs
       REPORT.md, tables/, figures/
 
-Every file is written atomically (temporary file + rename), so a crash never leaves a torn file.
+Every file is written atomically (temporary file + rename), so a crash never leaves a torn file, except the
+ledger, which is only ever appended to: a line is one event, a torn last line (a crash mid-write) is skipped.
+The driver writes the tables in full only when it compacts the ledger into them (at the start and the end of a
+session, ``ablations.ledger``); in between, ``read_trials`` and ``read_epochs`` fold the ledger's events into the
+tables, so every reader (the reporter, a resumed run, a report on a running run) sees the rows as of its last
+event. Folding is idempotent: the ledger is read before the tables, so a compaction between the two reads
+folds events that are already in the tables again, to the same rows.
+
+A ledger event: ``{"trial_id": ..., "set": {column: value, ...}, "epochs": [epoch rows], "replace_epochs": bool}``;
+``set`` updates every row of that trial (a trial is one row per plan point it belongs to), ``epochs`` upserts
+rows by (trial_id, epoch), after dropping all of the trial's rows when ``replace_epochs``.
 """
 from __future__ import annotations
 
@@ -31,6 +43,7 @@ from pipeline.ids import ID_SCHEMA
 
 FORMAT = "ablations-run/1"
 STATUSES = ("finished", "failed", "running", "pending")
+LEDGER = "ledger.jsonl"
 
 
 class RunFolderError(UserError, RuntimeError):
@@ -151,16 +164,42 @@ class RunFolder:
         atomic_write(self.path / f"{name}.parquet", lambda tmp: df.to_parquet(tmp, index=False))
 
     def read_trials(self) -> pd.DataFrame:
-        return self.read_table("trials")
+        """trials.parquet with the ledger's events since its last compaction folded in."""
+        events = self.read_ledger()  # first: see the module docstring
+        return fold_trials(self.read_table("trials"), events)
 
     def write_trials(self, rows: list[dict[str, Any]]) -> None:
         self.write_table("trials", rows)
 
     def read_epochs(self) -> pd.DataFrame:
-        return self.read_table("epochs")
+        """epochs.parquet with the ledger's events since its last compaction folded in."""
+        events = self.read_ledger()
+        return fold_epochs(self.read_table("epochs"), events)
 
     def write_epochs(self, rows: list[dict[str, Any]]) -> None:
         self.write_table("epochs", rows)
+
+    # ---------------------------------------------------------------- ledger (appended events)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / LEDGER
+
+    def read_ledger(self) -> list[dict[str, Any]]:
+        """The events appended since the last compaction, in order; a torn line (a crash mid-write) is skipped."""
+        try:
+            text = self.ledger_path.read_text()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in text.split("\n"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and "trial_id" in event:
+                events.append(event)
+        return events
 
     # ---------------------------------------------------------------- arrays
 
@@ -193,6 +232,37 @@ class RunFolder:
 
     def model_path(self, trial_id: str) -> Path:
         return self.path / "models" / f"{trial_id}.pt"
+
+
+def fold_trials(df: pd.DataFrame, events: list[dict[str, Any]]) -> pd.DataFrame:
+    """The trials table after ``events``: each event's ``set`` columns on every row of its trial."""
+    latest: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e.get("set"):
+            latest.setdefault(e["trial_id"], {}).update(e["set"])
+    if not latest or not len(df):
+        return df
+    records = df.to_dict("records")
+    for r in records:
+        r.update(latest.get(r["trial_id"], {}))
+    return pd.DataFrame(records)
+
+
+def fold_epochs(df: pd.DataFrame, events: list[dict[str, Any]]) -> pd.DataFrame:
+    """The epochs table after ``events``: rows upserted by (trial_id, epoch); ``replace_epochs`` drops the trial's
+    earlier rows first (a finished trial's history is the authority)."""
+    if not any(e.get("epochs") or e.get("replace_epochs") for e in events):
+        return df
+    by_trial: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in df.to_dict("records") if len(df) else []:
+        by_trial.setdefault(r["trial_id"], {})[int(r["epoch"])] = r
+    for e in events:
+        tid = e["trial_id"]
+        if e.get("replace_epochs"):
+            by_trial[tid] = {}
+        for r in e.get("epochs") or []:
+            by_trial.setdefault(tid, {})[int(r["epoch"])] = {"trial_id": tid, **r}
+    return pd.DataFrame([r for rows in by_trial.values() for _, r in sorted(rows.items())])
 
 
 def _savez(tmp: str, arrays: dict[str, np.ndarray]) -> None:

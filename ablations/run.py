@@ -6,35 +6,37 @@ Top to bottom:
   3. data: decoded once (disk cache), split, ``ray.put`` once
   4. resources: what the cluster has vs. what a trial asks for (GPUs asked for but absent fail at once)
   5. Tune runs one trial per pending config; each trial is a TorchTrainer (``ablations.trainable``)
-  6. as each trial finishes its row, epochs, logits and weights are written (``ablations.results``)
-  7. the report is written (``ablations.report``)
+  6. every event is one line in the run's ledger (``ablations.ledger``), each finished trial's logits and weights
+     are copied into the run folder (``ablations.collector``), and a status line says how long remains
+     (``ablations.progress``); trackers log what Tune reports (``ablations.trackers``)
+  7. the ledger is compacted into trials.parquet and epochs.parquet, and the report is written (``ablations.report``)
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
-import math
 import os
-import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import EXECUTION_KEYS
 from pipeline.errors import ConfigError, UserError, one_line
 
-from . import grids, preflight
+from . import grids, portable, preflight
 from .cluster import (DEFAULT_CLUSTER_WAIT_S, AutoscalerDemand, Resources, cluster_address, connect, fmt_resources,
                       head_memory_mib, local_resources, max_cluster_resources, plan_resources)
+from .collector import Collector
 from .config import parse_overrides
 from .estimate import trial_seconds
+from .ledger import Ledger
+from .progress import Eta, Progress, duration, estimate_comparison, labels, quiet_ray
 from .results import RunFolder, RunFolderError, environment, now
+from .session import Session, make_recorder, root_error
+from .trackers import DEFAULT_LOG, TRACKERS, Trackers, parse_log, trial_name
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
@@ -70,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which trained weights to keep in models/ (best: each level's best config, chosen when "
                         "the run is complete)")
     o.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
+    o.add_argument("--log", default=DEFAULT_LOG, metavar="TRACKERS",
+                   help=f"experiment trackers, comma-separated: {', '.join(TRACKERS)}, or none "
+                        f"(files under <run folder>/logs; MLflow: $MLFLOW_TRACKING_URI if set; W&B: $WANDB_PROJECT, "
+                        f"$WANDB_MODE)")
     r = p.add_argument_group("resources")
     r.add_argument("--address", help="address of an existing Ray cluster (default: $RAY_ADDRESS, as set for a `ray job "
                                      "submit` driver, else a new instance on this machine)")
@@ -90,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --address: how long trials may wait for a node that can run them to join (an "
                         f"autoscaling cluster adds nodes for waiting trials) before the run fails "
                         f"(default {DEFAULT_CLUSTER_WAIT_S:g})")
-    r.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    r.add_argument("--verbose", action="store_true", help="show Ray's own logs, progress tables and error boxes")
+    r.add_argument("--quiet", action="store_true", help="print only status lines (with the ETA) and errors")
     return p
 
 
@@ -148,17 +155,23 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
                          ("ensembles (formed by the report from stored logits)", grids.describe_ensembles(plan))):
         print(f"{title}:" + "".join(f"\n  {line}" for line in lines) if lines else f"{title}: none")
     print(f"resources: {res.describe()}{note}")
-    print(estimate_line(trials.values(), res, (n_train, n_val, n_test), gpu_speed))
+    print(estimate_line(trials, res, (n_train, n_val, n_test), gpu_speed))
 
 
-def estimate_line(configs, res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0) -> str:
-    """The dry run's time estimate (``ablations.estimate``): per-trial seconds from measured speeds, packed trials
-    slowed by their measured sharing of a GPU, over the concurrency the resources allow."""
+def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
+                    gpu_speed: float = 1.0) -> dict[str, float]:
+    """Each trial's estimated seconds (``ablations.estimate``): measured speeds, packed trials slowed by their
+    measured sharing of a GPU."""
     gpu = res.device == "cuda"
     per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
-    total = sum(trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed) for c in configs)
+    return {tid: trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed) for tid, c in configs.items()}
+
+
+def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0) -> str:
+    """The dry run's time estimate: the trials' estimated seconds over the concurrency the resources allow."""
+    total = sum(trial_estimates(configs, res, sizes, gpu_speed).values())
     wall = total / res.concurrency
-    if gpu:
+    if res.device == "cuda":
         gpus_used = max(1.0, res.concurrency * res.gpus * res.workers)
         basis = (f"GPU speeds measured on one H100{f' x {gpu_speed:g}' if gpu_speed != 1 else ''}, "
                  f"{res.concurrency} trials on {gpus_used:g} GPU(s); {wall / 3600 * gpus_used:.2f} GPU-hours")
@@ -175,225 +188,32 @@ def _with_execution(cfg, res: Resources):
     return cfg.replace(**changes)
 
 
-# ----------------------------------------------------------------------------- the run's state
-
-
-class RunState:
-    """Rows of trials.parquet and epochs.parquet, updated and rewritten as trials report."""
-
-    def __init__(self, folder: RunFolder, plan: grids.Plan, keep_models: str, storage: str, retries: int = 0):
-        self.folder, self.plan, self.keep_models, self.storage = folder, plan, keep_models, storage
-        self.retries = retries
-        self.trials = plan.trials()
-        self.status: dict[str, dict[str, Any]] = {tid: {"status": "pending", "error": None} for tid in self.trials}
-        self.metrics: dict[str, dict[str, Any]] = {}
-        self.executed: dict[str, dict[str, Any]] = {}  # execution keys a trial ran with (device, threads, ...)
-        self.progress: dict[str, int] = {}  # epochs reported by trials under way
-        self.epochs: dict[str, list[dict]] = {}
-        self.launched: dict[str, float] = {}  # driver clock: Tune started the trial
-        self.received: dict[str, float] = {}  # driver clock: final result received
-        old = folder.read_trials()
-        if len(old):
-            plan_columns = set(plan.points[0].row()) | {"status", "error", "epochs_done"}
-            for rec in old.drop_duplicates("trial_id").to_dict("records"):
-                tid = rec["trial_id"]
-                if tid in self.status and rec.get("status") == "finished" and folder.logits_path(tid).exists():
-                    self.status[tid] = {"status": "finished", "error": None}
-                    self.metrics[tid] = {k: v for k, v in rec.items() if k not in plan_columns}
-                    self.executed[tid] = {k: rec[k] for k in EXECUTION_KEYS if k in rec}
-                    self.progress[tid] = int(rec.get("epochs_done") or 0)
-        old_epochs = folder.read_epochs()
-        if len(old_epochs):
-            for tid, g in old_epochs.groupby("trial_id"):
-                if self.status.get(tid, {}).get("status") == "finished":
-                    self.epochs[tid] = g.to_dict("records")
-
-    def pending(self) -> list[str]:
-        return [tid for tid, s in self.status.items() if s["status"] != "finished"]
-
-    def counts(self) -> str:
-        c = {k: 0 for k in ("finished", "running", "failed", "pending")}
-        for s in self.status.values():
-            c[s["status"]] += 1
-        return f"{c['finished']}/{len(self.status)} done, {c['running']} running, {c['failed']} failed"
-
-    def label(self, tid: str) -> str:
-        pts = [p for p in self.plan.points if p.trial_id == tid]
-        p = pts[0]
-        return f"{p.level}/{p.axis}={p.arm} seed {p.seed} [{tid}]"
-
-    # -------------------------------------------------------- events from Tune
-
-    def on_epoch(self, tid: str, result: dict) -> None:
-        self.status[tid] = {"status": "running", "error": None}
-        self.progress[tid] = int(result.get("epoch", 0))
-        self.flush(epochs=False)  # a user (or a resumed run) sees which trials were under way
-        cfg = self.trials[tid]
-        print(f"  {self.label(tid)} epoch {result.get('epoch')}/{cfg.epochs}: "
-              f"train_acc {result.get('train_acc', float('nan')):.3f} val_acc {result.get('val_acc', float('nan')):.3f}",
-              flush=True)
-
-    def on_final(self, tid: str, result: dict) -> None:
-        self.received[tid] = time.time()
-        ckpt = result.get("checkpoint_path")
-        with tempfile.TemporaryDirectory() as d:
-            from .trainable import fetch_checkpoint
-
-            local = fetch_checkpoint(self.storage, ckpt, Path(d) / "final")
-            final = json.loads((local / "final.json").read_text())
-            self.folder.copy_logits(tid, local / "logits.npz")
-            if self.keep_models != "none":
-                self.folder.model_path(tid).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(local / "model.pt", self.folder.model_path(tid))
-        self.metrics[tid] = {**final["metrics"], **self.timeline(tid, final["metrics"]), "driver_rss_mb": rss_mb()}
-        self.epochs[tid] = [{"trial_id": tid, **row} for row in final["history"]]
-        self.progress[tid] = len(final["history"])
-        self.status[tid] = {"status": "finished", "error": None}
-        self.flush()
-        m = final["metrics"]
-        print(f"[{self.counts()}] finished {self.label(tid)}: val_acc {m['val_acc']:.3f} test_acc {m['test_acc']:.3f} "
-              f"({m['trial_seconds']:.0f} s in trial)", flush=True)
-
-    def timeline(self, tid: str, m: dict) -> dict[str, float]:
-        """Where a trial's wall time went (driver and worker clocks; same machine or NTP-synced)."""
-        launched = self.launched.get(tid, float("nan"))
-        return {
-            "s_launch_to_trainable": m["t_trainable_start"] - launched,
-            "s_trainable_to_worker": m["t_worker_start"] - m["t_trainable_start"],
-            "s_worker_to_fit": m["t_fit_start"] - m["t_worker_start"],
-            "s_fit": m["t_fit_end"] - m["t_fit_start"],
-            "s_fit_to_driver": self.received[tid] - m["t_fit_end"],
-        }
-
-    def on_error(self, tid: str, error: str) -> None:
-        attempts = self.retries + 1
-        error = f"{error} (after {attempts} attempt{'s' if attempts > 1 else ''})"
-        self.status[tid] = {"status": "failed", "error": error}
-        self.flush(epochs=False)
-        print(f"[{self.counts()}] FAILED {self.label(tid)}: {error}", flush=True)
-
-    # -------------------------------------------------------- files
-
-    def rows(self) -> list[dict[str, Any]]:
-        out = []
-        for p in self.plan.points:
-            tid = p.trial_id
-            row = {**p.row(), **self.executed.get(tid, {}), **self.status[tid],
-                   "epochs_done": self.progress.get(tid, 0)}
-            row.update(self.metrics.get(tid, {}))
-            out.append(row)
-        return out
-
-    def flush(self, epochs: bool = True) -> None:
-        """Rewrite trials.parquet (and epochs.parquet, which changes only when a trial finishes)."""
-        self.folder.write_trials(self.rows())
-        rows = [r for tid in self.epochs for r in self.epochs[tid]]
-        if epochs and rows:
-            self.folder.write_epochs(rows)
-
-    def prune_models(self) -> None:
-        """--keep-models best: once every trial has finished, keep the weights of each level's best config
-        only. (Not earlier: a config that is not the best yet may become it, and its weights would be gone.)"""
-        if self.keep_models != "best" or self.pending():
-            return
-        import pandas as pd
-
-        from .rundata import best_config_ids
-
-        keep_cfg = set(best_config_ids(pd.DataFrame(self.rows())).values())
-        keep = {r["trial_id"] for r in self.rows() if r["config_id"] in keep_cfg}
-        models = self.folder.path / "models"
-        if models.exists():
-            for f in models.glob("*.pt"):
-                if f.stem not in keep:
-                    f.unlink()
-
-
 # ----------------------------------------------------------------------------- Tune
 
 
-def rss_mb() -> float:
-    """This process's resident memory in MiB: now on Linux, the peak elsewhere. Each finished trial's row
-    records the driver's, so ``trials.parquet`` shows whether the driver grows with the number of trials."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
-        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def make_recorder(state: RunState, demand: AutoscalerDemand | None = None):
-    from ray import tune
-
-    class Recorder(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            if demand is not None:  # fewer trials left: the autoscaler may let nodes go
-                demand.update(len(state.pending()))
-
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            state.launched[trial.config["trial"]["trial_id"]] = time.time()
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            tid = trial.config["trial"]["trial_id"]
-            if result.get("kind") == "epoch":
-                state.on_epoch(tid, result)
-            elif result.get("kind") == "final":
-                state.on_final(tid, result)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            state.on_error(trial.config["trial"]["trial_id"], _trial_error(trial))
-            if demand is not None:
-                demand.update(len([t for t, s in state.status.items() if s["status"] in ("pending", "running")]))
-
-    return Recorder()
-
-
-# Ray's wrappers around the exception a trial really raised
-_WRAPPERS = ("RayTaskError", "WorkerGroupError", "TrainingFailedError", "ControllerError", "RayActorError")
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit))(?:\(\w+\))?: (.+)")
-
-
-def root_error(text: str) -> str:
-    """The exception a trial raised, from the traceback text Ray stored (which wraps it several times)."""
-    found = []
-    for line in text.splitlines():
-        m = _EXCEPTION_LINE.match(line.strip())
-        if m and not m.group(1).split(".")[-1].startswith(_WRAPPERS):
-            found.append(f"{m.group(1).split('.')[-1]}: {m.group(2).strip()}")
-    if found:
-        return found[-1][:500]
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else "trial failed (no error recorded)")[:500]
-
-
-def _trial_error(trial) -> str:
-    path = getattr(trial, "error_file", None)
-    return root_error(Path(path).read_text() if path and os.path.exists(path) else "")
-
-
-def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, storage: str, retries: int,
-             verbose: bool, demand: AutoscalerDemand | None = None) -> None:
+def run_tune(session: Session, pending: list[str], res: Resources, data: dict, storage: str, retries: int,
+             verbose: bool, demand: AutoscalerDemand | None = None, trackers: list | None = None) -> None:
+    """Tune runs the pending trials; ``session`` hears every event first, the trackers' callbacks after it."""
     from .trainable import run_trial
 
-    trials = [trial_spec(tid, state.trials[tid], res, storage, retries) for tid in pending]
+    trials = [trial_spec(tid, session.ledger.trials[tid], res, storage, retries, session.progress.labels[tid])
+              for tid in pending]
     for t in trials:
-        state.executed[t["trial_id"]] = {k: t["config"][k] for k in EXECUTION_KEYS}
-    results = make_tuner(run_trial, data, trials, res.concurrency, storage, [make_recorder(state, demand)],
-                         verbose).fit()
+        session.ledger.executing(t["trial_id"], {k: t["config"][k] for k in EXECUTION_KEYS})
+    quiet_ray(verbose)
+    callbacks = [make_recorder(session, storage, demand), *(trackers or [])]
+    results = make_tuner(run_trial, data, trials, res.concurrency, storage, callbacks, verbose).fit()
     for r in results:  # errors that bypassed the callback (e.g. the trainable could not start)
         tid = (r.config or {}).get("trial", {}).get("trial_id")
-        if tid and r.error is not None and state.status[tid]["status"] != "finished":
-            state.on_error(tid, root_error(str(r.error)) if str(r.error).strip() else type(r.error).__name__)
+        if tid and r.error is not None and session.ledger.status(tid) not in ("finished", "failed"):
+            session.failed(tid, root_error(str(r.error)) if str(r.error).strip() else type(r.error).__name__)
 
 
-def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int) -> dict[str, Any]:
+def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int, label: str = "") -> dict[str, Any]:
     """What one Tune trial needs: its config as it will run, the resources of its workers, where to store, and
-    whether this Ray has what ``torch_backend.LazyTorchConfig`` needs (checked once, here in the driver)."""
-    return {"trial_id": tid, "config": _with_execution(cfg, res).to_dict(),
+    whether this Ray has what ``torch_backend.LazyTorchConfig`` needs (checked once, here in the driver). The
+    label (level/axis=arm seed) is for the trackers, which show the trial config."""
+    return {"trial_id": tid, "label": label, "config": _with_execution(cfg, res).to_dict(),
             "resources": {"cpus": res.cpus, "gpus": res.gpus, "workers": res.workers, "gpu_resource": res.gpu_resource},
             "storage": storage, "retries": retries, "lazy_backend": lazy_backend()}
 
@@ -419,13 +239,21 @@ def make_tuner(trainable, data: dict, trials: list[dict], concurrency: int, stor
     """One Tune trial per entry of ``trials``. The Tune trial actor only waits for its TorchTrainer, whose
     workers hold the CPUs and GPUs; it is reused from trial to trial (``reuse_actors``), which saves a
     process start and the torch import per trial. The data dict (with the object-store ref inside) goes
-    through ``tune.with_parameters``, so it is stored once, not copied into every trial's config."""
-    from ray import tune
+    through ``tune.with_parameters``, so it is stored once, not copied into every trial's config.
 
+    Trials are named by their trial ids (Tune's folders, the trackers' runs). Of Tune's automatic loggers only
+    the CSV and JSON ones are kept: TensorBoard events are written where ``--log tensorboard`` says
+    (``ablations.trackers``), and not at all without it."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    callbacks = [*callbacks, CSVLoggerCallback(), JsonLoggerCallback()]
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, data=data), TRAINABLE_RESOURCES),
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=reuse_actors),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=reuse_actors,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
                                   callbacks=callbacks, verbose=1 if verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
@@ -436,6 +264,7 @@ def make_tuner(trainable, data: dict, trials: list[dict], concurrency: int, stor
 
 
 def run(args) -> int:
+    tracker_names = parse_log(args.log)
     plan = make_plan(args)
     if args.dry_run:
         cluster, note = local_resources(args)
@@ -447,6 +276,8 @@ def run(args) -> int:
 
     t0 = time.time()
     folder = RunFolder(Path(args.results) / (args.name or plan.grid))
+    trackers = Trackers(tracker_names, folder.path / "logs", folder.path.name)
+    trackers.check()
     source = D.resolve_source(args.data)
     fingerprint = D.fingerprint(source)
     plan, old_meta = plan_in_folder(folder, plan, fingerprint, args.extend)
@@ -457,17 +288,19 @@ def run(args) -> int:
     print(f"data: {source} ({'cache' if cached else 'decoded'} in {time.time() - t0:.1f} s); {splits.describe()}",
           flush=True)
     storage = args.storage or str((folder.path / "ray").resolve())
-    meta = run_meta(plan, source, fingerprint, splits, storage, old_meta)
-    state = RunState(folder, plan, args.keep_models, storage, args.retries)
-    pending = state.pending()
-    refuse_stale(folder, state)
-    print(f"run folder {folder.path}: {len(state.trials) - len(pending)} of {len(state.trials)} trials already "
+    meta = run_meta(plan, folder, source, fingerprint, splits, storage, old_meta)
+    ledger = Ledger(folder, plan)
+    collector = Collector(folder, args.keep_models)
+    pending = ledger.pending()
+    refuse_stale(folder, ledger)
+    print(f"run folder {folder.path}: {len(ledger.trials) - len(pending)} of {len(ledger.trials)} trials already "
           f"finished", flush=True)
 
     # 2. Ray: connect, check resources, share the data once, run the pending trials
     interrupted = False
+    estimated_wall = 0.0
     if not pending:
-        start_folder(folder, meta, splits, state)
+        start_folder(folder, meta, splits, ledger)
     else:
         import ray
 
@@ -481,33 +314,51 @@ def run(args) -> int:
             demand.update(len(pending))
             if preflight.needed(res, bool(cluster_address(args))):
                 print(preflight.run(res, wait_seconds(args)), flush=True)
-            start_folder(folder, meta, splits, state)
+            start_folder(folder, meta, splits, ledger)
+            estimates = trial_estimates({tid: ledger.trials[tid] for tid in pending}, res, data_sizes(plan),
+                                        args.gpu_speed)
+            estimated_wall = sum(estimates.values()) / res.concurrency
+            progress = Progress(labels(plan), ledger.counts, Eta(estimates, res.concurrency), quiet=args.quiet,
+                                start=t0)
+            progress.status(force=True)
+            session = Session(ledger, collector, progress, args.retries)
             data_ref = ray.put({**splits.arrays(), "train_idx": splits.train_idx})  # the index keys augmentation
-            run_tune(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
-                     args.retries, args.verbose, demand)
+            run_tune(session, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
+                     args.retries, args.verbose, demand, trackers.callbacks())
         except KeyboardInterrupt:
             interrupted = True
         finally:
             if demand is not None:
                 demand.clear()  # a request to the autoscaler stays in force until withdrawn
             if folder.exists():
-                state.flush()
+                ledger.close()
             ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
 
     # 3. close the run and write the report
-    state.prune_models()
-    meta.update(updated=now(), finished=None if state.pending() else now())
+    if not ledger.pending():
+        collector.prune_models(ledger.rows())
+    wall = time.time() - t0
+    session_times = {"started": now(), "wall_s": round(wall, 1), "estimated_wall_s": round(estimated_wall, 1),
+                     "trials_run": len(pending), "interrupted": interrupted}
+    meta.update(updated=now(), finished=None if ledger.pending() else now(),
+                sessions=[*(old_meta or {}).get("sessions", []), session_times])
     folder.write_meta(meta)
     if not args.no_report:
         from .report import write_report
 
-        print(f"report: {write_report(folder.path)}")
-    failed = [tid for tid, s in state.status.items() if s["status"] == "failed"]
-    unfinished = [tid for tid, s in state.status.items() if s["status"] in ("pending", "running")]
-    print(f"{state.counts()} in {time.time() - t0:.0f} s")
-    if interrupted or unfinished:
+        report = write_report(folder.path)
+        print(f"report: {report}")
+        for line in trackers.log_report(folder.path):
+            print(line)
+    c = ledger.counts
+    print(f"{c['finished']}/{len(ledger.trials)} done, {c['failed']} failed, {c['running'] + c['pending']} not run, "
+          f"in {duration(wall)}")
+    if pending:
+        print(estimate_comparison(wall, estimated_wall, len(pending)))
+    failed = ledger.with_status("failed")
+    if interrupted or ledger.with_status("pending", "running"):
         print(f"{'interrupted' if interrupted else 'stopped'}: run the same command again to continue "
-              f"({len(state.pending())} trials left; finished trials are kept)")
+              f"({len(ledger.pending())} trials left; finished trials are kept)")
         return EXIT_INTERRUPTED
     if failed:
         print(f"{len(failed)} trial(s) failed (see the error column of trials.parquet and REPORT.md); run the "
@@ -549,7 +400,7 @@ def plan_in_folder(folder: RunFolder, plan: grids.Plan, fingerprint: str | None,
     return plan, old_meta
 
 
-def refuse_stale(folder: RunFolder, state: "RunState") -> None:
+def refuse_stale(folder: RunFolder, state) -> None:
     """A folder made with an older id schema runs its unfinished trials with its own ids, unless what they
     compute changed since (``pipeline.ids.COMPUTE_CHANGES``): then the run is refused, so that one folder never
     mixes the two."""
@@ -564,25 +415,28 @@ def refuse_stale(folder: RunFolder, state: "RunState") -> None:
             f"started it, or choose another --name")
 
 
-def run_meta(plan: grids.Plan, source: str, fingerprint: str, splits, storage: str, old_meta: dict | None) -> dict:
+def run_meta(plan: grids.Plan, folder: RunFolder, source: str, fingerprint: str, splits, storage: str,
+             old_meta: dict | None) -> dict:
+    """run.json. Paths are relative to the run folder (``ablations.portable``): the folder can move."""
     trials = plan.trials()
     return {
-        "grid": plan.grid, "grid_spec": plan.spec, "argv": sys.argv, "trial_ids": sorted(trials),
-        "id_schema": plan.schema,
+        "grid": plan.grid, "grid_spec": plan.spec, "argv": portable.command(sys.argv[1:], folder.path),
+        "trial_ids": sorted(trials), "id_schema": plan.schema,
         "eval_axes": list(plan.eval_axes), "plan": plan.to_json(),
-        "data": {"source": source, "fingerprint": fingerprint, **plan.data_settings(),
+        "data": {"source": portable.relative_to(source, folder.path), "fingerprint": fingerprint,
+                 **plan.data_settings(),
                  "sizes": {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)},
                  "classes": list(splits.classes)},
         "started": (old_meta or {}).get("started", now()), "updated": now(), "finished": None,
-        "storage": storage, **environment(),
+        "storage": portable.relative_to(storage, folder.path), **environment(),
     }
 
 
-def start_folder(folder: RunFolder, meta: dict, splits, state: "RunState") -> None:
+def start_folder(folder: RunFolder, meta: dict, splits, ledger: Ledger) -> None:
     folder.path.mkdir(parents=True, exist_ok=True)
     folder.write_meta(meta)
     folder.write_labels({"val": splits.val_y, "test": splits.test_y}, splits.classes)
-    state.flush()
+    ledger.open()
 
 
 def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:

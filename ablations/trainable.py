@@ -126,6 +126,34 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
         ),
     )
     trainer.fit()
+    wait_for_tune_to_take_the_last_result()
+
+
+def wait_for_tune_to_take_the_last_result(timeout_s: float = 3600.0, poll_s: float = 0.1) -> None:
+    """Return from the trainable only once Tune has taken the trial's last result.
+
+    Ray 2.60 race: Train's ``TuneReportCallback`` hands each report to this trial's Tune session through a queue,
+    which the session empties only when the driver asks for the trial's next result. When the trainable function
+    returns, the session reports a closing result (``RESULT_DUPLICATE``) into the same one-slot result queue. If
+    the final report is still in the hand-over queue then (a driver slowed by collecting a checkpoint or by a
+    tracker), the session's main thread later blocks forever putting it into the full result queue and the trial
+    never finishes. Waiting here until both queues stay empty avoids it. (Private parts of the session, guarded:
+    without them there is nothing to wait for.)"""
+    import time
+
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        handover, results = session._inter_actor_queue, session.result_queue
+    except Exception:  # noqa: BLE001 - another Ray: its own behaviour
+        return
+    if handover is None:
+        return
+    deadline, quiet = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline and quiet < 2:  # twice in a row: not caught between a get and a put
+        quiet = quiet + 1 if handover.empty() and results.empty() else 0
+        time.sleep(poll_s)
 
 
 def fetch_checkpoint(storage: str, checkpoint_path: str, dest: Path) -> Path:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -159,12 +158,10 @@ def test_override_parsing_types_and_rejections():
     (["--grid", "missing.yaml"], "grid file not found"),
 ])
 def test_cli_rejects_bad_input_with_one_line(args, message, tmp_path):
-    t0 = time.monotonic()
-    proc = run_cli(*args, "--dry-run", "--results", str(tmp_path))
+    proc = run_cli(*args, "--dry-run", "--results", str(tmp_path), timeout=60)  # a hang fails: TimeoutExpired
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert time.monotonic() - t0 < 20
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from ablations import grids
 from ablations.results import RunFolder, RunFolderError
-from ablations.run import RunState, plan_in_folder, refuse_stale
+from ablations.ledger import Ledger
+from ablations.run import plan_in_folder, refuse_stale
 from pipeline.config import TrialConfig
 from pipeline.errors import ConfigError
 from pipeline.ids import ID_BASELINE, ID_SCHEMA, identity, legacy_trial_id
@@ -67,12 +68,12 @@ def finished_folder(path: Path, plan: grids.Plan, schema: int | None, unfinished
     return folder
 
 
-def resume(folder: RunFolder, plan: grids.Plan) -> RunState:
+def resume(folder: RunFolder, plan: grids.Plan) -> Ledger:
     """What ``python -m ablations.run`` does with an existing folder before it starts Ray."""
     plan, _ = plan_in_folder(folder, plan, None, extend=False)
-    state = RunState(folder, plan, "none", str(folder.path / "ray"))
-    refuse_stale(folder, state)
-    return state
+    ledger = Ledger(folder, plan)
+    refuse_stale(folder, ledger)
+    return ledger
 
 
 # ------------------------------------------------------------------ a new key, a changed default

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.results import FORMAT, RunFolder
+from ablations.results import RunFolder
 
 from .conftest import GRIDS, REPO, run_cli
 
@@ -39,10 +39,12 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, ev
 
 
 def read_trials(folder: Path) -> pd.DataFrame | None:
+    """The trials table of a run under way, as any reader sees it (trials.parquet with the ledger folded in)."""
     try:
-        return pd.read_parquet(folder / "trials.parquet")
+        df = RunFolder(folder).read_trials()
     except (OSError, ValueError):
         return None
+    return df if len(df) else None
 
 
 # ------------------------------------------------------------------ resume after SIGKILL
@@ -156,6 +158,10 @@ axes:
     assert "ModelError: cannot read weights file" in df.loc["broken", "error"]
     assert "after 2 attempts" in df.loc["broken", "error"]
     assert df.loc["reference", "status"] == "finished"
+    # one line for the failure, none of Ray's error boxes or tracebacks (those need --verbose)
+    assert proc.stdout.count("FAILED L3/weights=broken") == 1, proc.stdout
+    assert "Traceback" not in proc.stderr and "Trial task failed" not in proc.stderr, proc.stderr[-2000:]
+    assert "errored after" not in proc.stdout and "Configuration for experiment" not in proc.stdout
     report = (tmp_path / "fail" / "REPORT.md").read_text()
     assert "failed" in report and "cannot read weights file" in report
     # the same command retries the failed trial only
@@ -198,12 +204,12 @@ def existing_run(tmp_path):
 
 
 def _bad(args, message, results: Path, timeout=60):
-    t0 = time.monotonic()
+    """Bad input fails with one line. A hang is the failure under test here, so the CLI gets a generous bound
+    (``timeout``: subprocess.TimeoutExpired fails the test)."""
     proc = run_cli(*args, "--results", str(results), timeout=timeout)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], proc.stderr
-    assert time.monotonic() - t0 < timeout
     return proc
 
 
@@ -238,9 +244,9 @@ def test_bad_data_fails_at_once(case, existing_run, tmp_path):
     assert not (existing_run.path.parent / "new").exists()
 
 
-def test_unreachable_address_fails_within_seconds(existing_run, mini_archive):
+def test_unreachable_address_fails_at_once(existing_run, mini_archive):
     _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--name", "new", "--address",
-          "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1", existing_run.path.parent, timeout=30)
+          "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1", existing_run.path.parent)
     assert not (existing_run.path.parent / "new").exists()
 
 
@@ -281,4 +287,3 @@ def test_resume_of_a_run_that_does_not_exist(tmp_path, mini_archive):
 def test_missing_weights_file_is_bad_input(tmp_path, mini_archive):
     _bad(["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--set", "backbone=resnet18",
           "--set", "pretrained=true", "--set", f"weights={tmp_path / 'none.pth'}"], "file not found", tmp_path)
-    assert FORMAT  # the folder format these tests protect

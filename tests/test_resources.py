@@ -2,8 +2,6 @@
 and a clear error instead of a silent wait when GPUs are asked for where there are none."""
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import pytest
 
@@ -39,14 +37,13 @@ def test_fractional_gpus_pack_trials_and_spread_over_nodes(ray_cluster, mini_arc
 def test_gpus_asked_for_but_absent_fail_after_the_wait_with_one_line(ray_cluster, mini_archive, tmp_path, flags):
     """On an existing cluster GPU nodes may still join (Ray cannot tell whether it autoscales): trials wait, for
     --wait-for-resources seconds, then the run fails with one line and writes nothing. A hang is the failure
-    under test, hence the generous bound."""
-    t0 = time.monotonic()
+    under test, hence a generous bound (the CLI's timeout: TimeoutExpired fails the test); how long it takes is
+    measured by ``python -m ablations.bench --only fail_fast``."""
     proc = run_cli("--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--results", str(tmp_path),
-                   "--address", ray_cluster.address, "--wait-for-resources", "3", *flags, timeout=300)
+                   "--address", ray_cluster.address, "--wait-for-resources", "3", *flags, timeout=240)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "GPU" in err[0], proc.stderr
-    assert time.monotonic() - t0 < 120
     assert not (tmp_path / "cnn").exists()  # nothing written
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 
 from pipeline.data import CIFAR10_CLASSES
 
-from .conftest import GRIDS, run_cli
+from .conftest import GRIDS, REPO, run_cli
 
 pytestmark = pytest.mark.ray
 
@@ -26,6 +27,49 @@ def test_tiny_grid_runs_to_completion(tiny_run):
     proc, folder = tiny_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2/2 done" in proc.stdout
+    assert not (folder / "ledger.jsonl").exists()  # compacted into the tables at the end
+
+
+def test_progress_status_lines_and_the_estimate_against_the_wall_time(tiny_run):
+    proc, folder = tiny_run
+    status = [line for line in proc.stdout.splitlines() if line.startswith("[") and " | " in line]
+    assert status[0].startswith("[0/2 done, 0 running, 2 pending, 0 failed | ") and "ETA" in status[0]
+    assert status[-1].startswith("[2/2 done, 0 running, 0 pending, 0 failed | ") and status[-1].endswith("done]")
+    assert any("(dry-run estimate x" in line for line in status)  # calibrated once a trial finished
+    assert "epoch 1/2" in proc.stdout  # per-epoch lines without --quiet
+    assert "Trial task failed" not in proc.stderr and "Configuration for experiment" not in proc.stdout
+    session = json.loads((folder / "run.json").read_text())["sessions"][-1]
+    assert session["trials_run"] == 2 and session["estimated_wall_s"] > 0 and session["wall_s"] > 0
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("wall time"))
+    assert "against the dry run's estimate of" in line and line.endswith("x")
+
+
+def test_run_json_and_report_carry_no_absolute_paths(tiny_run, mini_archive):
+    proc, folder = tiny_run
+    meta = json.loads((folder / "run.json").read_text())
+
+    def strings(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    absolute = [s for s in strings(meta) if s.startswith("/") or str(folder.parent) in s or str(mini_archive) in s]
+    assert not absolute, absolute
+    assert meta["storage"] == "ray" and meta["argv"][:3] == ["python", "-m", "ablations.run"]
+    # the recorded paths resolve from the run folder, the command's too (it was typed with absolute ones)
+    assert (folder / meta["data"]["source"]).resolve() == mini_archive.resolve()
+    data_arg = meta["argv"][meta["argv"].index("--data") + 1]
+    assert (folder / data_arg).resolve() == mini_archive.resolve()
+    assert meta["argv"][meta["argv"].index("--results") + 1] == ".."
+    report = (folder / "REPORT.md").read_text()
+    assert str(folder.parent) not in report and str(REPO) not in report and str(mini_archive.parent) not in report
+    assert not re.search(r"`/[^`]*`", report)  # no absolute path in code spans (data source, run folder)
+    assert "Grad-CAM skipped" not in report  # the relative data source was found again for the figures
 
 
 def test_trials_parquet_reads_back(tiny_run):
