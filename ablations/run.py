@@ -132,7 +132,8 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
         cfgs = {tid: _with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
         rows = [{**p.row(), **cfgs[p.trial_id]} for p in plan.points]
         out = {"grid": plan.grid, "resources": res.__dict__, "points": rows,
-               "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan)}
+               "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan),
+               "lineage": grids.describe_lineage(plan)}
         print(json.dumps(out, indent=1))
         return
     from tabulate import tabulate
@@ -144,7 +145,8 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
     print(tabulate(grids.summarize(plan), headers="keys", tablefmt="github"))
     if plan.eval_axes:
         print(f"evaluation-only axes (computed from stored logits, no extra trials): {', '.join(plan.eval_axes)}")
-    for title, lines in (("claims (verdicts in REPORT.md)", grids.describe_claims(plan)),
+    for title, lines in (("init_from (trained models carried from one level to the next)", grids.describe_lineage(plan)),
+                         ("claims (verdicts in REPORT.md)", grids.describe_claims(plan)),
                          ("ensembles (formed by the report from stored logits)", grids.describe_ensembles(plan))):
         print(f"{title}:" + "".join(f"\n  {line}" for line in lines) if lines else f"{title}: none")
     print(f"resources: {res.describe()}{note}")
@@ -185,6 +187,7 @@ class RunState:
         self.folder, self.plan, self.keep_models, self.storage = folder, plan, keep_models, storage
         self.retries = retries
         self.trials = plan.trials()
+        self.parents_needed = set(plan.parents().values())  # their weights are kept: children start from them
         self.status: dict[str, dict[str, Any]] = {tid: {"status": "pending", "error": None} for tid in self.trials}
         self.metrics: dict[str, dict[str, Any]] = {}
         self.executed: dict[str, dict[str, Any]] = {}  # execution keys a trial ran with (device, threads, ...)
@@ -242,7 +245,7 @@ class RunState:
             local = fetch_checkpoint(self.storage, ckpt, Path(d) / "final")
             final = json.loads((local / "final.json").read_text())
             self.folder.copy_logits(tid, local / "logits.npz")
-            if self.keep_models != "none":
+            if self.keep_models != "none" or tid in self.parents_needed:  # a child trial starts from it
                 self.folder.model_path(tid).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(local / "model.pt", self.folder.model_path(tid))
         self.metrics[tid] = {**final["metrics"], **self.timeline(tid, final["metrics"]), "driver_rss_mb": rss_mb()}
@@ -301,7 +304,7 @@ class RunState:
         from .rundata import best_config_ids
 
         keep_cfg = set(best_config_ids(pd.DataFrame(self.rows())).values())
-        keep = {r["trial_id"] for r in self.rows() if r["config_id"] in keep_cfg}
+        keep = {r["trial_id"] for r in self.rows() if r["config_id"] in keep_cfg} | self.parents_needed
         models = self.folder.path / "models"
         if models.exists():
             for f in models.glob("*.pt"):
@@ -375,11 +378,44 @@ def _trial_error(trial) -> str:
     return root_error(Path(path).read_text() if path and os.path.exists(path) else "")
 
 
+def run_in_lineage_order(state: RunState, pending: list[str], res: Resources, data: dict, storage: str,
+                         retries: int, verbose: bool, demand: AutoscalerDemand | None = None) -> None:
+    """Run the pending trials in waves: a trial that starts from another's trained model (``init_from``) runs
+    in a wave after its parent finished, and gets the parent's weights (read from the results folder, where
+    they are always kept) through the object store. A trial whose parent failed fails with that reason."""
+    import ray
+    import torch
+
+    parents = state.plan.parents()
+    remaining = list(pending)
+    while remaining:
+        ready = [t for t in remaining if t not in parents or state.status[parents[t]]["status"] == "finished"]
+        waiting = [t for t in remaining if t not in ready]
+        if not ready:
+            for t in waiting:
+                state.on_error(t, f"its parent trial {parents[t]} (init_from) did not finish")
+            return
+        refs: dict[str, Any] = {}
+        for p in dict.fromkeys(parents[t] for t in ready if t in parents):
+            path = state.folder.model_path(p)
+            if path.exists():
+                refs[p] = ray.put(torch.load(path, map_location="cpu", weights_only=True)["state"])
+        for t in [t for t in ready if t in parents and parents[t] not in refs]:
+            state.on_error(t, f"the weights of its parent trial {parents[t]} (init_from) are not in "
+                              f"{state.folder.model_path(parents[t]).parent}; run the grid into a new --name")
+            ready.remove(t)
+        if waiting:
+            print(f"lineage: {len(ready)} trials now, {len(waiting)} after their parents", flush=True)
+        run_tune(state, ready, res, data, storage, retries, verbose, demand,
+                 inits={t: refs[parents[t]] for t in ready if t in parents})
+        remaining = waiting
+
+
 def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, storage: str, retries: int,
-             verbose: bool, demand: AutoscalerDemand | None = None) -> None:
+             verbose: bool, demand: AutoscalerDemand | None = None, inits: dict[str, Any] | None = None) -> None:
     from .trainable import run_trial
 
-    trials = [trial_spec(tid, state.trials[tid], res, storage, retries) for tid in pending]
+    trials = [trial_spec(tid, state.trials[tid], res, storage, retries, (inits or {}).get(tid)) for tid in pending]
     for t in trials:
         state.executed[t["trial_id"]] = {k: t["config"][k] for k in EXECUTION_KEYS}
     results = make_tuner(run_trial, data, trials, res.concurrency, storage, [make_recorder(state, demand)],
@@ -390,12 +426,13 @@ def run_tune(state: RunState, pending: list[str], res: Resources, data: dict, st
             state.on_error(tid, root_error(str(r.error)) if str(r.error).strip() else type(r.error).__name__)
 
 
-def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int) -> dict[str, Any]:
+def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int, init=None) -> dict[str, Any]:
     """What one Tune trial needs: its config as it will run, the resources of its workers, where to store, and
     whether this Ray has what ``torch_backend.LazyTorchConfig`` needs (checked once, here in the driver)."""
     return {"trial_id": tid, "config": _with_execution(cfg, res).to_dict(),
             "resources": {"cpus": res.cpus, "gpus": res.gpus, "workers": res.workers, "gpu_resource": res.gpu_resource},
-            "storage": storage, "retries": retries, "lazy_backend": lazy_backend()}
+            "storage": storage, "retries": retries, "lazy_backend": lazy_backend(),
+            "init": init}  # an object ref to the parent's trained state (init_from), or None
 
 
 @functools.cache
@@ -483,8 +520,8 @@ def run(args) -> int:
                 print(preflight.run(res, wait_seconds(args)), flush=True)
             start_folder(folder, meta, splits, state)
             data_ref = ray.put({**splits.arrays(), "train_idx": splits.train_idx})  # the index keys augmentation
-            run_tune(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
-                     args.retries, args.verbose, demand)
+            run_in_lineage_order(state, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
+                                 args.retries, args.verbose, demand)
         except KeyboardInterrupt:
             interrupted = True
         finally:
