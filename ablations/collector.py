@@ -26,15 +26,16 @@ class Collected:
 
 
 class Collector:
-    def __init__(self, folder: RunFolder, keep_models: str):
-        self.folder, self.keep_models = folder, keep_models
+    def __init__(self, folder: RunFolder, keep_models: str, parents: set[str] | None = None):
+        """``parents``: trials that others start from (``init_from``); their weights are always kept."""
+        self.folder, self.keep_models, self.parents = folder, keep_models, set(parents or ())
 
     def collect(self, tid: str, checkpoint: Path, launched: float, received: float) -> Collected:
         """Copy a final checkpoint directory (already on this machine) into the run folder. ``launched`` and
         ``received``: the driver's clock when the trial started and when its final result arrived."""
         final = json.loads((checkpoint / "final.json").read_text())
         self.folder.copy_logits(tid, checkpoint / "logits.npz")
-        if self.keep_models != "none":
+        if self.keep_models != "none" or tid in self.parents:
             atomic_write(self.folder.model_path(tid), lambda tmp: shutil.copyfile(checkpoint / "model.pt", tmp))
         m = final["metrics"]
         return Collected({**m, **timeline(m, launched, received), "driver_rss_mb": rss_mb()}, final["history"])
@@ -49,7 +50,7 @@ class Collector:
         from .rundata import best_config_ids
 
         keep_cfg = set(best_config_ids(pd.DataFrame(rows)).values())
-        keep = {r["trial_id"] for r in rows if r["config_id"] in keep_cfg}
+        keep = {r["trial_id"] for r in rows if r["config_id"] in keep_cfg} | self.parents
         models = self.folder.path / "models"
         if models.exists():
             for f in models.glob("*.pt"):

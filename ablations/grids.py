@@ -136,6 +136,15 @@ class Plan:
     def schema(self) -> int:
         return self.points[0].schema if self.points else ID_SCHEMA
 
+    def parents(self) -> dict[str, str]:
+        """trial id -> the trial id of the trial it starts from (``init_from``), for the trials that have one."""
+        by_config = {(p.config_id, p.seed): p.trial_id for p in self.points}
+        out = {}
+        for p in self.points:
+            if p.config.init_from:
+                out[p.trial_id] = by_config[(p.config.init_from, p.seed)]
+        return out
+
     def under_schema(self, schema: int) -> "Plan":
         """The same plan with trial ids of another id schema (a results folder keeps the one it was made with)."""
         return dataclasses.replace(self, points=[dataclasses.replace(p, schema=schema) for p in self.points])
@@ -271,6 +280,38 @@ def _axis_arms(name: str, axis: dict) -> dict[str, dict]:
     return {str(k): _coerce_all(v or {}, f"{where} arm {k!r}") for k, v in arms.items()}
 
 
+def _ancestors(lv: str, level_specs: dict) -> list[str]:
+    """The levels whose trained models ``lv`` builds on, nearest first."""
+    out = []
+    while isinstance(level_specs.get(lv), dict) and level_specs[lv].get("init_from"):
+        lv = level_specs[lv]["init_from"]
+        out.append(lv)
+    return out
+
+
+def _lineage(name: str, level_specs: dict) -> list[str]:
+    """The levels with ``init_from``, parents before children; unknown or circular parents are refused."""
+    order: list[str] = []
+
+    def visit(lv: str, seen: tuple[str, ...]) -> None:
+        ls = level_specs[lv]
+        parent = ls.get("init_from") if isinstance(ls, dict) else None
+        if not parent:
+            return
+        if parent not in level_specs:
+            raise GridError(f"grid {name!r}: level {lv!r} has init_from {parent!r}, which is not one of its "
+                            f"levels {list(level_specs)}")
+        if parent in (*seen, lv):
+            raise GridError(f"grid {name!r}: level {lv!r} starts from itself through init_from")
+        visit(parent, (*seen, lv))
+        if lv not in order:
+            order.append(lv)
+
+    for lv in level_specs:
+        visit(lv, ())
+    return order
+
+
 def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str] | None = None,
            axes: list[str] | None = None, overrides: dict[str, Any] | None = None) -> Plan:
     """Expand a grid spec into a plan of trial configs (one point per level/axis arm/seed)."""
@@ -296,6 +337,10 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
         if bad:
             raise GridError(f"unknown axis/axes {bad}; grid {name!r} has {list(axis_specs)}")
     overrides = overrides or {}
+    if "init_from" in overrides or "init_from" in (spec.get("base") or {}) or any(
+            "init_from" in ((ls or {}).get("set") or {}) for ls in level_specs.values() if isinstance(ls, dict)):
+        raise GridError("init_from is a level's key (a level with 'init_from: L3' starts from L3's trained "
+                        "model), not a config value to set")
     base = _coerce_all(spec.get("base") or {}, f"grid {name!r} base")
 
     # level reference configs: base + chain of level deltas + user overrides
@@ -318,6 +363,7 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
     for lv in level_specs:
         resolve(lv)
     refs = {lv: {**v, **overrides} for lv, v in refs.items()}
+    lineage = _lineage(name, level_specs)
 
     # evaluation axes widen the TTA their level's reference evaluates; they add no trials
     eval_axes = []
@@ -339,13 +385,18 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
     wanted_levels = levels or list(level_specs)
     wanted_axes = axes if axes is not None else list(axis_specs)
     plan = Plan(grid=name, spec=spec, eval_axes=tuple(eval_axes))
-    ref_cfg = {lv: _config(refs[lv], f"level {lv!r}") for lv in wanted_levels}
+    # a level that starts from another level's trained model: its configs (and its axes' arms) name the parent
+    # level's reference config; the parent runs first, at the same seed
+    for lv in lineage:
+        refs[lv]["init_from"] = _config(refs[level_specs[lv]["init_from"]], f"level {lv!r}").config_id
+    parents_needed = [p for lv in wanted_levels for p in _ancestors(lv, level_specs) if p not in wanted_levels]
+    ref_cfg = {lv: _config(refs[lv], f"level {lv!r}") for lv in (*parents_needed, *wanted_levels)}
 
     def add(level, axis, arm, cfg: TrialConfig, is_ref: bool, competes: bool = True):
         for s in range(n_seeds):
             plan.points.append(Point(level, axis, arm, s, is_ref, cfg.replace(seed=s), competes))
 
-    for lv in wanted_levels:
+    for lv in (*dict.fromkeys(parents_needed), *wanted_levels):
         add(lv, "reference", "reference", ref_cfg[lv], True)
     for ax_name in wanted_axes:
         ax = axis_specs[ax_name]
@@ -419,6 +470,20 @@ def _checked_claims(name: str, spec: dict, level_specs: dict, axis_specs: dict) 
 def ensembles_of(spec: dict, levels: list[str]) -> dict[str, dict]:
     """The grid's declared ensembles, or (none declared) one of the best config of each of ``levels``."""
     return dict(spec.get("ensembles") or {"best of each level": {"levels": list(levels)}})
+
+
+def describe_lineage(plan: Plan) -> list[str]:
+    """Which levels start from another level's trained model (``init_from``), one line each."""
+    level_specs = plan.spec.get("levels") or {}
+    levels = dict.fromkeys(p.level for p in plan.points)
+    out = []
+    for lv in levels:
+        parent = (level_specs.get(lv) or {}).get("init_from")
+        if parent:
+            n = sum(1 for t in plan.parents())
+            out.append(f"{lv} (its reference and every arm around it) starts from {parent}'s trained reference model "
+                       f"of the same seed, which runs first ({n} trials wait for a parent)")
+    return out
 
 
 def describe_ensembles(plan: Plan) -> list[str]:

@@ -139,7 +139,8 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
         cfgs = {tid: _with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
         rows = [{**p.row(), **cfgs[p.trial_id]} for p in plan.points]
         out = {"grid": plan.grid, "resources": res.__dict__, "points": rows,
-               "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan)}
+               "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan),
+               "lineage": grids.describe_lineage(plan)}
         print(json.dumps(out, indent=1))
         return
     from tabulate import tabulate
@@ -151,7 +152,8 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
     print(tabulate(grids.summarize(plan), headers="keys", tablefmt="github"))
     if plan.eval_axes:
         print(f"evaluation-only axes (computed from stored logits, no extra trials): {', '.join(plan.eval_axes)}")
-    for title, lines in (("claims (verdicts in REPORT.md)", grids.describe_claims(plan)),
+    for title, lines in (("init_from (trained models carried from one level to the next)", grids.describe_lineage(plan)),
+                         ("claims (verdicts in REPORT.md)", grids.describe_claims(plan)),
                          ("ensembles (formed by the report from stored logits)", grids.describe_ensembles(plan))):
         print(f"{title}:" + "".join(f"\n  {line}" for line in lines) if lines else f"{title}: none")
     print(f"resources: {res.describe()}{note}")
@@ -191,13 +193,49 @@ def _with_execution(cfg, res: Resources):
 # ----------------------------------------------------------------------------- Tune
 
 
+def run_in_lineage_order(session: Session, pending: list[str], res: Resources, data: dict, storage: str,
+                         retries: int, verbose: bool, demand: AutoscalerDemand | None = None,
+                         trackers: list | None = None) -> None:
+    """Run the pending trials in waves: a trial that starts from another's trained model (``init_from``) runs
+    in a wave after its parent finished, and gets the parent's weights (read from the results folder, where
+    they are always kept) through the object store. A trial whose parent failed fails with that reason."""
+    import ray
+    import torch
+
+    ledger = session.ledger
+    parents = ledger.plan.parents()
+    remaining = list(pending)
+    while remaining:
+        ready = [t for t in remaining if t not in parents or ledger.status(parents[t]) == "finished"]
+        waiting = [t for t in remaining if t not in ready]
+        if not ready:
+            for t in waiting:
+                session.failed(t, f"its parent trial {parents[t]} (init_from) did not finish")
+            return
+        refs: dict[str, Any] = {}
+        for p in dict.fromkeys(parents[t] for t in ready if t in parents):
+            path = ledger.folder.model_path(p)
+            if path.exists():
+                refs[p] = ray.put(torch.load(path, map_location="cpu", weights_only=True)["state"])
+        for t in [t for t in ready if t in parents and parents[t] not in refs]:
+            session.failed(t, f"the weights of its parent trial {parents[t]} (init_from) are not in "
+                              f"{ledger.folder.model_path(parents[t]).parent}; run the grid into a new --name")
+            ready.remove(t)
+        if waiting:
+            print(f"init_from: {len(ready)} trials now, {len(waiting)} after their parents", flush=True)
+        run_tune(session, ready, res, data, storage, retries, verbose, demand, trackers,
+                 inits={t: refs[parents[t]] for t in ready if t in parents})
+        remaining = waiting
+
+
 def run_tune(session: Session, pending: list[str], res: Resources, data: dict, storage: str, retries: int,
-             verbose: bool, demand: AutoscalerDemand | None = None, trackers: list | None = None) -> None:
+             verbose: bool, demand: AutoscalerDemand | None = None, trackers: list | None = None,
+             inits: dict[str, Any] | None = None) -> None:
     """Tune runs the pending trials; ``session`` hears every event first, the trackers' callbacks after it."""
     from .trainable import run_trial
 
-    trials = [trial_spec(tid, session.ledger.trials[tid], res, storage, retries, session.progress.labels[tid])
-              for tid in pending]
+    trials = [trial_spec(tid, session.ledger.trials[tid], res, storage, retries, session.progress.labels[tid],
+                         (inits or {}).get(tid)) for tid in pending]
     for t in trials:
         session.ledger.executing(t["trial_id"], {k: t["config"][k] for k in EXECUTION_KEYS})
     quiet_ray(verbose)
@@ -209,13 +247,15 @@ def run_tune(session: Session, pending: list[str], res: Resources, data: dict, s
             session.failed(tid, root_error(str(r.error)) if str(r.error).strip() else type(r.error).__name__)
 
 
-def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int, label: str = "") -> dict[str, Any]:
+def trial_spec(tid: str, cfg, res: Resources, storage: str, retries: int, label: str = "",
+               init=None) -> dict[str, Any]:
     """What one Tune trial needs: its config as it will run, the resources of its workers, where to store, and
     whether this Ray has what ``torch_backend.LazyTorchConfig`` needs (checked once, here in the driver). The
     label (level/axis=arm seed) is for the trackers, which show the trial config."""
     return {"trial_id": tid, "label": label, "config": _with_execution(cfg, res).to_dict(),
             "resources": {"cpus": res.cpus, "gpus": res.gpus, "workers": res.workers, "gpu_resource": res.gpu_resource},
-            "storage": storage, "retries": retries, "lazy_backend": lazy_backend()}
+            "storage": storage, "retries": retries, "lazy_backend": lazy_backend(),
+            "init": init}  # an object ref to the parent's trained state (init_from), or None
 
 
 @functools.cache
@@ -290,7 +330,7 @@ def run(args) -> int:
     storage = args.storage or str((folder.path / "ray").resolve())
     meta = run_meta(plan, folder, source, fingerprint, splits, storage, old_meta)
     ledger = Ledger(folder, plan)
-    collector = Collector(folder, args.keep_models)
+    collector = Collector(folder, args.keep_models, set(plan.parents().values()))
     pending = ledger.pending()
     refuse_stale(folder, ledger)
     print(f"run folder {folder.path}: {len(ledger.trials) - len(pending)} of {len(ledger.trials)} trials already "
@@ -323,8 +363,8 @@ def run(args) -> int:
             progress.status(force=True)
             session = Session(ledger, collector, progress, args.retries)
             data_ref = ray.put({**splits.arrays(), "train_idx": splits.train_idx})  # the index keys augmentation
-            run_tune(session, pending, res, {"ref": data_ref, "classes": list(splits.classes)}, storage,
-                     args.retries, args.verbose, demand, trackers.callbacks())
+            run_in_lineage_order(session, pending, res, {"ref": data_ref, "classes": list(splits.classes)},
+                                 storage, args.retries, args.verbose, demand, trackers.callbacks())
         except KeyboardInterrupt:
             interrupted = True
         finally:

@@ -57,9 +57,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
     t_fit = time.time()
+    init = loop_config.get("init")  # the parent's trained state (init_from), through the object store
     result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume,
                  prefix_cache=PrefixCache.default(),  # on this node's disk, shared by its trials
-                 classes=tuple(loop_config["data"]["classes"]))
+                 classes=tuple(loop_config["data"]["classes"]), init_state=ray.get(init) if init is not None else None)
     result.metrics.update({"node_id": ray.get_runtime_context().get_node_id(),
                            "node_ip": ray.util.get_node_ip_address(),
                            "t_trainable_start": loop_config.get("t_trainable_start", float("nan")),
@@ -115,7 +116,7 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
         loop, use_gpu=use_gpu, lazy=config.get("lazy_backend", False) and torch_config is None,
         torch_config=torch_config,
         train_loop_config={"config": config["config"], "trial_id": config["trial_id"], "data": data,
-                           "use_gpu": use_gpu, "t_trainable_start": t_start},
+                           "use_gpu": use_gpu, "t_trainable_start": t_start, "init": config.get("init")},
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             name=config["trial_id"],

@@ -49,6 +49,9 @@ class TrialConfig:
     split_seed: int = 0
     # --- randomness
     seed: int = 0
+    # --- lineage: the config id of the trial whose trained model this one starts from (at the same seed); set
+    # by a grid level's ``init_from``. Part of the id, so a child's id follows its parent's.
+    init_from: str = ""
     # --- execution: not part of the trial id
     device: str = "auto"
     amp: str = "auto"

@@ -44,6 +44,7 @@ ID_BASELINE = MappingProxyType({
     "augment": "none", "mix": "none", "mix_alpha": 1.0, "label_smoothing": 0.0, "tta": "none",
     "train_per_class": 0, "val_size": 5000, "test_per_class": 0, "split_seed": 0, "seed": 0,
     "weights": "",  # schema 2: a weights file is identified by its content
+    "init_from": "",  # added with schema 2's code: no trial started from another before
 })
 
 # Schema 1 hashed these keys' values as given (normalize resolved); frozen.

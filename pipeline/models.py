@@ -247,6 +247,8 @@ def init_identity(cfg: TrialConfig) -> str:
     """What a backbone's weights are before training, for cache keys: a weights file's content hash,
     torchvision's weights name, or the seed of a random initialisation (``build_model`` runs under
     ``torch.manual_seed(cfg.seed)``)."""
+    if cfg.init_from:  # the parent's trained weights, which differ per seed
+        return f"trained/{cfg.init_from}/seed{cfg.seed}"
     if not cfg.pretrained:
         return f"random-init/seed{cfg.seed}"
     if cfg.weights:

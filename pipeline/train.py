@@ -248,7 +248,7 @@ def compiled(module: torch.nn.Module, cfg: TrialConfig, device: torch.device, tr
 def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
         resume: dict | None = None, prefix_cache: PrefixCache | None = None,
-        classes: tuple[str, ...] | None = None) -> TrialResult:
+        classes: tuple[str, ...] | None = None, init_state: dict | None = None) -> TrialResult:
     """Train one trial and evaluate it.
 
     data: a ``pipeline.data.Splits`` or a dict with train_x/train_y/val_x/val_y/test_x/test_y arrays (and
@@ -258,6 +258,8 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         returns a dict that, passed back as ``resume``, continues training after that epoch.
     prefix_cache: where frozen-prefix outputs are kept and shared (the node's cache in a Ray trial); None: a
         private temporary one for this call.
+    init_state: for a config with ``init_from``, the parent trial's trained state (``TrialResult.state``: its
+        head and trained stages), loaded over the pretrained weights before anything else happens.
     Inside an initialized torch.distributed group of several processes (Ray Train with workers > 1), each
     process trains on its share of every batch under DistributedDataParallel; all evaluate everything.
     """
@@ -273,7 +275,9 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
             tdata = load_data(data, device, classes)
         with clock("build"):
             torch.manual_seed(cfg.seed)
-            model = build_model(cfg, tdata.num_classes).to(device)
+            model = build_model(cfg, tdata.num_classes)
+            load_parent(model, cfg, init_state)
+            model = model.to(device)
             if cfg.channels_last:
                 model = model.to(memory_format=torch.channels_last)
         inputs = Inputs(cfg, device)
@@ -284,6 +288,18 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
     finally:
         if prefix_cache is None:
             cache.close()
+
+
+def load_parent(model, cfg: TrialConfig, init_state: dict | None) -> None:
+    """Start from the parent trial's trained model (``init_from``): its trained stages and head replace the
+    pretrained ones; the stages it kept frozen are the pretrained weights the model already holds."""
+    if not cfg.init_from:
+        return
+    if init_state is None:
+        raise ValueError(f"init_from={cfg.init_from}: the parent trial's trained state was not given")
+    missing, unexpected = model.load_state_dict(init_state, strict=False)
+    if unexpected:
+        raise ValueError(f"init_from={cfg.init_from}: the parent's state does not fit this model ({unexpected[:3]})")
 
 
 def _train_and_evaluate(cfg: TrialConfig, model, data: TrialData, sources: Sources, clock: Clock,

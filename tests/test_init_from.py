@@ -1,0 +1,82 @@
+"""A level that starts from another level's trained model (``init_from``): grid expansion, ids, loading the
+parent's weights in ``fit``, and the driver running the parent first and handing its weights over."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ablations import grids
+from pipeline.config import TrialConfig
+from pipeline.train import fit
+
+from .conftest import GRIDS, run_cli
+
+
+def plan_of(name: str, **kw) -> grids.Plan:
+    return grids.expand(*grids.load_spec(name), **kw)
+
+
+def test_full_l4_and_its_arms_start_from_the_same_seeds_l3_reference():
+    plan = plan_of("full")
+    l3_ref = {p.seed: p for p in plan.points if p.level == "L3" and p.is_reference and p.axis == "reference"}
+    l4 = [p for p in plan.points if p.level == "L4"]
+    assert l4 and all(p.config.init_from == l3_ref[p.seed].config_id for p in l4)
+    parents = plan.parents()
+    assert all(parents[p.trial_id] == l3_ref[p.seed].trial_id for p in l4)
+    assert not any(p.config.init_from for p in plan.points if p.level != "L4")
+    # selecting L4 alone still runs the L3 references it starts from
+    only = plan_of("full", levels=["L4"])
+    assert {p.trial_id for p in only.points if p.level == "L3"} == {p.trial_id for p in l3_ref.values()}
+
+
+def test_a_childs_id_follows_its_parents_config():
+    name, spec = grids.load_spec("full")
+    changed = {**spec, "levels": {**spec["levels"], "L3": {**spec["levels"]["L3"],
+                                                           "set": {**spec["levels"]["L3"]["set"], "hidden": 256}}}}
+    a, b = grids.expand(name, spec), grids.expand(name, changed)
+    l4 = lambda plan: {p.trial_id for p in plan.points if p.level == "L4" and p.is_reference}  # noqa: E731
+    assert l4(a).isdisjoint(l4(b))  # L4's own settings did not change, its parent did
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"L2": {"init_from": "L9"}}, "not one of its levels"),
+    ({"L1": {"init_from": "L2"}, "L2": {"init_from": "L1"}}, "starts from itself"),
+    ({"L2": {"set": {"init_from": "x"}}}, "is a level's key"),
+])
+def test_bad_lineage_is_refused(bad, message):
+    name, spec = grids.load_spec(str(GRIDS / "lineage.yaml"))
+    levels = {lv: {**spec["levels"][lv], **bad.get(lv, {})} for lv in spec["levels"]}
+    for lv in levels:
+        if "init_from" not in bad.get(lv, {}) and lv in bad and "set" in bad[lv]:
+            levels[lv]["set"] = {**spec["levels"][lv].get("set", {}), **bad[lv]["set"]}
+    with pytest.raises(grids.GridError, match=message):
+        grids.expand(name, {**spec, "levels": levels})
+
+
+def test_fit_starts_from_the_parents_trained_state(small_splits):
+    parent_cfg = TrialConfig(backbone="small_cnn", pretrained=False, head="mlp", train_stages="all", resolution=32,
+                             epochs=2, batch_size=50, device="cpu", threads=2)
+    parent = fit(parent_cfg, small_splits)
+    # head only (BatchNorm statistics stay as the parent left them) at a rate too small to move it
+    child_cfg = parent_cfg.replace(init_from=parent_cfg.config_id, train_stages="0", epochs=1, lr=1e-8)
+    child = fit(child_cfg, small_splits, init_state=parent.state)
+    np.testing.assert_allclose(child.logits["val"]["none"].astype(np.float32),
+                               parent.logits["val"]["none"].astype(np.float32), atol=0.05)
+    assert child.metrics["val_acc"] == pytest.approx(parent.metrics["val_acc"], abs=0.01)
+    assert parent.metrics["val_acc"] > 0.15  # a trained model, not chance
+    with pytest.raises(ValueError, match="trained state was not given"):
+        fit(child_cfg, small_splits)
+
+
+@pytest.mark.ray
+def test_the_parent_runs_first_and_hands_over_its_weights(ray_cluster, mini_archive, tmp_path):
+    proc = run_cli("--grid", str(GRIDS / "lineage.yaml"), "--data", str(mini_archive), "--results", str(tmp_path),
+                   "--address", ray_cluster.address, "--keep-models", "none", "--no-report")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    df = pd.read_parquet(tmp_path / "lineage" / "trials.parquet").set_index("level")
+    assert (df.status == "finished").all()
+    assert df.loc["L2", "t_fit_start"] > df.loc["L1", "t_fit_end"]  # after its parent
+    assert df.loc["L2", "val_acc"] == pytest.approx(df.loc["L1", "val_acc"], abs=0.02)  # from its weights
+    # --keep-models none keeps no weights, except a parent's
+    assert [f.stem for f in (tmp_path / "lineage" / "models").glob("*.pt")] == [df.loc["L1", "trial_id"]]
