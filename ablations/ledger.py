@@ -130,6 +130,11 @@ class Ledger:
         self._out.write(json.dumps(event, default=_plain, allow_nan=True) + "\n")
         self._out.flush()
 
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks (and so this ledger) with every Tuner: without the open append handle,
+        which is reopened at the next event."""
+        return {**self.__dict__, "_out": None}
+
     # ------------------------------------------------------------------ compaction
 
     def open(self) -> None:

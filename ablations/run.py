@@ -195,10 +195,11 @@ def _with_execution(cfg, res: Resources):
 
 def run_in_lineage_order(session: Session, pending: list[str], res: Resources, data: dict, storage: str,
                          retries: int, verbose: bool, demand: AutoscalerDemand | None = None,
-                         trackers: list | None = None) -> None:
+                         trackers=list) -> None:
     """Run the pending trials in waves: a trial that starts from another's trained model (``init_from``) runs
     in a wave after its parent finished, and gets the parent's weights (read from the results folder, where
-    they are always kept) through the object store. A trial whose parent failed fails with that reason."""
+    they are always kept) through the object store. A trial whose parent failed fails with that reason.
+    ``trackers()`` makes each wave's tracker callbacks (a Tuner pickles its callbacks; used ones hold open files)."""
     import ray
     import torch
 
@@ -223,7 +224,7 @@ def run_in_lineage_order(session: Session, pending: list[str], res: Resources, d
             ready.remove(t)
         if waiting:
             print(f"init_from: {len(ready)} trials now, {len(waiting)} after their parents", flush=True)
-        run_tune(session, ready, res, data, storage, retries, verbose, demand, trackers,
+        run_tune(session, ready, res, data, storage, retries, verbose, demand, trackers(),
                  inits={t: refs[parents[t]] for t in ready if t in parents})
         remaining = waiting
 
@@ -364,7 +365,7 @@ def run(args) -> int:
             session = Session(ledger, collector, progress, args.retries)
             data_ref = ray.put({**splits.arrays(), "train_idx": splits.train_idx})  # the index keys augmentation
             run_in_lineage_order(session, pending, res, {"ref": data_ref, "classes": list(splits.classes)},
-                                 storage, args.retries, args.verbose, demand, trackers.callbacks())
+                                 storage, args.retries, args.verbose, demand, trackers.callbacks)
         except KeyboardInterrupt:
             interrupted = True
         finally:

@@ -103,7 +103,10 @@ def test_builtin_grids_expand_and_per_level_grids_select_one_level():
         plan = _plan(name)
         assert plan.points
     for lv in ("L1", "L2", "L3", "L4"):
-        assert {p.level for p in _plan(lv).points} == {lv}
+        plan = _plan(lv)
+        extra = [p for p in plan.points if p.level != lv]  # only the references a level starts from (init_from)
+        assert {p.level for p in plan.points} - {lv} == ({"L3"} if lv == "L4" else set())
+        assert all(p.axis == "reference" for p in extra) and set(plan.parents().values()) >= {p.trial_id for p in extra}
     cpu = _plan("cpu")
     assert {p.level for p in cpu.points} == {"L1", "L2", "L3", "L4"}
     # every axis at least once, but the seed recipes, which need ResNet ImageNet weights (not offline)
