@@ -26,13 +26,14 @@ from typing import Callable
 from pipeline.errors import UserError, one_line
 
 from . import stats as S
+from . import timing
 from .figures import (GRADCAM_PER_CLASS, Skip, fig_axis, fig_confusions, fig_gradcam, fig_learning_curves,
                       fig_per_class_f1, load_test_images)
 from .results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
 from .rundata import RunData
 from .tables import (BOOT_SEED, N_BOOT, POWER, ablation_table, claims_table, ensemble_table, level_table,
                      per_class_tables, trials_table, tta_table)
-from .tablespec import Table
+from .tablespec import Col, Table, number, pct, text
 
 
 # ============================================================================ writing
@@ -329,6 +330,22 @@ def gradcam_section(ctx: Context) -> list[str]:
     return out
 
 
+def time_section(ctx: Context) -> list[str]:
+    """Where the time of the latest session that ran trials went (``ablations.timing``; run.json ``sessions``)."""
+    sessions = [s for s in ctx.run.meta.get("sessions", []) if s.get("time")]
+    if not sessions:
+        return []
+    t = sessions[-1]["time"]
+    table = Table("where_the_time_went", timing.table_frame(t),
+                  [Col("part", text("part")), Col("slot-seconds", number("seconds", ",.0f")),
+                   Col("share of slot time", pct("share"))])
+    return ["## Where the time went", "",
+            f"The last session that ran trials: {t['trials']} trials in {t['wall_s'] / 60:.1f} min wall on "
+            f"{t['slots']} trial slots ({t['slot_s']:,.0f} slot-seconds). **Efficiency "
+            f"{t['efficiency']:.0%}**: training, evaluation and prefix computation as a share of slot time.", "",
+            *ctx.writer.table(table)]
+
+
 def trials_section(ctx: Context) -> list[str]:
     if not ctx.has_trials:
         return []
@@ -353,7 +370,8 @@ SECTIONS: list[tuple[str, Callable[[Context], list[str]]]] = [
     ("Header", header), ("Claims", claims_section), ("Level comparison", levels_section),
     ("Method", method_section), ("Ablations", ablations_section), ("TTA", tta_section),
     ("Ensembles", ensembles_section), ("Per-class results", per_class_section),
-    ("Learning curves", curves_section), ("Grad-CAM", gradcam_section), ("Trials", trials_section),
+    ("Learning curves", curves_section), ("Grad-CAM", gradcam_section), ("Where the time went", time_section),
+    ("Trials", trials_section),
     ("Notes", notes_section),
 ]
 

@@ -32,6 +32,7 @@ from .cluster import (DEFAULT_CLUSTER_WAIT_S, AutoscalerDemand, Resources, clust
 from .collector import Collector
 from .config import parse_overrides
 from .estimate import trial_seconds
+from .timing import where_the_time_went
 from .ledger import Ledger
 from .progress import Eta, Progress, duration, estimate_comparison, labels, quiet_ray
 from .results import RunFolder, RunFolderError, environment, now
@@ -340,6 +341,7 @@ def run(args) -> int:
     # 2. Ray: connect, check resources, share the data once, run the pending trials
     interrupted = False
     estimated_wall = 0.0
+    slots = 0
     if not pending:
         start_folder(folder, meta, splits, ledger)
     else:
@@ -349,6 +351,7 @@ def run(args) -> int:
         demand = None
         try:
             res = cluster_resources(args, len(pending))
+            slots = res.concurrency
             # the autoscaler hears of every trial to run before the first one starts, and the preflight waits
             # (at most --wait-for-resources) for a node that can run one, then checks CUDA / NCCL there
             demand = AutoscalerDemand(res, enabled=bool(cluster_address(args)))
@@ -381,6 +384,12 @@ def run(args) -> int:
     wall = time.time() - t0
     session_times = {"started": now(), "wall_s": round(wall, 1), "estimated_wall_s": round(estimated_wall, 1),
                      "trials_run": len(pending), "interrupted": interrupted}
+    if pending:
+        import pandas as pd
+
+        ran = set(pending)
+        session_times["time"] = where_the_time_went(
+            pd.DataFrame([r for r in ledger.rows() if r["trial_id"] in ran]), wall, slots)
     meta.update(updated=now(), finished=None if ledger.pending() else now(),
                 sessions=[*(old_meta or {}).get("sessions", []), session_times])
     folder.write_meta(meta)

@@ -44,6 +44,19 @@ def test_progress_status_lines_and_the_estimate_against_the_wall_time(tiny_run):
     assert "against the dry run's estimate of" in line and line.endswith("x")
 
 
+def test_where_the_time_went_adds_up_to_the_slot_time(tiny_run):
+    proc, folder = tiny_run
+    t = json.loads((folder / "run.json").read_text())["sessions"][-1]["time"]
+    df = pd.read_parquet(folder / "trials.parquet").drop_duplicates("trial_id")
+    assert t["trials"] == 2 and t["parts_s"]["training"] == pytest.approx(df.train_seconds.sum(), rel=1e-6)
+    assert t["parts_s"]["Ray: start of the trial (Tune, Train controller, worker)"] > 0
+    assert sum(t["parts_s"].values()) + t["other_s"] == pytest.approx(t["slot_s"], rel=1e-6)
+    assert 0 < t["efficiency"] < 1
+    report = (folder / "REPORT.md").read_text()
+    assert "## Where the time went" in report and f"Efficiency {t['efficiency']:.0%}" in report
+    assert (folder / "tables" / "where_the_time_went.csv").exists()
+
+
 def test_run_json_and_report_carry_no_absolute_paths(tiny_run, mini_archive):
     proc, folder = tiny_run
     meta = json.loads((folder / "run.json").read_text())
