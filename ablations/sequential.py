@@ -213,13 +213,13 @@ def _null_minima(horizon: int, first_look: int, paths: int, seed: int) -> np.nda
     rng = np.random.default_rng(seed)
     out = []
     for size in np.diff(np.r_[0:paths:50_000, paths]):
-        out.append(_running_t_min(rng.standard_normal((size, horizon)), 0.0, first_look)[0][:, -1])
+        out.append(_running_t_min(rng.standard_normal((size, horizon)), 0.0, first_look, lower=False)[0][:, -1])
     return np.sort(np.concatenate(out))
 
 
-def _running_t_min(d, null: float, first_look: int) -> tuple[np.ndarray, np.ndarray]:
-    """The running minimum over the looks first_look..n of the one-sided fixed t-test p-values (upper, lower),
-    after every prefix n; 1 before the first look."""
+def _running_t_min(d, null: float, first_look: int, lower: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The running minimum over the looks first_look..n of the one-sided fixed t-test p-values (upper, lower; lower
+    None when not wanted), after every prefix n; 1 before the first look."""
     n, sy, syy = _prefix(d, null)
     mean = sy / n
     var = np.maximum(syy - n * mean * mean, 0.0) / np.maximum(n - 1, 1.0)
@@ -228,9 +228,8 @@ def _running_t_min(d, null: float, first_look: int) -> tuple[np.ndarray, np.ndar
     t = np.where(se > 0, mean / np.where(se > 0, se, 1.0), tied)
     df = np.maximum(n - 1, 1.0)
     look = n >= max(first_look, 2)
-    up = np.where(look, _st.t.sf(t, df), 1.0)
-    down = np.where(look, _st.t.cdf(t, df), 1.0)
-    return np.minimum.accumulate(up, -1), np.minimum.accumulate(down, -1)
+    up = np.minimum.accumulate(np.where(look, _st.t.sf(t, df), 1.0), -1)
+    return up, (np.minimum.accumulate(np.where(look, _st.t.cdf(t, df), 1.0), -1) if lower else None)
 
 
 @dataclass(frozen=True)
