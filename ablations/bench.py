@@ -22,6 +22,10 @@ the run affects both, and reports medians and the ratio ours / notebook:
 5. the smoke grid's wall time (``python -m ablations.run --grid smoke`` in a subprocess).
 6. how fast bad input fails (``fail_fast``): seconds until the CLI exits with its one-line error, for a bad grid,
    a bad ``--set`` and an unreachable ``--address`` (the tests bound these only against a hang).
+7. ``sequential``: the adaptive-seed decision procedure simulated, no training (``ablations.sequential_sim``):
+   false positives under repeated looks, naive against anytime-valid, and seeds needed against fixed designs of
+   equal power, with two figures (PNG) in the output folder. Use its own ``--out`` (e.g.
+   ``--only sequential --out results/bench/sequential``): a run writes only the sections it ran.
 
 Results go to ``results/bench/bench.json`` and ``results/bench/BENCH.md`` with a description of the machine.
 ``--quick`` shrinks every measurement (for tests); ``--only`` picks sections.
@@ -44,7 +48,7 @@ import numpy as np
 
 SECTIONS = (
     "throughput", "feature_cache", "prefix_cache", "overhead", "head_memory", "driver_memory", "driver_scale",
-    "smoke", "fail_fast",
+    "smoke", "fail_fast", "sequential",
     "speed", "precision", "packing", "compile")
 GPU_SECTIONS = ("speed", "precision", "packing", "compile")  # ablations/bench_gpu.py; need --device cuda
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
@@ -783,6 +787,10 @@ def markdown(report: dict) -> str:
                   (f"`python -m ablations.run --grid smoke`: {sm['seconds']:.0f} s wall for {sm['trials']} trials "
                    f"(Ray start-up and data loading included); median Ray overhead per trial "
                    f"{sm['median_ray_overhead_per_trial_s']:.1f} s."), ""]
+    if "sequential" in report:
+        from .sequential_sim import markdown as sequential_markdown
+
+        lines += sequential_markdown(report["sequential"])
     return "\n".join(lines)
 
 
@@ -886,6 +894,10 @@ def main(argv: list[str] | None = None) -> int:
             report["smoke"] = bench_smoke()
         elif section == "fail_fast":
             report["fail_fast"] = bench_fail_fast(1 if args.quick else 3)
+        elif section == "sequential":
+            from .sequential_sim import bench_sequential
+
+            report["sequential"] = bench_sequential(out, quick=args.quick)
         else:
             from . import bench_gpu
 

@@ -284,6 +284,11 @@ def _unit_mde(n: int, alpha: float, power: float) -> float:
     return float(_opt.brentq(shortfall, 0.0, hi, xtol=1e-10))
 
 
+def t_test_power(delta: float, n: int, alpha: float = ALPHA) -> float:
+    """Exact power of the two-sided one-sample t-test (n - 1 df) at a true mean of ``delta`` SDs."""
+    return _t_power(delta * math.sqrt(n), n - 1, float(_st.t.ppf(1 - alpha / 2, n - 1)))
+
+
 def _t_power(nc: float, df: int, crit: float) -> float:
     """P(|T'| > crit) for a noncentral t with ``df`` degrees of freedom and noncentrality ``nc``, integrated
     over the chi-square of its denominator (scipy's ``nct`` returns NaN for large nc at 1 df)."""
