@@ -13,6 +13,7 @@ never come here: their report is the fixed-sample one.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -52,36 +53,43 @@ def _side(key: str) -> tuple[str, str]:
 class Measured:
     diffs: dict[int, float]
     image_p: tuple[float, float]  # (higher, lower); NaN when the test logits of some seed are missing
+    available: int = 0  # paired seeds the run has (more than ``diffs`` holds beyond a horizon)
 
 
-def measure(run: RunData, c: Q.Comparison, claims: dict[str, Any], n_boot: int) -> Measured:
-    """One comparison on test: per-seed differences (better minus worse) on the seeds both sides finished, and
-    the image bootstrap's one-sided p-values at those seeds (``sequential.image_p_from``)."""
+def measure(run: RunData, c: Q.Comparison, claims: dict[str, Any], n_boot: int,
+            limit: float = math.inf) -> Measured:
+    """One comparison on test: per-seed differences (better minus worse) on the seeds both sides finished (the
+    first ``limit`` of them in seed order: a procedure's horizon), and the image bootstrap's one-sided p-values at
+    those seeds (``sequential.image_p_from``)."""
     if c.worse is None:  # a class claim
         try:
             data = class_claim_data(run, claims[c.id])
         except NotMeasured:
             return Measured({}, (math.nan, math.nan))
+        values = dict(list(data.values.items())[:int(min(limit, len(data.values)))])
         if data.correct is None or len(data.correct) < len(data.values):
-            return Measured(data.values, (math.nan, math.nan))
-        return Measured(data.values, Q.image_p_from(lambda null: data.bootstrap(n_boot, null), c.margin))
+            return Measured(values, (math.nan, math.nan), len(data.values))
+        data = dataclasses.replace(data, values=values, correct=data.correct[:len(values)])
+        return Measured(values, Q.image_p_from(lambda null: data.bootstrap(n_boot, null), c.margin),
+                        len(data.values))
     (ca, ma), (cb, mb) = _side(c.better), _side(c.worse)
     a, b = run.seeds(ca), run.seeds(cb)
-    diffs = {}
+    paired = {}
     for s in sorted(set(a) & set(b)):
         d = run.acc(a[s], "test", ma) - run.acc(b[s], "test", mb)
         if S.finite(d):
-            diffs[s] = float(d)
+            paired[s] = float(d)
+    diffs = dict(list(paired.items())[:int(min(limit, len(paired)))])
     xa = [run.correct(a[s], "test", ma) for s in diffs]
     xb = [run.correct(b[s], "test", mb) for s in diffs]
     if not diffs or any(x is None for x in (*xa, *xb)):
-        return Measured(diffs, (math.nan, math.nan))
+        return Measured(diffs, (math.nan, math.nan), len(paired))
     A, B = np.stack(xa), np.stack(xb)
 
     def boot(null: float):
         return S.paired_bootstrap(A, B, n_boot=n_boot, seed=BOOT_SEED, confidence=CONFIDENCE, null=null)
 
-    return Measured(diffs, Q.image_p_from(boot, c.margin))
+    return Measured(diffs, Q.image_p_from(boot, c.margin), len(paired))
 
 
 @dataclass
@@ -102,7 +110,7 @@ class StudyVerdicts:
         settings = Settings.from_meta(record)
         comps = Q.comparisons_from_plan(run_plan(run))
         claims = {f"claim/{c.id}": c for c in run.claims}
-        measured = {c.id: measure(run, c, claims, n_boot) for c in comps}
+        measured = {c.id: measure(run, c, claims, n_boot, settings.horizon) for c in comps}
         rows = Q.verdicts({k: m.diffs for k, m in measured.items()}, comps,
                           {k: m.image_p for k, m in measured.items()}, max_seeds=settings.max_seeds,
                           stop_reason=record.get("stop_reason"), val_decided=record.get("decided_on_validation", ()),
@@ -150,12 +158,17 @@ class StudyVerdicts:
         planned = r.get("planned_seeds")
         planned = "/".join(map(str, planned)) if isinstance(planned, list) else planned
         decided = sum(v.verdict != Q.OPEN for v in self.verdicts.values())
+        beyond = []
+        if math.isfinite(self.settings.horizon) and any(m.available > self.settings.horizon
+                                                         for m in self.measured.values()):
+            beyond = [f"* Seeds beyond the repeated t-test's horizon ({self.settings.max_seeds}), added by a later run, "
+                      "are not used: its guarantee holds up to the horizon only."]
         return [
             f"This run added seeds adaptively (`--until-decided`): planned {planned} seed(s) per config, cap "
             f"{self.settings.max_seeds} seeds (`--max-seeds`), budget {budget}; {r.get('rounds', 0)} round(s); "
             f"stopped: {STOPS.get(r.get('stop_reason'), r.get('stop_reason'))}. The claims table, the ablation "
             f"tables and the level table show the verdicts of this procedure ({decided} of {len(self.verdicts)} "
             f"called on test), each with the seeds it used and how its seeds stopped.", "",
-            *Q.method_lines(self.settings.procedure, self.settings.alpha, family=len(self.comparisons)),
+            *Q.method_lines(self.settings.procedure, self.settings.alpha, family=len(self.comparisons)), *beyond,
             "* The TTA and ensemble tables below keep the fixed-sample rule of the next section: their numbers of "
             "seeds were chosen by this procedure on other comparisons, so their p-values are descriptive here.", ""]

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--budget", type=float, metavar="HOURS",
                    help="with --until-decided: wall hours the whole run may take (every session); a round whose "
                         "estimated time does not fit is not started (default: no limit)")
+    a.add_argument("--sequential-test", choices=tuple(A.TESTS),
+                   help="with --until-decided: mixture (default): an anytime-valid t-test with no horizon, valid at "
+                        "any number of seeds, so a later run may add more; repeated-t: exact repeated t-tests from "
+                        "the planned seeds to --max-seeds, more power (calls from 3 seeds on), no guarantee beyond "
+                        "--max-seeds")
     o = p.add_argument_group("where results go")
     o.add_argument("--results", default="results", help="parent folder of run folders")
     o.add_argument("--name", help="run folder name (default: the grid name); the same name again resumes")
@@ -368,9 +373,9 @@ def make_tuner(trainable, data: dict, trials: list[dict], concurrency: int, stor
 
 def run(args) -> int:
     tracker_names = parse_log(args.log)
-    settings = A.settings_from_args(args)
     plan = make_plan(args)
     planned = A.planned_seeds(plan)  # the grid's own seeds, before the folder's plan is merged in
+    settings = A.settings_from_args(args, min(planned.values()))
     if settings is not None:
         settings.check(max(planned.values()))
     if args.dry_run:
@@ -391,6 +396,8 @@ def run(args) -> int:
     plan, old_meta = plan_in_folder(folder, plan, fingerprint, args.extend)
     if args.resume and old_meta is None:
         raise RunFolderError(f"--resume: {folder.path} holds no run to resume")
+    if settings is not None:
+        settings.check(max(planned.values()), (old_meta or {}).get("adaptive"))
     cached = D.was_cached(source)
     splits = D.make_splits(D.load(source), **plan.data_settings())
     print(f"data: {source} ({'cache' if cached else 'decoded'} in {time.time() - t0:.1f} s); {splits.describe()}",

@@ -30,6 +30,7 @@ from ablations.report import write_report
 from ablations.results import RunFolder, RunFolderError
 from ablations.run import main, plan_in_folder
 from pipeline.data import CIFAR10_CLASSES
+from pipeline.errors import ConfigError
 from pipeline.evaluate import summary
 
 from .conftest import GRIDS, run_cli
@@ -296,6 +297,44 @@ def test_added_seeds_bring_their_init_from_parent():
     assert set(grown.trials()) == set(grids.expand("lineage", spec, seeds=3).trials())
 
 
+def test_the_repeated_t_test_calls_large_effects_at_the_planned_seeds(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    world = World(folder)
+    settings = A.Settings(max_seeds=CAP, test="repeated-t", first_look=PLANNED)
+    rounds, lines, result = session(folder, world, settings)
+    # exact repeated t-tests at 3..6 seeds: 4 comparisons need |t| >= 15.3 at 3 seeds, which +50 pp +- 3 gives
+    assert settings.procedure.critical_t(3, Q.ALPHA / 8) == pytest.approx(15.3, abs=0.1)
+    assert seeds_by_arm(rounds.ledger.plan) == {"reference": [0, 1, 2, 3, 4, 5], "frozen": [0, 1, 2],
+                                               "same": [0, 1, 2, 3, 4, 5]}
+    assert lines[0] == "round 1: 2 of 4 verdicts open on validation; adding 2 trials (~0.00 h)"
+    assert folder.read_meta()["adaptive"]["procedure"] == "repeated-t"
+    # a later run with more seeds than the horizon: the report uses the first 6 of them, and says so
+    plan, _ = plan_in_folder(folder, command_plan(8), None, extend=False)
+    ledger = Ledger(folder, plan)
+    ledger.open()
+    world.run(ledger, ledger.pending())
+    ledger.close()
+    write_meta(folder, plan, rounds)
+    write_report(folder.path, figures=False, n_boot=500)
+    axis = _csv(folder.path, "ablation_probe").set_index("arm")
+    assert axis.loc["frozen", ["verdict", "seeds", "seeds_used", "status"]].tolist() == \
+        ["lower", 8, 6, "decided at the cap"]
+    assert axis.loc["same", ["seeds", "seeds_used", "status"]].tolist() == [8, 6, "open at the cap"]
+    text = (folder.path / "REPORT.md").read_text()
+    assert Q.RepeatedT(CAP, PLANNED).name in text and "beyond the repeated t-test's horizon (6)" in text
+
+
+def test_a_run_keeps_its_test_and_the_repeated_t_tests_horizon():
+    mixture, repeated = A.Settings(max_seeds=6), A.Settings(max_seeds=6, test="repeated-t")
+    A.Settings(max_seeds=8).check(3, mixture.meta())  # the mixture has no horizon: its cap may change
+    repeated.check(3, repeated.meta())
+    with pytest.raises(ConfigError, match="--sequential-test mixture"):
+        repeated.check(3, mixture.meta())
+    with pytest.raises(ConfigError, match="looks at 3 to 6 seeds"):
+        A.Settings(max_seeds=8, test="repeated-t").check(3, repeated.meta())
+    assert A.Settings.from_meta(repeated.meta()) == repeated and A.Settings.from_meta(mixture.meta()) == mixture
+
+
 # ----------------------------------------------------------------------------- the command line
 
 
@@ -329,6 +368,7 @@ def test_dry_run_shows_the_planned_seeds_and_the_worst_case(tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["--max-seeds", "6"], "--max-seeds only applies with --until-decided"),
     (["--budget", "2"], "--budget only applies with --until-decided"),
+    (["--sequential-test", "repeated-t"], "--sequential-test only applies with --until-decided"),
     (["--until-decided", "--max-seeds", "3"], "--max-seeds 3 must be above the seeds the grid plans (3)"),
     (["--until-decided", "--budget", "0"], "--budget must be a positive number of hours"),
 ])
