@@ -149,6 +149,47 @@ class Plan:
         """The same plan with trial ids of another id schema (a results folder keeps the one it was made with)."""
         return dataclasses.replace(self, points=[dataclasses.replace(p, schema=schema) for p in self.points])
 
+    def memberships(self) -> set[tuple[str, str, str, str]]:
+        """(level, axis, arm, config id) of every point: the plan without its seeds."""
+        return {(p.level, p.axis, p.arm, p.config_id) for p in self.points}
+
+    def with_points(self, points: list[Point]) -> "Plan":
+        """This plan plus ``points`` it does not hold yet (the same trial in the same role is one point)."""
+        seen = {(p.trial_id, p.level, p.axis, p.arm) for p in self.points}
+        new = [p for p in points if (p.trial_id, p.level, p.axis, p.arm) not in seen]
+        return dataclasses.replace(self, points=[*self.points, *new])
+
+    def with_seeds(self, seeds: dict[str, Any]) -> "Plan":
+        """This plan with more seeds of some of its configs: ``{config id: seed or seeds}``. A config at a new seed
+        gets a point in every role (level, axis, arm) it has in the plan, so it is an ordinary plan point: the same
+        config at seed k is the same trial however it was added. A config that starts from another's trained model
+        (``init_from``) brings its parent at the same seed."""
+        roles: dict[str, dict[tuple[str, str, str], Point]] = {}
+        for p in self.points:
+            roles.setdefault(p.config_id, {}).setdefault((p.level, p.axis, p.arm), p)
+        have = {(p.config_id, p.seed) for p in self.points}
+        wanted = [(cid, int(s)) for cid, v in seeds.items() for s in ([v] if isinstance(v, int) else v)]
+        new: list[Point] = []
+        while wanted:
+            cid, s = wanted.pop(0)
+            if (cid, s) in have:
+                continue
+            if cid not in roles:
+                raise KeyError(f"config {cid} is not in the plan")
+            have.add((cid, s))
+            for p in roles[cid].values():
+                new.append(dataclasses.replace(p, seed=s, config=p.config.replace(seed=s)))
+            parent = next(iter(roles[cid].values())).config.init_from
+            if parent:
+                wanted.append((parent, s))
+        return self.with_points(new)
+
+
+def points_from_rows(rows: list[dict], schema: int = ID_SCHEMA) -> list[Point]:
+    """A plan's points as ``Plan.to_json`` stored them (run.json's ``plan``)."""
+    return [Point(r["level"], r["axis"], r["arm"], int(r["seed"]), bool(r["is_reference"]), TrialConfig.from_row(r),
+                  competes=bool(r.get("competes", True)), schema=schema) for r in rows]
+
 
 def load_spec(name_or_path: str) -> tuple[str, dict]:
     """A built-in grid by name, or a grid file (.yaml/.yml/.json); ``extends`` chains are merged."""

@@ -68,6 +68,17 @@ class Ledger:
                 r.executed = {k: rec[k] for k in EXECUTION_KEYS if k in rec}
                 r.epochs_done = int(_number(rec.get("epochs_done")))
 
+    def grow(self, plan: Plan) -> list[str]:
+        """The run's plan grew (``--until-decided`` added seeds): its new trials are pending, and the tables are
+        compacted so that they hold the new rows (readers see them at once). Returns the new trial ids."""
+        self.plan, self.trials = plan, plan.trials()
+        new = [tid for tid in self.trials if tid not in self.records]
+        for tid in new:
+            self.records[tid] = TrialRecord()
+        self.counts["pending"] += len(new)
+        self.compact()
+        return new
+
     def status(self, tid: str) -> str:
         return self.records[tid].status
 

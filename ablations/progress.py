@@ -63,6 +63,13 @@ class Eta:
     def factor(self) -> float:
         return self.measured_s / self.estimated_s if self.calibrated_on and self.estimated_s > 0 else 1.0
 
+    def add(self, estimates: dict[str, float]) -> None:
+        """More trials to run (an adaptive round): their estimates join the pending work."""
+        for tid, sec in estimates.items():
+            if tid not in self.estimates:
+                self.estimates[tid] = sec
+                self.pending_s += sec
+
     def started(self, tid: str, when: float) -> None:
         if tid not in self.running:
             self.pending_s -= self.estimates.get(tid, 0.0)
@@ -119,6 +126,16 @@ class Progress:
         if force or now - self.last_status >= self.every_s:
             self.last_status = now
             self._print(self.status_line())
+
+    def add(self, labels: dict[str, str], estimates: dict[str, float]) -> None:
+        """Trials added while the run goes on (``--until-decided``): their labels and estimates."""
+        for tid, label in labels.items():
+            self.labels.setdefault(tid, label)
+        self.eta.add(estimates)
+
+    def say(self, line: str) -> None:
+        """A line of the run's own (an adaptive round), printed in --quiet mode too."""
+        self._print(line)
 
     # ------------------------------------------------------------------ events
 

@@ -29,6 +29,7 @@ from . import stats as S
 from . import timing
 from .figures import (GRADCAM_PER_CLASS, Skip, fig_axis, fig_confusions, fig_gradcam, fig_learning_curves,
                       fig_per_class_f1, load_test_images)
+from .adaptive_report import StudyVerdicts
 from .results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
 from .rundata import RunData
 from .tables import (BOOT_SEED, N_BOOT, POWER, ablation_table, claims_table, ensemble_table, level_table,
@@ -102,6 +103,7 @@ class Context:
     n_boot: int = N_BOOT
     problems: list[str] = field(default_factory=list)
     confusions: dict = field(default_factory=dict)  # per-class section -> confusion figure
+    adaptive: StudyVerdicts | None = None  # an --until-decided run: its anytime-valid verdicts
 
     @property
     def has_trials(self) -> bool:
@@ -167,11 +169,20 @@ def claims_section(ctx: Context) -> list[str]:
             "**contradicted** (significant in the other direction), **inconclusive** otherwise; with fewer than "
             f"{S.MIN_SEEDS} seeds there is no verdict. Level claims compare the levels' reference configs (the "
             "recipes as declared), not the best-by-validation configs of the level comparison.", ""]
+    if ctx.adaptive is not None:
+        out[-2] = ("The study's hypotheses as the grid declares them, each with the seed write-up it comes from, "
+                   "measured here (better minus worse, test accuracy in pp without TTA, except TTA claims; class "
+                   "claims: mean recall of one group of classes minus the other's). This run added seeds "
+                   "adaptively (`--until-decided`): each verdict is the anytime-valid procedure's of the Method "
+                   "section, Holm over every claim and axis arm of the study: **confirmed** (called higher, beyond "
+                   "the claim's margin), **contradicted** (called lower), **inconclusive** otherwise; the last "
+                   "column gives the seeds it used and how they stopped (decided early, decided at the cap, open at "
+                   "the cap, open at the budget).")
     if run.claims_origin:
         out += [run.claims_origin, ""]
     if not ctx.has_trials:
         return out + [f"* **{c.id}**: {c.says} ({c.source})" for c in run.claims] + [""]
-    return out + ctx.writer.table(claims_table(run, ctx.n_boot))
+    return out + ctx.writer.table(claims_table(run, ctx.n_boot, ctx.adaptive))
 
 
 def levels_section(ctx: Context) -> list[str]:
@@ -182,13 +193,20 @@ def levels_section(ctx: Context) -> list[str]:
             f"test). Accuracy: mean ± 95% CI over seeds (t-distribution) from {S.MIN_SEEDS} seeds on; with fewer "
             "seeds the per-seed values (\"57.4 / 60.5\"). \"With TTA\" uses the config's own TTA mode. The last "
             "column is what the seed write-ups reported for that level (their own single runs, other setups: for "
-            "orientation, not a paired comparison).", "", *ctx.writer.table(level_table(ctx.run))]
+            "orientation, not a paired comparison)." + (
+                " This run added seeds adaptively: configs have different numbers of seeds, and a column counts "
+                "the anytime-valid verdicts that involve each level's configs by how their seeds stopped."
+                if ctx.adaptive is not None else ""), "", *ctx.writer.table(level_table(ctx.run, ctx.adaptive))]
 
 
 def method_section(ctx: Context) -> list[str]:
     if not ctx.has_trials:
         return []
-    return ["## Method: how sure is each difference", "",
+    adaptive = []
+    if ctx.adaptive is not None:
+        adaptive = ["### Adaptive seeds: the verdicts of the claims, ablation and level tables", "",
+                    *ctx.adaptive.method_lines(), "### The fixed-sample rule", ""]
+    return ["## Method: how sure is each difference", "", *adaptive,
             "* Differences are in percentage points (pp): arm minus reference (claims: better minus worse), test "
             "accuracy without TTA unless the axis is a TTA axis. Two configs trained with the same seed are a pair.",
             "* **Seeds** (training randomness): a t-test on the per-seed differences with n − 1 degrees of freedom. "
@@ -228,7 +246,7 @@ def ablations_section(ctx: Context) -> list[str]:
     for ax, lv in axes:
         def one(ax=ax, lv=lv) -> list[str]:
             name = slug(f"{ax}_{lv}" if ax in multi else ax)
-            table, title = ablation_table(run, ax, lv, ctx.n_boot, name=f"ablation_{name}")
+            table, title = ablation_table(run, ax, lv, ctx.n_boot, name=f"ablation_{name}", adaptive=ctx.adaptive)
             lines = [f"### Axis {title}", "", *ctx.writer.table(table)]
             if ctx.figures:
                 lines += ctx.writer.make_figure(f"axis_{name}", lambda p: fig_axis(run, ax, table.frame, p),
@@ -380,6 +398,13 @@ def write_report(run_dir: str | Path, *, figures: bool = True, gradcam: bool = T
     """Write REPORT.md, tables/ and figures/ for a results folder; returns the path of REPORT.md."""
     run = RunData(run_dir)
     ctx = Context(run, Writer(run.folder), figures=figures, gradcam=gradcam, n_boot=n_boot)
+    if run.meta.get("adaptive") and len(run.df):
+        try:
+            ctx.adaptive = StudyVerdicts.of(run, n_boot)
+        except Exception as e:  # noqa: BLE001 - the report must not die on it; the notes say what happened
+            print(f"ablations.report: the adaptive verdicts failed:\n{traceback.format_exc(limit=3)}", file=sys.stderr)
+            ctx.problems.append(f"adaptive verdicts: {type(e).__name__}: {e} (the tables show the fixed-sample "
+                                f"rule, which is not valid for adaptively chosen seeds)")
     out: list[str] = []
     for title, section in SECTIONS:
         out += ctx.guarded(title, lambda section=section: section(ctx))

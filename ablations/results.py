@@ -129,8 +129,14 @@ class RunFolder:
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_text(self.run_json, json.dumps({"format": FORMAT, **meta}, indent=1, default=str))
 
-    def check_usable(self, grid: str, data_fingerprint: str | None, trial_ids: set[str], extend: bool) -> dict | None:
-        """Refuse folders that belong to something else. Returns the existing meta, or None for a new folder."""
+    def check_usable(self, grid: str, data_fingerprint: str | None, trial_ids: set[str], extend: bool,
+                     memberships: set[tuple[str, str, str, str]] | None = None) -> dict | None:
+        """Refuse folders that belong to something else. Returns the existing meta, or None for a new folder.
+
+        The same grid with other trials is refused, unless the two plans differ only in their seeds: the same
+        configs in the same roles (``memberships``: (level, axis, arm, config id) of every point, as
+        ``grids.Plan.memberships``), e.g. a later ``--seeds k``, or the seeds an ``--until-decided`` run added.
+        The caller then merges the two plans."""
         if not self.path.exists():
             return None
         if not self.exists():
@@ -148,7 +154,7 @@ class RunFolder:
             raise RunFolderError(f"{self.path} holds grid {meta.get('grid')!r}, not {grid!r}; "
                                  f"choose another --name, or pass --extend to add these trials to it")
         old = set(meta.get("trial_ids", []))
-        if old != trial_ids:
+        if old != trial_ids and (memberships is None or plan_memberships(meta) != memberships):
             raise RunFolderError(f"{self.path} was run with a different plan ({len(trial_ids - old)} new, "
                                  f"{len(old - trial_ids)} dropped trials); choose another --name, or pass --extend")
         return meta
@@ -232,6 +238,19 @@ class RunFolder:
 
     def model_path(self, trial_id: str) -> Path:
         return self.path / "models" / f"{trial_id}.pt"
+
+
+def plan_memberships(meta: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+    """(level, axis, arm, config id) of every point of the plan run.json holds: that plan without its seeds."""
+    out = set()
+    for r in meta.get("plan") or []:
+        cid = r.get("config_id")
+        if not cid:  # a folder from before plan rows carried their config id
+            from pipeline.config import TrialConfig
+
+            cid = TrialConfig.from_row(r).config_id_in(int(meta.get("id_schema", 1)))
+        out.add((str(r["level"]), str(r["axis"]), str(r["arm"]), str(cid)))
+    return out
 
 
 def fold_trials(df: pd.DataFrame, events: list[dict[str, Any]]) -> pd.DataFrame:

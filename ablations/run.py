@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -26,7 +27,9 @@ from typing import Any
 from pipeline.config import EXECUTION_KEYS
 from pipeline.errors import ConfigError, UserError, one_line
 
+from . import adaptive as A
 from . import grids, portable, preflight
+from . import sequential as Q
 from .cluster import (DEFAULT_CLUSTER_WAIT_S, AutoscalerDemand, Resources, cluster_address, connect, fmt_resources,
                       head_memory_mib, local_resources, max_cluster_resources, plan_resources)
 from .collector import Collector
@@ -62,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="with --dry-run: print the trial configs as JSON")
     g.add_argument("--gpu-speed", type=float, default=1.0, metavar="X",
                    help="with --dry-run: the GPU's speed relative to the H100 the estimates were measured on")
+    a = p.add_argument_group("adaptive seeds")
+    a.add_argument("--until-decided", action="store_true",
+                   help="after the grid's seeds, add seeds in rounds: each round gives one more seed to both configs "
+                        "of every claim and axis comparison still open on validation accuracy, until all are "
+                        "decided, a config reaches --max-seeds or the budget is spent (verdicts: an anytime-valid "
+                        "t-test, Holm over all comparisons)")
+    a.add_argument("--max-seeds", type=int, metavar="N",
+                   help=f"with --until-decided: the most seeds a config gets (default {A.DEFAULT_MAX_SEEDS})")
+    a.add_argument("--budget", type=float, metavar="HOURS",
+                   help="with --until-decided: wall hours the whole run may take (every session); a round whose "
+                        "estimated time does not fit is not started (default: no limit)")
+    a.add_argument("--sequential-test", choices=tuple(A.TESTS),
+                   help="with --until-decided: mixture (default): an anytime-valid t-test with no horizon, valid at "
+                        "any number of seeds, so a later run may add more; repeated-t: exact repeated t-tests from "
+                        "the planned seeds to --max-seeds, more power (calls from 3 seeds on), no guarantee beyond "
+                        "--max-seeds")
     o = p.add_argument_group("where results go")
     o.add_argument("--results", default="results", help="parent folder of run folders")
     o.add_argument("--name", help="run folder name (default: the grid name); the same name again resumes")
@@ -134,7 +153,8 @@ def data_sizes(plan: grids.Plan) -> tuple[int, int, int]:
     return n_train, s["val_size"], n_test
 
 
-def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "", gpu_speed: float = 1.0) -> None:
+def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "", gpu_speed: float = 1.0,
+                  adaptive: A.Settings | None = None) -> None:
     trials = plan.trials()
     if as_json:
         cfgs = {tid: _with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
@@ -142,6 +162,8 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
         out = {"grid": plan.grid, "resources": res.__dict__, "points": rows,
                "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan),
                "lineage": grids.describe_lineage(plan)}
+        if adaptive is not None:
+            out["until_decided"] = until_decided_plan(plan, adaptive, res, gpu_speed)
         print(json.dumps(out, indent=1))
         return
     from tabulate import tabulate
@@ -159,15 +181,59 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
         print(f"{title}:" + "".join(f"\n  {line}" for line in lines) if lines else f"{title}: none")
     print(f"resources: {res.describe()}{note}")
     print(estimate_line(trials, res, (n_train, n_val, n_test), gpu_speed))
+    if adaptive is not None:
+        print("\n".join(until_decided_lines(plan, adaptive, res, gpu_speed)))
+
+
+def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, gpu_speed: float = 1.0) -> dict:
+    """--dry-run --until-decided: the planned seeds, the comparisons that drive the rounds, and the worst case
+    (every compared config at --max-seeds) with its estimated time."""
+    comps = Q.comparisons_from_plan(plan)
+    planned = A.planned_seeds(plan)
+    hours = A.config_hours(plan, trial_estimator(res, data_sizes(plan), gpu_speed), 1 / res.concurrency / 3600)
+    worst = Q.worst_case(comps, planned, settings.max_seeds, hours)
+    family = 2 * max(len(comps), 1)
+    earliest = next((n for n in range(2, settings.max_seeds + 1)
+                     if math.isfinite(settings.procedure.critical_t(n, settings.alpha / family))), None)
+    return {**settings.meta(), "planned_seeds": sorted(set(planned.values())),
+            "comparisons": [c.id for c in comps], "compared_configs": len(A.compared_configs(comps)),
+            "earliest_decision_seeds": earliest, "worst_case_trials": worst.trials,
+            "worst_case_added_trials": worst.added_trials, "worst_case_added_hours": worst.hours,
+            "worst_case_line": worst.line()}
+
+
+def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources, gpu_speed: float = 1.0) -> list[str]:
+    u = until_decided_plan(plan, settings, res, gpu_speed)
+    comps = Q.comparisons_from_plan(plan)
+    n_claims = sum(c.kind == "claim" for c in comps)
+    seeds = "/".join(str(n) for n in u["planned_seeds"])
+    budget = f", or until --budget {settings.budget_hours:g} h is spent" if math.isfinite(settings.budget_hours) else ""
+    earliest = (f"the earliest call is at {u['earliest_decision_seeds']} seeds" if u["earliest_decision_seeds"]
+                else f"no call is possible within {settings.max_seeds} seeds")
+    worst = A.worst_case_plan(plan, comps, settings.max_seeds)
+    return [f"--until-decided: planned {seeds} seed(s) per config first; then rounds add one seed to both configs of "
+            f"every comparison still open on validation ({len(comps)} comparisons: {n_claims} claims, "
+            f"{len(comps) - n_claims} axis arms, over {u['compared_configs']} configs), until decided or "
+            f"{settings.max_seeds} seeds{budget}",
+            f"  verdicts: {settings.procedure.name}, Holm over the {len(comps)} comparisons at {settings.alpha:g}; "
+            f"{earliest}",
+            f"  {u['worst_case_line']}",
+            f"  worst case {estimate_line(worst.trials(), res, data_sizes(plan), gpu_speed)}"]
+
+
+def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0):
+    """config -> its estimated seconds (``ablations.estimate``): measured speeds, packed trials slowed by their
+    measured sharing of a GPU."""
+    gpu = res.device == "cuda"
+    per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
+    return lambda c: trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed)
 
 
 def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
                     gpu_speed: float = 1.0) -> dict[str, float]:
-    """Each trial's estimated seconds (``ablations.estimate``): measured speeds, packed trials slowed by their
-    measured sharing of a GPU."""
-    gpu = res.device == "cuda"
-    per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
-    return {tid: trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed) for tid, c in configs.items()}
+    """Each trial's estimated seconds (``trial_estimator``)."""
+    seconds = trial_estimator(res, sizes, gpu_speed)
+    return {tid: seconds(c) for tid, c in configs.items()}
 
 
 def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0) -> str:
@@ -308,9 +374,14 @@ def make_tuner(trainable, data: dict, trials: list[dict], concurrency: int, stor
 def run(args) -> int:
     tracker_names = parse_log(args.log)
     plan = make_plan(args)
+    planned = A.planned_seeds(plan)  # the grid's own seeds, before the folder's plan is merged in
+    settings = A.settings_from_args(args, min(planned.values()))
+    if settings is not None:
+        settings.check(max(planned.values()))
     if args.dry_run:
         cluster, note = local_resources(args)
-        print_dry_run(plan, plan_resources(args, cluster, len(plan.trials())), args.json, note, args.gpu_speed)
+        print_dry_run(plan, plan_resources(args, cluster, len(plan.trials())), args.json, note, args.gpu_speed,
+                      settings)
         return 0
 
     # 1. the run folder and the data; nothing is written until the cluster can run the plan
@@ -325,6 +396,8 @@ def run(args) -> int:
     plan, old_meta = plan_in_folder(folder, plan, fingerprint, args.extend)
     if args.resume and old_meta is None:
         raise RunFolderError(f"--resume: {folder.path} holds no run to resume")
+    if settings is not None:
+        settings.check(max(planned.values()), (old_meta or {}).get("adaptive"))
     cached = D.was_cached(source)
     splits = D.make_splits(D.load(source), **plan.data_settings())
     print(f"data: {source} ({'cache' if cached else 'decoded'} in {time.time() - t0:.1f} s); {splits.describe()}",
@@ -337,12 +410,27 @@ def run(args) -> int:
     refuse_stale(folder, ledger)
     print(f"run folder {folder.path}: {len(ledger.trials) - len(pending)} of {len(ledger.trials)} trials already "
           f"finished", flush=True)
+    rounds = None
+    if settings is not None:
+        spent_before = sum(float(x.get("wall_s") or 0) for x in (old_meta or {}).get("sessions", [])) / 3600
+        rounds = A.Rounds(ledger, settings, planned, Q.comparisons_from_plan(plan),
+                          spent_hours=lambda: spent_before + (time.time() - t0) / 3600,
+                          class_recall=A.recall_from_logits(lambda t: folder.read_logits(t) if
+                                                            folder.logits_path(t).exists() else None,
+                                                            splits.val_y, len(splits.classes)),
+                          classes=list(splits.classes))
+    elif (old_meta or {}).get("adaptive"):
+        meta["adaptive"] = old_meta["adaptive"]  # a later fixed run keeps the verdicts anytime-valid
 
-    # 2. Ray: connect, check resources, share the data once, run the pending trials
+    # 2. Ray: connect, check resources, share the data once, run the pending trials, then the adaptive rounds
     interrupted = False
     estimated_wall = 0.0
     slots = 0
-    if not pending:
+    ran: list[str] = []  # the trials this session ran
+    first = rounds.next() if rounds is not None and not pending else None
+    if not pending and (first is None or first.stop_reason):
+        if first is not None:
+            print(first.line(), flush=True)
         start_folder(folder, meta, splits, ledger)
     else:
         import ray
@@ -350,7 +438,8 @@ def run(args) -> int:
         connect(args)
         demand = None
         try:
-            res = cluster_resources(args, len(pending))
+            wanted = max(len(pending), len(A.compared_configs(rounds.comparisons)) if rounds else 0)
+            res = cluster_resources(args, wanted)
             slots = res.concurrency
             # the autoscaler hears of every trial to run before the first one starts, and the preflight waits
             # (at most --wait-for-resources) for a node that can run one, then checks CUDA / NCCL there
@@ -359,16 +448,42 @@ def run(args) -> int:
             if preflight.needed(res, bool(cluster_address(args))):
                 print(preflight.run(res, wait_seconds(args)), flush=True)
             start_folder(folder, meta, splits, ledger)
-            estimates = trial_estimates({tid: ledger.trials[tid] for tid in pending}, res, data_sizes(plan),
-                                        args.gpu_speed)
+            sizes = data_sizes(plan)
+            estimates = trial_estimates({tid: ledger.trials[tid] for tid in pending}, res, sizes, args.gpu_speed)
             estimated_wall = sum(estimates.values()) / res.concurrency
             progress = Progress(labels(plan), ledger.counts, Eta(estimates, res.concurrency), quiet=args.quiet,
                                 start=t0)
             progress.status(force=True)
             session = Session(ledger, collector, progress, args.retries)
             data_ref = ray.put({**splits.arrays(), "train_idx": splits.train_idx})  # the index keys augmentation
-            run_in_lineage_order(session, pending, res, {"ref": data_ref, "classes": list(splits.classes)},
-                                 storage, args.retries, args.verbose, demand, trackers.callbacks)
+            data = {"ref": data_ref, "classes": list(splits.classes)}
+
+            def run_trials(tids: list[str]) -> None:
+                ran.extend(tids)
+                run_in_lineage_order(session, tids, res, data, storage, args.retries, args.verbose, demand,
+                                     trackers.callbacks)
+
+            if pending:
+                run_trials(pending)
+            if rounds is not None:
+                seconds = trial_estimator(res, sizes, args.gpu_speed)
+                rounds.cost_hours = lambda p: A.config_hours(p, seconds, progress.eta.factor / res.concurrency / 3600)
+
+                def grew(new_plan: grids.Plan, new: list[str]) -> None:
+                    """A round's seeds joined the plan: run.json first (a resumed run finds them), then progress."""
+                    nonlocal estimated_wall
+                    meta.update(plan=new_plan.to_json(), trial_ids=sorted(new_plan.trials()),
+                                adaptive=rounds.record())
+                    folder.write_meta(meta)
+                    collector.parents.update(new_plan.parents().values())
+                    configs = new_plan.trials()
+                    est = {t: seconds(configs[t]) for t in new}
+                    estimated_wall += sum(est.values()) / res.concurrency
+                    names = labels(new_plan)
+                    progress.add({t: names[t] for t in new}, est)
+                    demand.update(len(new))
+
+                rounds.run(run_trials, progress.say, grew)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -379,18 +494,21 @@ def run(args) -> int:
             ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
 
     # 3. close the run and write the report
+    plan = ledger.plan
+    if rounds is not None:
+        meta.update(plan=plan.to_json(), trial_ids=sorted(plan.trials()), adaptive=rounds.record())
     if not ledger.pending():
         collector.prune_models(ledger.rows())
     wall = time.time() - t0
     session_times = {"started": now(), "wall_s": round(wall, 1), "estimated_wall_s": round(estimated_wall, 1),
-                     "trials_run": len(pending), "interrupted": interrupted}
-    if pending:
+                     "trials_run": len(ran), "interrupted": interrupted}
+    if ran:
         import pandas as pd
 
-        ran = set(pending)
+        ran_ids = set(ran)
         session_times["time"] = where_the_time_went(
-            pd.DataFrame([r for r in ledger.rows() if r["trial_id"] in ran]), wall, slots)
-    meta.update(updated=now(), finished=None if ledger.pending() else now(),
+            pd.DataFrame([r for r in ledger.rows() if r["trial_id"] in ran_ids]), wall, slots)
+    meta.update(updated=now(), finished=None if ledger.pending() or stopped_adding(rounds) else now(),
                 sessions=[*(old_meta or {}).get("sessions", []), session_times])
     folder.write_meta(meta)
     if not args.no_report:
@@ -403,10 +521,10 @@ def run(args) -> int:
     c = ledger.counts
     print(f"{c['finished']}/{len(ledger.trials)} done, {c['failed']} failed, {c['running'] + c['pending']} not run, "
           f"in {duration(wall)}")
-    if pending:
-        print(estimate_comparison(wall, estimated_wall, len(pending)))
+    if ran:
+        print(estimate_comparison(wall, estimated_wall, len(ran)))
     failed = ledger.with_status("failed")
-    if interrupted or ledger.with_status("pending", "running"):
+    if interrupted or ledger.with_status("pending", "running") or stopped_adding(rounds):
         print(f"{'interrupted' if interrupted else 'stopped'}: run the same command again to continue "
               f"({len(ledger.pending())} trials left; finished trials are kept)")
         return EXIT_INTERRUPTED
@@ -415,6 +533,11 @@ def run(args) -> int:
               f"same command again to retry them")
         return EXIT_FAILED_TRIALS
     return 0
+
+
+def stopped_adding(rounds: A.Rounds | None) -> bool:
+    """The adaptive rounds stopped before the planner did (interrupted, or a round's trials did not end)."""
+    return rounds is not None and (rounds.last is None or rounds.last.stop_reason is None)
 
 
 def wait_seconds(args) -> float:
@@ -444,9 +567,9 @@ def plan_in_folder(folder: RunFolder, plan: grids.Plan, fingerprint: str | None,
     grid, plan or data is refused; ``extend`` adds this plan's trials to the folder's), and the folder's meta."""
     schema = folder.id_schema()
     plan = plan.under_schema(schema)
-    old_meta = folder.check_usable(plan.grid, fingerprint, set(plan.trials()), extend)
-    if old_meta is not None and extend:
-        plan = _merge_plans(old_meta, plan).under_schema(schema)
+    old_meta = folder.check_usable(plan.grid, fingerprint, set(plan.trials()), extend, plan.memberships())
+    if old_meta is not None and (extend or set(old_meta.get("trial_ids", [])) != set(plan.trials())):
+        plan = _merge_plans(old_meta, plan)
     return plan, old_meta
 
 
@@ -490,18 +613,21 @@ def start_folder(folder: RunFolder, meta: dict, splits, ledger: Ledger) -> None:
 
 
 def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:
-    """--extend: keep the old plan's points and add the new ones."""
-    from pipeline.config import TrialConfig
+    """The folder's plan with this command's points added: --extend (another grid's trials), or the same grid
+    with other seeds (a later --seeds k, the seeds --until-decided added). Claims: this command's for its own
+    grid, else those of the grid the folder holds."""
+    from . import claims as C
 
-    old_points = []
-    for row in old_meta.get("plan", []):
-        cfg = TrialConfig.from_row(row)
-        old_points.append(grids.Point(row["level"], row["axis"], row["arm"], row["seed"], row["is_reference"], cfg,
-                                      competes=row.get("competes", True)))
-    seen = {(p.trial_id, p.level, p.axis, p.arm) for p in old_points}
-    new = [p for p in plan.points if (p.trial_id, p.level, p.axis, p.arm) not in seen]
-    return grids.Plan(grid=old_meta["grid"], spec=old_meta.get("grid_spec", {}), points=old_points + new,
-                      eval_axes=tuple(dict.fromkeys([*old_meta.get("eval_axes", []), *plan.eval_axes])))
+    claims = plan.claims
+    if old_meta.get("grid") != plan.grid:
+        try:
+            claims = tuple(C.parse((old_meta.get("grid_spec") or {}).get("claims")))
+        except C.ClaimError:
+            claims = ()
+    old = grids.Plan(grid=old_meta["grid"], spec=old_meta.get("grid_spec", {}),
+                     points=grids.points_from_rows(old_meta.get("plan", []), plan.schema),
+                     eval_axes=tuple(dict.fromkeys([*old_meta.get("eval_axes", []), *plan.eval_axes])), claims=claims)
+    return old.with_points(plan.points)
 
 
 def _interrupt(signum, frame):

@@ -11,6 +11,7 @@ exact McNemar test per seed is shown beside them.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,8 @@ from . import stats as S
 from .claims import Claim, arm_name
 from .rundata import RunData, normalise_trials
 from .stats import finite
-from .tablespec import (EMPTY, Col, Table, boot_ci, comparison_columns, fmt_value, number, p_value, pct, pct_text,
+from .tablespec import (EMPTY, Col, Table, adaptive_columns, boot_ci, comparison_columns, fmt_value, number, p_value,
+                        pct, pct_text,
                         per_seed, per_seed_diff, seed_values, text)
 
 N_BOOT = 10000
@@ -123,7 +125,9 @@ LEVEL_COLUMNS = [
 ]
 
 
-def level_table(run: RunData) -> Table:
+def level_table(run: RunData, adaptive=None) -> Table:
+    """Each level's best config (by validation). ``adaptive`` (an --until-decided run): a column with the
+    verdicts that involve the level's configs, by how their seeds stopped and the seeds they used."""
     rows = []
     for lv in run.levels:
         lrows = run.df[(run.df["level"] == lv) & run.df["competes"]]
@@ -152,6 +156,13 @@ def level_table(run: RunData) -> Table:
                                          for v in [[run.value(t, col) for t in tids]] if any(finite(x) for x in v)),
                                         math.nan)
         rows.append(row)
+    if adaptive is not None:
+        for row in rows:
+            configs = set(run.df[run.df["level"].astype(str) == row["level"]]["config_id"].astype(str))
+            row["adaptive_verdicts"] = adaptive.level_summary(configs)
+        return Table("levels", pd.DataFrame(rows),
+                     [*LEVEL_COLUMNS[:-1], Col("Verdicts around this level (anytime-valid): how their seeds stopped",
+                                               text("adaptive_verdicts")), LEVEL_COLUMNS[-1]])
     return Table("levels", pd.DataFrame(rows), LEVEL_COLUMNS)
 
 
@@ -199,8 +210,9 @@ def _reference_text(r) -> str:
 
 
 def ablation_table(run: RunData, axis: str, level: str | None = None, n_boot: int = N_BOOT,
-                   name: str | None = None) -> tuple[Table, str]:
-    """One axis: every arm's accuracy and its seed-and-image comparison with the axis's reference arm."""
+                   name: str | None = None, adaptive=None) -> tuple[Table, str]:
+    """One axis: every arm's accuracy and its seed-and-image comparison with the axis's reference arm.
+    ``adaptive`` (an --until-decided run): the anytime-valid verdicts, Holm over the whole study."""
     if level is None:
         level = str(run.df[run.df["axis"] == axis]["level"].iloc[0])
     is_eval = axis in run.eval_axes
@@ -227,15 +239,23 @@ def ablation_table(run: RunData, axis: str, level: str | None = None, n_boot: in
             row.update(compare(run, seeds, ref_seeds, a["mode"], ref["mode"], n_boot))
         rows.append(row)
     _with_verdicts(rows)
+    if adaptive is not None:
+        for r in rows:
+            if "p_both" in r:
+                adaptive.apply(r, f"{axis}/{r['arm']}")
     columns = [Col("Arm", lambda r: r["arm"] + (" (reference)" if r["is_reference"] else "")),
                Col("Changes vs reference", text("changes")),
                Col("Seeds", lambda r: f"{r['seeds']}" + (f" ({r['pending']})" if r.get("pending") else "")),
                Col("Val acc %", per_seed("val_acc")), Col("Test acc %", per_seed("test_acc"))]
     if reported:
         columns.append(Col("Write-up's test acc % (their single run)", pct("reported_test_acc", 2)))
-    columns += comparison_columns(reference_text=_reference_text)
+    if adaptive is not None:
+        columns += adaptive_columns(reference_text=_reference_text)
+    else:
+        columns += comparison_columns(reference_text=_reference_text)
     table = Table(name or f"ablation_{axis}", pd.DataFrame(rows), columns)
-    table.notes = [n for n in [mde_note([r for r in rows if "p_both" in r])] if n]
+    if adaptive is None:
+        table.notes = [n for n in [mde_note([r for r in rows if "p_both" in r])] if n]
     what = "; evaluation only: same trained models, TTA modes from stored logits" if is_eval else ""
     title = f"{axis} (around {level}{what})"
     return table, title
@@ -508,7 +528,25 @@ def measure_claim(run: RunData, claim: Claim, n_boot: int = N_BOOT, null: float 
     return compare(run, a, b, mode_a, mode_b, n_boot, null)
 
 
-def _measure_classes(run: RunData, claim: Claim, n_boot: int, null: float) -> dict[str, Any]:
+@dataclass
+class ClassClaimData:
+    """A class claim's measurements on test: per-seed differences of mean recalls, and the seeds' correct-image
+    arrays (seeds x images, None without stored logits) for the bootstrap."""
+
+    values: dict[int, float]
+    correct: np.ndarray | None
+    labels: np.ndarray | None
+    better: list[int]
+    worse: list[int]
+
+    def bootstrap(self, n_boot: int, null: float = 0.0) -> tuple[float, float, float, float] | None:
+        if self.correct is None:
+            return None
+        return S.class_group_bootstrap(self.correct, self.labels, self.better, self.worse, n_boot=n_boot,
+                                       seed=BOOT_SEED, confidence=CONFIDENCE, null=null)
+
+
+def class_claim_data(run: RunData, claim: Claim) -> ClassClaimData:
     cid = run.reference_config(claim.level)
     if cid is None:
         raise NotMeasured(f"level {claim.level} is not in this run")
@@ -525,15 +563,19 @@ def _measure_classes(run: RunData, claim: Claim, n_boot: int, null: float) -> di
     recall = {s: [run.value(t, col) if col else math.nan for col in cols] for s, t in seeds.items()}
     values = {s: float(np.mean([r[k] for k in better]) - np.mean([r[k] for k in worse]))
               for s, r in recall.items() if all(finite(r[k]) for k in (*better, *worse))}
-    boot = None
+    stacked = y = None
     if correct:
         y, stacked = run.labels["test"], np.stack(list(correct.values()))
         values = {**dict(zip(correct, S.class_group_values(stacked, y, better, worse).tolist())), **values}
-        boot = S.class_group_bootstrap(stacked, y, better, worse, n_boot=n_boot, seed=BOOT_SEED,
-                                       confidence=CONFIDENCE, null=null)
     if not values:
         raise NotMeasured("no per-class accuracies or stored test logits of its config")
-    return S.seed_image_test(values, boot, len(correct), (), null, CONFIDENCE)
+    return ClassClaimData(dict(sorted(values.items())), stacked, y, better, worse)
+
+
+def _measure_classes(run: RunData, claim: Claim, n_boot: int, null: float) -> dict[str, Any]:
+    data = class_claim_data(run, claim)
+    boot_seeds = 0 if data.correct is None else len(data.correct)
+    return S.seed_image_test(data.values, data.bootstrap(n_boot, null), boot_seeds, (), null, CONFIDENCE)
 
 
 CLAIM_VERDICTS = {"higher": "confirmed", "lower": "contradicted"}
@@ -544,10 +586,15 @@ CLAIM_COLUMNS = [Col("Claim", lambda r: f"{r['claim']}: {r['says']}"), Col("Sour
                  Col("p Holm", p_value("p_holm")), Col("Verdict", text("verdict"))]
 
 
-def claims_table(run: RunData, n_boot: int = N_BOOT) -> Table:
+ADAPTIVE_CLAIM_COLUMNS = [*CLAIM_COLUMNS[:3], *adaptive_columns("Δ, pp (over seeds)")]
+
+
+def claims_table(run: RunData, n_boot: int = N_BOOT, adaptive=None) -> Table:
     """Every claim of the grid with its measured difference and verdict: confirmed (significant in the claimed
     direction and beyond its margin), contradicted (significant the other way), inconclusive, or no verdict
-    (fewer than MIN_SEEDS seeds, or not measured). Holm over the claims that have a verdict."""
+    (fewer than MIN_SEEDS seeds, or not measured). Holm over the claims that have a verdict. ``adaptive``
+    (``adaptive_report.StudyVerdicts``, an --until-decided run): the verdicts of its anytime-valid procedure,
+    with the seeds each used."""
     rows, measured = [], []
     for c in run.claims:
         row: dict[str, Any] = {"claim": c.id, "says": c.says, "source": c.source, "kind": c.kind,
@@ -567,6 +614,10 @@ def claims_table(run: RunData, n_boot: int = N_BOOT) -> Table:
         if v == "confirmed" and r["null_pp"] == 0 and r["margin_pp"]:
             v = f"{S.INCONCLUSIVE} (higher, not beyond the {r['margin_pp']:g} pp margin)"
         r["verdict"] = v
+    if adaptive is not None:
+        for r in rows:
+            adaptive.apply(r, f"claim/{r['claim']}", claim=True)
+        return Table("claims", pd.DataFrame(rows), ADAPTIVE_CLAIM_COLUMNS)
     table = Table("claims", pd.DataFrame(rows), CLAIM_COLUMNS)
     table.notes = [n for n in [mde_note(measured)] if n]
     return table

@@ -146,6 +146,36 @@ def comparison_columns(diff_label: str = "Δ vs ref, pp (over seeds)",
             Col("Verdict", text("verdict"))]
 
 
+def confidence_sequence(r: Row) -> str:
+    """An adaptive verdict's 95% confidence sequence of the mean difference, in pp (open ends while no look
+    could exclude anything)."""
+    lo, hi = r.get("cs_lo"), r.get("cs_hi")
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return EMPTY
+    return f"[{pct_text(lo, signed=True) if finite(lo) else '-∞'}, {pct_text(hi, signed=True) if finite(hi) else '+∞'}]"
+
+
+def seeds_status(r: Row) -> str:
+    """'4: decided early': the seeds an adaptive verdict used and how its seeds stopped."""
+    if not finite(r.get("seeds_used")):
+        return EMPTY
+    return f"{int(r['seeds_used'])}: {r.get('status')}" if r.get("seeds_used") else str(r.get("status") or EMPTY)
+
+
+def adaptive_columns(diff_label: str = "Δ vs ref, pp (over seeds)",
+                     reference_text: Formatter | None = None) -> list["Col"]:
+    """The columns of a comparison judged by the anytime-valid procedure of an --until-decided run
+    (``ablations.adaptive_report``): the difference over its seeds, the confidence sequence, the one-sided
+    p-values of seeds and images, Holm over the whole study, the verdict, and its seeds and how they stopped."""
+    return [Col(diff_label, per_seed_diff(reference_text)),
+            Col("95% confidence sequence, pp", confidence_sequence),
+            Col("p seeds (anytime-valid)", p_value("p_seed_anytime")),
+            Col("p images (bootstrap)", p_value("p_image_one_sided")),
+            Col("p Holm (whole study)", p_value("p_holm")),
+            Col("Verdict", text("verdict")),
+            Col("Seeds: how they stopped", seeds_status)]
+
+
 # ---------------------------------------------------------------------------- the table
 
 
