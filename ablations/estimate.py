@@ -1,30 +1,52 @@
-"""Time estimates for ``--dry-run``, from measured per-model speeds.
+"""Time estimates for ``--dry-run`` and the ETA, from measured per-model speeds.
 
-CPU: per trial while two 1-thread trials share this project's 2-core AVX2 machine (fp32, channels_last), read
-off ``results/cpu/trials.parquet`` (``train_images_per_second``, ``eval_seconds``, ``s_fit``) where that grid
-has the case (EfficientNet-Lite0 at 64 px in every mode, ResNet-18 features, the small CNN at 32 px); the
-ResNet-50 entries are scaled from ResNet-18 by the models' relative cost (guesses). Time scales with pixels.
+CPU (``CPU_MODEL``): per trial while two 1-thread trials share this project's 2-core AVX2 machine (fp32,
+channels_last, evaluation in batches of 64). A model's forward images/s at a reference resolution and the share
+of that time in its stem and each stage (measured stage by stage, ``scripts``-free: time each part of
+``build_model(...)`` on a batch of 64) give the cost of every part of a trial; time scales with pixels. A
+trained image costs ``TRAIN_MULT`` times its forward pass in the stages that train (backward, optimizer,
+augmentation). Trials on cached prefix outputs (``pipeline.sources``) are modelled as they run: each cache entry
+(cut, split, view of ``pipeline.sources.trial_entries``) is computed once, by the first trial of the plan that
+needs it, and later trials of the run only train and evaluate the top. Checked against the cpu grid's trials
+(README, "Measured here"). The ResNet-50 entry is scaled from ResNet-18 by the models' relative cost (a guess).
 
 GPU: one NVIDIA H100 80GB, bf16 autocast, channels_last, batch 64, ``fit`` with strong augmentation, measured by
 ``python -m ablations.bench --device cuda`` (``results/bench/gpu/bench.json``, sections ``speed`` and
 ``packing``). At batch 64 a GPU is far from busy: small inputs are no faster than 224 px (kernel launches,
 not pixels, bound them), and k trials packed on one GPU (``--gpus-per-trial 1/k``) get ``PACKING_GAIN[k]``
 times one trial's throughput together, measured, not k times. Other GPUs: scale by their speed relative to
-an H100 (``--gpu-speed``).
+an H100 (``--gpu-speed``). The prefix cache is not modelled on GPUs (its cost model decides per trial there).
 """
 from __future__ import annotations
 
-from pipeline.augment import TTA_MODES
-from pipeline.config import TrialConfig, prefix_refusal
+from dataclasses import dataclass
 
-# backbone: (reference resolution, training images/s by mode, evaluation images/s); modes: "cached" (frozen,
-# head on cached features), "frozen" (frozen, features recomputed: augmentation), "partial" (top stages), "all"
-CPU_SPEED = {
-    "efficientnet_lite0": (64, {"cached": 40000.0, "frozen": 380.0, "partial": 215.0, "all": 108.0}, 165.0),
-    "resnet18": (64, {"cached": 40000.0, "frozen": 300.0, "partial": 140.0, "all": 80.0}, 190.0),  # eval measured
-    "resnet50": (64, {"cached": 40000.0, "frozen": 90.0, "partial": 40.0, "all": 25.0}, 60.0),  # guessed
-    "small_cnn": (32, {"cached": 40000.0, "frozen": 2000.0, "partial": 1000.0, "all": 565.0}, 1000.0),
+from pipeline.augment import TTA_MODES
+from pipeline.config import TrialConfig, prefix_refusal, stages_at
+from pipeline.models import prefix_cut
+
+
+@dataclass(frozen=True)
+class CpuModel:
+    resolution: int  # the reference resolution of the speeds
+    forward: float  # images/s through the whole model in eval mode, one 1-thread trial of two
+    shares: tuple[float, float, float, float, float]  # of the forward time: stem, stages 1-4 (head: negligible)
+    train_mult: float  # a trained image's cost over its forward pass (backward, optimizer, augmentation)
+
+    def prefix_share(self, cut: int | None) -> float:
+        return 0.0 if cut is None else sum(self.shares[:cut + 1])
+
+
+# Lite0 and ResNet-18 shares measured at 64 px, the small CNN's at 32 px (forward speeds from the cpu grids'
+# trials: frozen-feature and evaluation throughput; train_mult from their fine-tuned trials)
+CPU_MODEL = {
+    "efficientnet_lite0": CpuModel(64, 330.0, (0.025, 0.493, 0.101, 0.205, 0.175), 3.7),
+    "resnet18": CpuModel(64, 300.0, (0.074, 0.164, 0.133, 0.167, 0.461), 3.8),
+    "resnet50": CpuModel(64, 90.0, (0.074, 0.164, 0.133, 0.167, 0.461), 3.8),  # guessed from ResNet-18
+    "small_cnn": CpuModel(32, 3400.0, (0.001, 0.246, 0.278, 0.227, 0.248), 6.2),
 }
+# a trained image on cached prefix outputs: the gather and conversion of its row and the head, in forward passes
+CACHED_ROW_COST = 0.02
 
 # backbone: {resolution: (training images/s by mode, evaluation images/s)}, H100, measured (see above). "partial"
 # is train_stages 1, "partial2" 2 (used for 2..4 stages); evaluation from the warmed-up rows.
@@ -47,8 +69,8 @@ TRIAL_OVERHEAD_S = 16.0
 
 
 def _mode(cfg: TrialConfig) -> str:
-    """The speed class of a trial. Frozen-prefix caching of augmented views and of partly fine-tuned trials is not
-    modelled here: their first trial per view pays the full price, later ones less, so estimates lean long."""
+    """The GPU speed class of a trial: "cached" (frozen, no augmentation: the head trains on features computed
+    once), "frozen" (frozen, augmented), "partial" (top stages) or "all"."""
     if cfg.train_stages == "0":
         return "cached" if prefix_refusal(cfg) is None and cfg.augment == "none" else "frozen"
     return "all" if cfg.train_stages == "all" else "partial"
@@ -83,19 +105,55 @@ def _gpu_speeds(cfg: TrialConfig) -> tuple[float, float]:
 
 
 def trial_seconds(cfg: TrialConfig, n_train: int, n_val: int, n_test: int, gpu: bool,
-                  per_gpu: int = 1, gpu_speed: float = 1.0) -> float:
+                  per_gpu: int = 1, gpu_speed: float = 1.0, computed: set | None = None) -> float:
     """Seconds one trial takes: Ray's overhead, training, and evaluation (validation every epoch, then val and test
-    for each TTA view). On a GPU shared by ``per_gpu`` trials, each is slowed by per_gpu / gain(per_gpu)."""
+    for each TTA view). On a GPU shared by ``per_gpu`` trials, each is slowed by per_gpu / gain(per_gpu). On a CPU,
+    ``computed``: the prefix-cache entries earlier trials of the run computed (this trial adds its own)."""
     views = len(TTA_MODES[cfg.tta])
+    if not gpu:
+        return TRIAL_OVERHEAD_S + cpu_compute_seconds(cfg, {"train": n_train, "val": n_val, "test": n_test},
+                                                      set() if computed is None else computed)
     evaluated = n_val * cfg.epochs + (n_val + n_test) * views
     if _mode(cfg) == "cached":  # features once, the epochs are nearly free
         evaluated = n_train + (n_val + n_test) * views
-    if gpu:
-        train_speed, eval_speed = (s * gpu_speed for s in _gpu_speeds(cfg))
-        compute = n_train * cfg.epochs / train_speed + evaluated / eval_speed
-        per_gpu = max(1, per_gpu)
-        return TRIAL_OVERHEAD_S + compute * per_gpu / packing_gain(per_gpu)
-    ref_res, train_speed, eval_speed = CPU_SPEED[cfg.backbone]
-    scale = (cfg.resolution / ref_res) ** 2
-    compute = n_train * cfg.epochs * scale / train_speed[_mode(cfg)] + evaluated * scale / eval_speed
-    return TRIAL_OVERHEAD_S + compute
+    train_speed, eval_speed = (s * gpu_speed for s in _gpu_speeds(cfg))
+    compute = n_train * cfg.epochs / train_speed + evaluated / eval_speed
+    per_gpu = max(1, per_gpu)
+    return TRIAL_OVERHEAD_S + compute * per_gpu / packing_gain(per_gpu)
+
+
+def cpu_compute_seconds(cfg: TrialConfig, n: dict[str, int], computed: set) -> float:
+    """A trial's compute on a CPU (``CPU_MODEL``): on cached prefix outputs, the entries not in ``computed`` (then
+    added to it) through the prefix, and training and evaluation through the top; otherwise everything through
+    the whole model."""
+    from pipeline.sources import trial_entries
+
+    m = CPU_MODEL[cfg.backbone]
+    f = (cfg.resolution / m.resolution) ** 2 / m.forward  # seconds of one image's forward pass
+    evaluated = {"val": n["val"] * cfg.epochs + n["val"] * len(TTA_MODES[cfg.tta]),
+                 "test": n["test"] * len(TTA_MODES[cfg.tta])}
+    if prefix_refusal(cfg) is not None:
+        train = sum(n["train"] * f * (m.prefix_share(prefix_cut(stages_at(cfg, e))) + m.train_mult *
+                                      (1 - m.prefix_share(prefix_cut(stages_at(cfg, e))))) for e in range(cfg.epochs))
+        return train + (evaluated["val"] + evaluated["test"]) * f
+    identity = (cfg.backbone, cfg.pretrained, cfg.weights, None if cfg.pretrained else cfg.seed, cfg.resolution,
+                cfg.normalize)
+    fills = 0.0
+    for cut, split, view in sorted(trial_entries(cfg), key=str):
+        key = (*identity, cut, split, view)
+        if key not in computed:
+            computed.add(key)
+            fills += n[split] * f * m.prefix_share(cut)
+    train = sum(n["train"] * f * (m.train_mult * (1 - m.prefix_share(prefix_cut(stages_at(cfg, e)))) +
+                                  CACHED_ROW_COST) for e in range(cfg.epochs))
+    top = 1 - m.prefix_share(prefix_cut(cfg.train_stages))
+    return fills + train + (evaluated["val"] + evaluated["test"]) * f * (top + CACHED_ROW_COST)
+
+
+def plan_seconds(configs: dict[str, TrialConfig], n_train: int, n_val: int, n_test: int, gpu: bool,
+                 per_gpu: int = 1, gpu_speed: float = 1.0) -> dict[str, float]:
+    """Each trial's seconds (``trial_seconds``) in plan order: on a CPU, each prefix-cache entry is paid for by the
+    first trial that needs it."""
+    computed: set = set()
+    return {tid: trial_seconds(c, n_train, n_val, n_test, gpu, per_gpu, gpu_speed, computed)
+            for tid, c in configs.items()}

@@ -238,7 +238,7 @@ def _load(name_or_path: str, seen: tuple[str, ...], base_dir: Path | None = None
 def merge_specs(parent: dict, child: dict) -> dict:
     """``child`` on top of ``parent``: base keys and level ``set`` keys are updated one by one; axes,
     ensembles, reported texts and claims are replaced by name (a null value removes one; removing an axis
-    removes the claims about it); other keys replace."""
+    removes the claims and ensembles about it); other keys replace."""
     out = copy.deepcopy(parent)
     for key, value in child.items():
         if key == "base":
@@ -262,6 +262,9 @@ def merge_specs(parent: dict, child: dict) -> dict:
     if removed and out.get("claims"):
         out["claims"] = {k: v for k, v in _claims_mapping(out["claims"]).items()
                          if not (isinstance(v, dict) and v.get("axis") in removed)}
+    if removed and out.get("ensembles"):
+        out["ensembles"] = {k: v for k, v in out["ensembles"].items()
+                            if not (isinstance(v, dict) and v.get("axis") in removed)}
     return out
 
 

@@ -34,7 +34,7 @@ from .cluster import (DEFAULT_CLUSTER_WAIT_S, AutoscalerDemand, Resources, clust
                       head_memory_mib, local_resources, max_cluster_resources, plan_resources)
 from .collector import Collector
 from .config import parse_overrides
-from .estimate import trial_seconds
+from .estimate import plan_seconds, trial_seconds
 from .timing import where_the_time_went
 from .ledger import Ledger
 from .progress import Eta, Progress, duration, estimate_comparison, labels, quiet_ray
@@ -222,8 +222,8 @@ def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources, 
 
 
 def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0):
-    """config -> its estimated seconds (``ablations.estimate``): measured speeds, packed trials slowed by their
-    measured sharing of a GPU."""
+    """config -> its estimated seconds alone (``ablations.estimate.trial_seconds``: it pays for every prefix-cache
+    entry it reads, so a round of added seeds is costed on the safe side)."""
     gpu = res.device == "cuda"
     per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
     return lambda c: trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed)
@@ -231,9 +231,11 @@ def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu_speed: floa
 
 def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
                     gpu_speed: float = 1.0) -> dict[str, float]:
-    """Each trial's estimated seconds (``trial_estimator``)."""
-    seconds = trial_estimator(res, sizes, gpu_speed)
-    return {tid: seconds(c) for tid, c in configs.items()}
+    """Each trial's estimated seconds (``ablations.estimate.plan_seconds``): measured speeds, on CPUs the prefix
+    cache's entries paid for once, packed GPU trials slowed by their measured sharing of a GPU."""
+    gpu = res.device == "cuda"
+    per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
+    return plan_seconds(configs, *sizes, gpu, per_gpu, gpu_speed)
 
 
 def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0) -> str:

@@ -243,19 +243,19 @@ def _load_file(path: str) -> dict:
     return state
 
 
-def init_identity(cfg: TrialConfig) -> str:
-    """What a backbone's weights are before training, for cache keys: a weights file's content hash,
-    torchvision's weights name, or the seed of a random initialisation (``build_model`` runs under
-    ``torch.manual_seed(cfg.seed)``)."""
-    if cfg.init_from:  # the parent's trained weights, which differ per seed
-        return f"trained/{cfg.init_from}/seed{cfg.seed}"
-    if not cfg.pretrained:
-        return f"random-init/seed{cfg.seed}"
-    if cfg.weights:
-        return file_digest(cfg.weights)
-    if cfg.backbone == "efficientnet_lite0":
-        return file_digest(lite0_weights_path())
-    return f"torchvision/{cfg.backbone}/IMAGENET1K_V1"
+def weights_digest(module: nn.Module) -> str:
+    """What a module computes with, for cache keys: a hash of its parameters and buffers (names, shapes, dtypes
+    and values). Two trials whose frozen prefixes hold the same weights share entries whatever they started
+    from: a level trained from another level's model (``init_from``) shares them with a trial started from the
+    same ImageNet weights when its parent never trained those stages."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in module.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
 
 
 def build_backbone(cfg: TrialConfig) -> Backbone:

@@ -30,7 +30,7 @@ from . import augment as aug
 from . import views
 from .config import TrialConfig, effective_normalization, prefix_refusal, stages_at
 from .device import Precision
-from .models import Classifier, Prefix, Top, init_identity, prefix_cut
+from .models import Classifier, Prefix, Top, prefix_cut, weights_digest
 from .prefix_cache import BUDGET_ENV, PrefixCache
 
 SPLITS = ("train", "val", "test")
@@ -159,7 +159,7 @@ class CachedPrefix:
         self.prefix = Prefix(model, cut)
         self.module: torch.nn.Module = Top(model, cut)
         self.shape = prefix_shape(self.prefix, inputs, data)
-        self.base = key_base(cfg, precision, cache, cut)
+        self.base = key_base(cfg, precision, cache, cut, weights_digest(self.prefix))
         self.loaded: dict[tuple[str, str], torch.Tensor] = {}
         self.train_z: torch.Tensor | None = None
         self.train_view = ""
@@ -234,9 +234,10 @@ def prefix_shape(prefix: Prefix, inputs: Inputs, data: TrialData) -> tuple[int, 
         return tuple(prefix(inputs(blank)).shape[1:])
 
 
-def key_base(cfg: TrialConfig, precision: Precision, cache: PrefixCache, cut: int) -> dict:
-    """What determines every entry of a trial at one cut, besides its images and view."""
-    return {"format": PREFIX_FORMAT, "backbone": cfg.backbone, "init": init_identity(cfg),
+def key_base(cfg: TrialConfig, precision: Precision, cache: PrefixCache, cut: int, weights: str) -> dict:
+    """What determines every entry of a trial at one cut, besides its images and view (``weights``: the prefix's
+    ``weights_digest``)."""
+    return {"format": PREFIX_FORMAT, "backbone": cfg.backbone, "weights": weights,
             "resolution": cfg.resolution, "normalize": effective_normalization(cfg), "precision": str(precision.dtype),
             "channels_last": cfg.channels_last, "device": precision.device.type, "storage": cache.dtype.str,
             "cut": cut}

@@ -107,13 +107,20 @@ def test_builtin_grids_expand_and_per_level_grids_select_one_level():
         extra = [p for p in plan.points if p.level != lv]  # only the references a level starts from (init_from)
         assert {p.level for p in plan.points} - {lv} == ({"L3"} if lv == "L4" else set())
         assert all(p.axis == "reference" for p in extra) and set(plan.parents().values()) >= {p.trial_id for p in extra}
-    cpu = _plan("cpu")
+    cpu, extended = _plan("cpu"), _plan("cpu-extended")
+    # cpu: every level, the study's four design axes, the scratch CNN; 3 seeds, the full test set, 5,000 val
     assert {p.level for p in cpu.points} == {"L1", "L2", "L3", "L4"}
-    # every axis at least once, but the seed recipes, which need ResNet ImageNet weights (not offline)
-    assert {p.axis for p in cpu.points} >= {p.axis for p in _plan("full").points} - {"seed_recipes"}
-    refs = [p for p in cpu.points if p.axis == "reference"]
-    assert all(len({p.seed for p in refs if p.level == lv}) >= 2 for lv in ("L1", "L2", "L3", "L4"))
-    assert all(p.config.backbone in ("efficientnet_lite0", "resnet18", "small_cnn") for p in cpu.points)
+    assert {p.axis for p in cpu.points} == {"reference", "augment", "freeze_depth", "lr", "tta", "architecture"}
+    assert {p.seed for p in cpu.points} == {0, 1, 2}
+    assert cpu.data_settings() == {"train_per_class": 1000, "val_size": 5000, "test_per_class": 0, "split_seed": 0}
+    # equal budgets: every trained arm of cpu's wave 1 runs 4 epochs (L4 continues L3's model for 2 more)
+    assert {p.config.epochs for p in cpu.points if p.level != "L4"} == {4}
+    # cpu-extended: everything cpu runs, and every other axis of full but the seed recipes (ResNet ImageNet
+    # weights, not offline)
+    assert set(cpu.trials()) <= set(extended.trials())
+    assert {p.axis for p in extended.points} >= {p.axis for p in _plan("full").points} - {"seed_recipes"}
+    assert {c.id for c in extended.claims} == {c.id for c in _plan("full").claims}
+    assert all(p.config.backbone in ("efficientnet_lite0", "resnet18", "small_cnn") for p in extended.points)
 
 
 def test_user_grid_file_with_extends(tmp_path):
@@ -191,7 +198,15 @@ def test_dry_run_prints_counts_resources_and_estimate():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "grid cpu:" in out and "trials" in out and "resources:" in out and "estimated time" in out
-    for axis in ("freeze_depth", "loss", "tta", "head", "optimizer"):
+    for axis in ("freeze_depth", "augment", "lr", "tta", "architecture"):
         assert axis in out
     proc = run_cli("--grid", "full", "--dry-run", "--gpus-per-trial", "0.25", "--num-gpus", "1", "--num-cpus", "8")
     assert "0.25 GPU" in proc.stdout and "up to 4 trials at once" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_removing_an_axis_removes_its_claims_and_ensembles():
+    full, cpu = _plan("full"), _plan("cpu")
+    assert "loss_arms" in full.spec["ensembles"] and "loss_arms" not in cpu.spec["ensembles"]
+    assert {"label_smoothing_helps", "mixup_helps"} <= {c.id for c in full.claims}
+    assert not {"label_smoothing_helps", "mixup_helps", "fusion_head_helps"} & {c.id for c in cpu.claims}
+    assert "loss_arms" in _plan("cpu-extended").spec["ensembles"]  # declared again with its axis

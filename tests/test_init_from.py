@@ -80,3 +80,25 @@ def test_the_parent_runs_first_and_hands_over_its_weights(ray_cluster, mini_arch
     assert df.loc["L2", "val_acc"] == pytest.approx(df.loc["L1", "val_acc"], abs=0.02)  # from its weights
     # --keep-models none keeps no weights, except a parent's
     assert [f.stem for f in (tmp_path / "lineage" / "models").glob("*.pt")] == [df.loc["L1", "trial_id"]]
+
+
+def test_a_child_shares_prefix_outputs_with_a_trial_whose_frozen_stages_hold_the_same_weights(small_splits, tmp_path):
+    """Cache entries are keyed by the frozen prefix's weights, not by where a model started: a child whose parent
+    trained only the top stage has ImageNet weights below it, so at a deeper cut it reads what a trial started
+    from ImageNet computed; a parent that trained deeper stages gives a prefix of its own."""
+    from pipeline.prefix_cache import PrefixCache
+
+    base = TrialConfig(backbone="efficientnet_lite0", resolution=32, train_stages="1", augment="basic", epochs=1,
+                       batch_size=50, lr=1e-3, device="cpu", threads=2)
+    cache = PrefixCache(tmp_path / "cache")
+    parent = fit(base, small_splits, prefix_cache=cache)
+    sibling = fit(base.replace(train_stages="2", lr=3e-4), small_splits, prefix_cache=cache)  # from ImageNet
+    assert sibling.metrics["feature_cache_state"] == "miss"
+    child_cfg = base.replace(init_from=base.config_id, train_stages="2", lr=3e-4)
+    child = fit(child_cfg, small_splits, prefix_cache=cache, init_state=parent.state)
+    assert child.metrics["prefix_path"] == "cached" and child.metrics["feature_cache_state"] == "hit"
+    # a parent that fine-tuned stages 2-3 changes what a child with train_stages 1 computes below its cut (stage 2)
+    deep = fit(base.replace(train_stages="2"), small_splits, prefix_cache=cache)
+    child2 = fit(base.replace(init_from=base.replace(train_stages="2").config_id, train_stages="1"), small_splits,
+                 prefix_cache=cache, init_state=deep.state)
+    assert child2.metrics["feature_cache_state"] == "miss"  # its prefix holds the parent's trained stage 2

@@ -74,3 +74,22 @@ def test_packing_is_time_slicing_with_the_measured_gain():
     assert (packed - 16) / (alone - 16) == pytest.approx(4 / 2.64)
     # ResNet-18 at 224 px, 10 epochs on 45k images: about 450k / 6632 img/s of training on an H100
     assert 60 < alone < 120
+
+
+def test_cpu_estimates_pay_for_each_prefix_cache_entry_once():
+    from ablations.estimate import TRIAL_OVERHEAD_S, plan_seconds
+
+    l2 = TrialConfig(backbone="efficientnet_lite0", resolution=96, train_stages="1", epochs=4, augment="strong")
+    same_views = l2.replace(lr=3e-4)  # shares every entry of l2 (same seed, cut, views)
+    other_seed = l2.replace(seed=1)  # shares validation and test, not the training views
+    plain = l2.replace(mix="mixup")  # mixes pixels: the whole model every step
+    est = plan_seconds({"a": l2, "b": same_views, "c": other_seed, "d": plain}, 10000, 5000, 10000, gpu=False)
+    alone = trial_seconds(l2, 10000, 5000, 10000, gpu=False)
+    assert est["a"] == pytest.approx(alone)  # the first trial of the plan computes its entries
+    assert est["b"] < 0.6 * est["a"]  # a later one trains and evaluates the top only
+    assert est["b"] < est["c"] < est["a"]  # the training views of another seed are computed again
+    assert est["d"] > est["a"]  # the plain path recomputes the frozen stages every epoch
+    # measured for this trial (the cpu grid's pilot): 166 s computing its prefix outputs and 100 s training, on 2
+    # threads alone; a 1-thread trial of two takes about twice as long. The model is within a factor of 1.5.
+    measured = 2 * (166 + 100)
+    assert measured / 1.5 < est["a"] - TRIAL_OVERHEAD_S < measured * 1.5
