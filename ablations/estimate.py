@@ -1,66 +1,30 @@
-"""Time estimates for ``--dry-run`` and the ETA, from measured per-model speeds.
+"""Time estimates for ``--dry-run`` and the ETA, from measured per-model speeds (each backbone's entry in
+``pipeline.registry.BACKBONES``).
 
-CPU (``CPU_MODEL``): per trial while two 1-thread trials share this project's 2-core AVX2 machine (fp32,
-channels_last, evaluation in batches of 64). A model's forward images/s at a reference resolution and the share
-of that time in its stem and each stage (measured stage by stage, ``scripts``-free: time each part of
-``build_model(...)`` on a batch of 64) give the cost of every part of a trial; time scales with pixels. A
-trained image costs ``TRAIN_MULT`` times its forward pass in the stages that train (backward, optimizer,
-augmentation). Trials on cached prefix outputs (``pipeline.sources``) are modelled as they run: each cache entry
-(cut, split, view of ``pipeline.sources.trial_entries``) is computed once, by the first trial of the plan that
-needs it, and later trials of the run only train and evaluate the top. Checked against the cpu grid's trials
-(README, "Measured here"). The ResNet-50 entry is scaled from ResNet-18 by the models' relative cost (a guess).
+CPU (``cpu``): per trial while two 1-thread trials share this project's 2-core AVX2 machine (fp32, channels_last,
+evaluation in batches of 64). A model's forward images/s at a reference resolution and the share of that time in
+its stem and each stage (timed part by part on a batch of 64) give the cost of every part of a trial; time
+scales with pixels. A trained image costs ``train_mult`` times its forward pass in the stages that train
+(backward, optimizer, augmentation). Trials on cached prefix outputs (``pipeline.sources``) are modelled as they
+run: each cache entry (cut, split, view of ``pipeline.sources.trial_entries``) is computed once, by the first
+trial of the plan that needs it, and later trials only train and evaluate the top. Checked against the cpu
+grid's trials (README, "Measured here"); an entry's ``speed_note`` says where a speed is a guess.
 
-GPU: one NVIDIA H100 80GB, bf16 autocast, channels_last, batch 64, ``fit`` with strong augmentation, measured by
-``python -m ablations.bench --device cuda`` (``results/bench/gpu/bench.json``, sections ``speed`` and
-``packing``). At batch 64 a GPU is far from busy: small inputs are no faster than 224 px (kernel launches,
+GPU (``gpu``): one NVIDIA H100 80GB, bf16 autocast, channels_last, batch 64, ``fit`` with strong augmentation,
+measured by ``python -m ablations.bench --device cuda`` (``results/bench/gpu/bench.json``, sections ``speed``
+and ``packing``). At batch 64 a GPU is far from busy: small inputs are no faster than 224 px (kernel launches,
 not pixels, bound them), and k trials packed on one GPU (``--gpus-per-trial 1/k``) get ``PACKING_GAIN[k]``
 times one trial's throughput together, measured, not k times. Other GPUs: scale by their speed relative to
 an H100 (``--gpu-speed``). The prefix cache is not modelled on GPUs (its cost model decides per trial there).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pipeline.augment import TTA_MODES
 from pipeline.config import TrialConfig, prefix_refusal, stages_at
 from pipeline.models import prefix_cut
+from pipeline.registry import BACKBONES, TTA_MODES
 
-
-@dataclass(frozen=True)
-class CpuModel:
-    resolution: int  # the reference resolution of the speeds
-    forward: float  # images/s through the whole model in eval mode, one 1-thread trial of two
-    shares: tuple[float, float, float, float, float]  # of the forward time: stem, stages 1-4 (head: negligible)
-    train_mult: float  # a trained image's cost over its forward pass (backward, optimizer, augmentation)
-
-    def prefix_share(self, cut: int | None) -> float:
-        return 0.0 if cut is None else sum(self.shares[:cut + 1])
-
-
-# Lite0 and ResNet-18 shares measured at 64 px, the small CNN's at 32 px (forward speeds from the cpu grids'
-# trials: frozen-feature and evaluation throughput; train_mult from their fine-tuned trials)
-CPU_MODEL = {
-    "efficientnet_lite0": CpuModel(64, 330.0, (0.025, 0.493, 0.101, 0.205, 0.175), 3.7),
-    "resnet18": CpuModel(64, 300.0, (0.074, 0.164, 0.133, 0.167, 0.461), 3.8),
-    "resnet50": CpuModel(64, 90.0, (0.074, 0.164, 0.133, 0.167, 0.461), 3.8),  # guessed from ResNet-18
-    "small_cnn": CpuModel(32, 3400.0, (0.001, 0.246, 0.278, 0.227, 0.248), 6.2),
-}
 # a trained image on cached prefix outputs: the gather and conversion of its row and the head, in forward passes
 CACHED_ROW_COST = 0.02
-
-# backbone: {resolution: (training images/s by mode, evaluation images/s)}, H100, measured (see above). "partial"
-# is train_stages 1, "partial2" 2 (used for 2..4 stages); evaluation from the warmed-up rows.
-GPU_SPEED = {
-    "resnet18": {64: ({"frozen": 7456.0, "partial": 6467.0, "partial2": 6017.0, "all": 4035.0}, 121111.0),
-                 224: ({"frozen": 8353.0, "partial": 6632.0, "partial2": 6751.0, "all": 5037.0}, 32212.0)},
-    "resnet50": {224: ({"frozen": 7111.0, "partial": 4862.0, "partial2": 2932.0, "all": 2485.0}, 12455.0)},
-    "efficientnet_lite0": {96: ({"frozen": 5606.0, "partial": 3785.0, "partial2": 2669.0, "all": 1813.0}, 48434.0),
-                           224: ({"frozen": 5991.0, "partial": 3411.0, "partial2": 2178.0, "all": 1745.0}, 17023.0)},
-    "small_cnn": {32: ({"frozen": 6610.0, "partial": 6610.0, "partial2": 6610.0, "all": 6610.0}, 18748.0),
-                  # not measured: at 224 px (the seeds' setting) its convolutions cost ~0.74 GFLOP per image against
-                  # ResNet-18's 1.8, on activations as large as ResNet-18's; assumed as fast as ResNet-18 ("all")
-                  224: ({"frozen": 5037.0, "partial": 5037.0, "partial2": 5037.0, "all": 5037.0}, 32212.0)},
-}
 # k trials on one GPU: their throughput together, in units of one trial alone (ResNet-18 224 px, measured k=1,2,4)
 PACKING_GAIN = {1: 1.0, 2: 1.44, 4: 2.64}
 # Ray Train + Tune cost per trial besides training (process starts, imports), median in results/cpu with two
@@ -91,7 +55,7 @@ def packing_gain(per_gpu: int) -> float:
 def _gpu_speeds(cfg: TrialConfig) -> tuple[float, float]:
     """(training images/s, evaluation images/s) of one trial alone on an H100: the nearest measured resolution
     at or above the config's (smaller inputs are not faster: launch-bound), else the largest, scaled by pixels."""
-    table = GPU_SPEED[cfg.backbone]
+    table = BACKBONES[cfg.backbone].gpu
     above = [r for r in table if r >= cfg.resolution]
     ref = min(above) if above else max(table)
     train, evals = table[ref]
@@ -123,12 +87,12 @@ def trial_seconds(cfg: TrialConfig, n_train: int, n_val: int, n_test: int, gpu: 
 
 
 def cpu_compute_seconds(cfg: TrialConfig, n: dict[str, int], computed: set) -> float:
-    """A trial's compute on a CPU (``CPU_MODEL``): on cached prefix outputs, the entries not in ``computed`` (then
+    """A trial's compute on a CPU (its backbone's ``cpu`` speeds): on cached prefix outputs, the entries not in ``computed`` (then
     added to it) through the prefix, and training and evaluation through the top; otherwise everything through
     the whole model."""
     from pipeline.sources import trial_entries
 
-    m = CPU_MODEL[cfg.backbone]
+    m = BACKBONES[cfg.backbone].cpu
     f = (cfg.resolution / m.resolution) ** 2 / m.forward  # seconds of one image's forward pass
     evaluated = {"val": n["val"] * cfg.epochs + n["val"] * len(TTA_MODES[cfg.tta]),
                  "test": n["test"] * len(TTA_MODES[cfg.tta])}

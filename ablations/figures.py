@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.registry import TRAIN_STAGES
+
 from .results import atomic_write
 from .rundata import RunData, config_keys
 from .stats import MIN_SEEDS, finite
 from .tablespec import fmt_value, seed_values
 
 GRADCAM_PER_CLASS = 3
-ORDINAL = {"train_stages": ("0", "1", "2", "3", "4", "all")}
+ORDINAL = {"train_stages": TRAIN_STAGES}
 NUMERIC_KEYS = ("lr", "weight_decay", "dropout", "resolution", "epochs", "label_smoothing", "mix_alpha", "hidden",
                 "batch_size", "backbone_lr_mult", "freeze_epochs", "train_stages", "train_per_class")
 LOG_KEYS = ("lr", "weight_decay", "backbone_lr_mult")

@@ -34,7 +34,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.augment import TTA_MODES
+from pipeline.registry import TTA_MODES
 from pipeline.config import DATA_KEYS, ConfigError, TrialConfig, coerce, from_dict
 from pipeline.data import CIFAR10_CLASSES
 from pipeline.errors import UserError, one_line

@@ -265,7 +265,7 @@ GAIN_COLUMNS = comparison_columns("Gain, pp (over seeds)")
 
 
 def tta_table(run: RunData, n_boot: int = N_BOOT) -> Table:
-    from pipeline.augment import TTA_MODES
+    from pipeline.registry import TTA_MODES
 
     rows, seen = [], set()
     for lv in run.levels:

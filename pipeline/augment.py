@@ -15,22 +15,8 @@ import torch.nn.functional as F
 
 from .views import ViewParams
 
-NORMALIZATION = {
-    # ImageNet statistics (torchvision's ResNet weights)
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # TensorFlow EfficientNet-Lite reference scaling (x - 127) / 128 on 0..255 pixels
-    "tf": ((127 / 255,) * 3, (128 / 255,) * 3),
-    # CIFAR-10 training-set statistics (from-scratch models)
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
+from .registry import NORMALIZATION, TTA_MODES, TTA_VIEWS  # noqa: F401  (re-exported)
 
-# TTA: primitive views whose logits are stored, and the modes built from them (mean of probabilities)
-TTA_VIEWS = ("none", "flip", "shift_tl", "shift_tr", "shift_bl", "shift_br")
-TTA_MODES = {
-    "none": ("none",),
-    "flip": ("none", "flip"),
-    "flip_crops": TTA_VIEWS,
-}
 TTA_SHIFT = 2  # pixels at the native resolution
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Collection
 
+from . import registry as R
 from .errors import ConfigError  # noqa: F401  (re-exported)
 
 
@@ -106,16 +107,16 @@ EXECUTION_KEYS = frozenset(
 )
 DATA_KEYS = ("train_per_class", "val_size", "test_per_class", "split_seed")
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "backbone": ("efficientnet_lite0", "resnet18", "resnet50", "small_cnn"),
+CHOICES: dict[str, Collection[str]] = {  # the registered ones (pipeline.registry, live) and this module's own
+    "backbone": R.BACKBONES.keys(),
     "head": ("linear", "mlp", "fusion", "se"),
-    "train_stages": ("0", "1", "2", "3", "4", "all"),
-    "normalize": ("auto", "imagenet", "tf", "cifar"),
+    "train_stages": R.TRAIN_STAGES,
+    "normalize": ("auto", *R.NORMALIZATION),  # "auto": the backbone's own
     "optimizer": ("adam", "adamw", "sgd"),
     "schedule": ("constant", "cosine", "onecycle"),
-    "augment": ("none", "basic", "strong"),
+    "augment": R.AUGMENT_PRESETS.keys(),
     "mix": ("none", "mixup", "cutmix"),
-    "tta": ("none", "flip", "flip_crops"),
+    "tta": R.TTA_MODES.keys(),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "off", "bf16", "fp16"),
 }
@@ -166,8 +167,8 @@ def validate(cfg: TrialConfig) -> None:
     for f in fields(cfg):
         if f.name in FIELD_TYPES:  # a subclass's own keys are its own to check
             check_value(f.name, getattr(cfg, f.name))
-    if cfg.backbone == "small_cnn" and cfg.pretrained:
-        raise ConfigError("backbone=small_cnn has no pretrained weights: set pretrained=false")
+    if cfg.pretrained and not R.BACKBONES[cfg.backbone].weights:
+        raise ConfigError(f"backbone={cfg.backbone} has no pretrained weights: set pretrained=false")
     if cfg.freeze_epochs and cfg.freeze_epochs >= cfg.epochs:
         raise ConfigError(f"freeze_epochs={cfg.freeze_epochs} must be below epochs={cfg.epochs}")
     if cfg.freeze_epochs and cfg.train_stages == "0":
@@ -215,16 +216,12 @@ def from_dict(values: dict[str, Any], base: TrialConfig | None = None) -> TrialC
 
 
 def effective_normalization(cfg: TrialConfig) -> str:
-    """``normalize=auto``: what each backbone's weights were trained with. EfficientNet-Lite's TensorFlow
-    weights expect (x - 127) / 128 ('tf'); torchvision's ResNets ImageNet mean/std; models trained from
-    scratch CIFAR-10's own statistics."""
+    """``normalize=auto``: what each backbone's weights were trained with (its registry entry: EfficientNet-Lite's
+    TensorFlow weights expect (x - 127) / 128, 'tf'; torchvision's ResNets ImageNet mean/std); models trained
+    from scratch CIFAR-10's own statistics."""
     if cfg.normalize != "auto":
         return cfg.normalize
-    if cfg.backbone == "small_cnn" or not cfg.pretrained:
-        return "cifar"
-    if cfg.backbone == "efficientnet_lite0":
-        return "tf"
-    return "imagenet"
+    return R.BACKBONES[cfg.backbone].normalization if cfg.pretrained else "cifar"
 
 
 def prefix_refusal(cfg: TrialConfig) -> str | None:

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .config import TrialConfig
 from .errors import ModelError  # noqa: F401  (re-exported)
-from .ids import file_digest
+from .registry import BACKBONES
 
 
 class Backbone(nn.Module):
@@ -144,7 +144,7 @@ class Top(nn.Module):
 # ---------------------------------------------------------------- backbones
 
 
-def _resnet(name: str, pretrained: bool, weights_file: str) -> Backbone:
+def resnet(name: str, pretrained: bool, weights_file: str) -> Backbone:
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)
@@ -195,7 +195,7 @@ def lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _efficientnet_lite0(pretrained: bool, weights_file: str) -> Backbone:
+def efficientnet_lite0(name: str, pretrained: bool, weights_file: str) -> Backbone:
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # dynamic 'same' padding: any size
@@ -217,8 +217,8 @@ def _efficientnet_lite0(pretrained: bool, weights_file: str) -> Backbone:
     return Backbone(stem, stages, (c3, net._bn1.num_features))
 
 
-def _small_cnn() -> Backbone:
-    """The seeds' from-scratch CNN: four Conv-BN-ReLU-MaxPool blocks."""
+def small_cnn(name: str, pretrained: bool, weights_file: str) -> Backbone:
+    """The seeds' from-scratch CNN: four Conv-BN-ReLU-MaxPool blocks (no pretrained weights)."""
     widths = (32, 64, 128, 256)
     stages, c_in = [], 3
     for w in widths:
@@ -259,13 +259,10 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def build_backbone(cfg: TrialConfig) -> Backbone:
-    if cfg.backbone in ("resnet18", "resnet50"):
-        return _resnet(cfg.backbone, cfg.pretrained, cfg.weights)
-    if cfg.backbone == "efficientnet_lite0":
-        return _efficientnet_lite0(cfg.pretrained, cfg.weights)
-    if cfg.backbone == "small_cnn":
-        return _small_cnn()
-    raise ModelError(f"unknown backbone {cfg.backbone!r}")
+    """The backbone's builder from its registry entry (``pipeline.registry.BACKBONES``)."""
+    if cfg.backbone not in BACKBONES:
+        raise ModelError(f"unknown backbone {cfg.backbone!r}")
+    return BACKBONES[cfg.backbone].build(cfg.backbone, cfg.pretrained, cfg.weights)
 
 
 def build_model(cfg: TrialConfig, num_classes: int = 10) -> Classifier:

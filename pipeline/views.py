@@ -20,12 +20,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-# augment presets: the seeds' level-2 pipelines
-AUGMENT_PRESETS = {
-    "none": {},
-    "basic": {"pad": 4, "flip": True},  # RandomCrop(32, padding=4) + RandomHorizontalFlip
-    "strong": {"pad": 4, "flip": True, "rotate": 15.0, "jitter": (0.2, 0.2, 0.2, 0.05)},  # + rotation + ColorJitter
-}
+from .registry import AUGMENT_PRESETS  # noqa: F401  (re-exported)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

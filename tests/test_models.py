@@ -7,16 +7,17 @@ import torch
 
 from pipeline.config import TrialConfig
 from pipeline.models import ModelError, build_model, count_trainable, trained_state
+from pipeline.registry import BACKBONES, TRAIN_STAGES
 from pipeline.sources import Inputs
 
-STAGES = ("0", "1", "2", "3", "4", "all")
+STAGES = TRAIN_STAGES
 
 
 def _cfg(**kw) -> TrialConfig:
     return TrialConfig(**{"device": "cpu", **kw})
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18", "resnet50", "small_cnn"])
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_freeze_depth_counts(backbone):
     """'0' trains the head only; each further stage adds exactly that stage's parameters; 'all' adds the stem."""
     pretrained = backbone == "efficientnet_lite0"
@@ -126,3 +127,40 @@ def test_trained_state_holds_only_what_training_changes():
     state = trained_state(m, "1")
     assert all(k.startswith(("head.", "backbone.stages.3.")) for k in state)
     assert any(k.startswith("backbone.stages.3.") for k in state) and any(k.startswith("head.") for k in state)
+
+
+def tiny_backbone(name: str, pretrained: bool, weights_file: str):
+    """A backbone defined outside the project: four strided convolutions."""
+    import torch.nn as nn
+
+    from pipeline.models import Backbone
+
+    widths, stages, c_in = (8, 16, 24, 32), [], 3
+    for w in widths:
+        stages.append(nn.Sequential(nn.Conv2d(c_in, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()))
+        c_in = w
+    return Backbone(nn.Identity(), stages, (widths[2], widths[3]))
+
+
+def test_a_new_backbone_is_one_registry_entry(monkeypatch, small_splits):
+    """Registered once (pipeline.registry), a backbone is a valid config value, builds, normalizes, trains on the
+    prefix cache, gets a dry-run estimate and an offline-weights line from ablations.check."""
+    from ablations.check import check_weights
+    from ablations.estimate import plan_seconds
+    from pipeline import registry as R
+    from pipeline.config import ConfigError, effective_normalization
+    from pipeline.train import fit
+
+    with pytest.raises(ConfigError, match="backbone='tiny': must be one of"):
+        _cfg(backbone="tiny", pretrained=False)
+    speed = R.CpuSpeed(32, 5000.0, (0.0, 0.3, 0.3, 0.2, 0.2), 4.0)
+    entry = R.BackboneEntry("tests.test_models:tiny_backbone", "", "cifar", speed)
+    monkeypatch.setitem(R.BACKBONES, "tiny", entry)
+    c = _cfg(backbone="tiny", pretrained=False, resolution=32, train_stages="1", epochs=1, batch_size=50, threads=2)
+    with pytest.raises(ConfigError, match="backbone=tiny has no pretrained weights"):
+        _cfg(backbone="tiny", pretrained=True)
+    assert effective_normalization(c) == "cifar"
+    result = fit(c, small_splits)
+    assert result.metrics["prefix_path"] == "cached" and result.metrics["val_acc"] > 0
+    assert plan_seconds({"t": c}, 5000, 1000, 1000, gpu=False)["t"] > 0
+    assert check_weights(["tiny"]) == "offline: none"
