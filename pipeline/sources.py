@@ -141,6 +141,7 @@ class CacheStats:
     hit: int = 0
     waited: int = 0
     computed: int = 0
+    wait_seconds: float = 0.0  # waiting for another process computing an entry this trial reads
 
     def state(self) -> str:
         """The row's ``feature_cache_state``: hit (everything read), miss (everything computed), partial."""
@@ -201,8 +202,11 @@ class CachedPrefix:
         parts = {**self.base, "split": split, "images": self.data.digest(split), "view": view_key}
         key = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
         shape = (self.data.count(split), *self.shape)
+        t = time.perf_counter()
         entry = self.cache.get_or_compute(key, shape, lambda out: self._fill(out, split, draw, tta), parts)
         setattr(self.stats, entry.state, getattr(self.stats, entry.state) + 1)
+        if entry.state == "waited":
+            self.stats.wait_seconds += time.perf_counter() - t
         with warnings.catch_warnings():  # a read-only memory map; never written through
             warnings.simplefilter("ignore", UserWarning)
             z = torch.from_numpy(entry.array)

@@ -377,6 +377,7 @@ def _result(cfg: TrialConfig, model, data: TrialData, state: TrainState, logits,
         "feature_cache_state": sources.stats.state() if sources.plan.cached else "off",
         "prefix_hits": sources.stats.hit + sources.stats.waited,
         "prefix_computed": sources.stats.computed,
+        "prefix_wait_seconds": sources.stats.wait_seconds,  # part of prefix_seconds: another trial computed
         **sources.plan.metrics(),
         "resumed_from_epoch": start_epoch,
         "device_type": clock.device.type,

@@ -243,3 +243,22 @@ def test_the_committed_example_runs_carry_no_absolute_paths():
         assert meta["argv"][:3] == ["python", "-m", "ablations.run"]
         header = (run / "REPORT.md").read_text().split("## ", 1)[0]
         assert "`/" not in header, (run.name, header)
+
+
+def test_waiting_for_another_trials_prefix_is_not_counted_as_work():
+    from ablations.timing import USEFUL, where_the_time_went
+
+    rows = pd.DataFrame([
+        {"trial_id": "a", "status": "finished", "prefix_seconds": 100.0, "prefix_wait_seconds": 0.0,
+         "train_seconds": 50.0, "val_seconds": 10.0, "eval_seconds": 5.0},
+        {"trial_id": "b", "status": "finished", "prefix_seconds": 90.0, "prefix_wait_seconds": 90.0,
+         "train_seconds": 50.0, "val_seconds": 10.0, "eval_seconds": 5.0},
+        {"trial_id": "c", "status": "failed", "prefix_seconds": 500.0, "train_seconds": 500.0},
+    ])
+    t = where_the_time_went(rows, wall_s=200.0, slots=2)
+    parts = t["parts_s"]
+    assert parts["prefix computation (cache misses)"] == 100.0
+    assert parts["waiting for another trial's prefix computation"] == 90.0
+    assert sum(parts[k] for k in USEFUL) == 100.0 + 100.0 + 30.0
+    assert t["efficiency"] == pytest.approx(230.0 / 400.0)
+    assert sum(parts.values()) + t["other_s"] == pytest.approx(400.0)
