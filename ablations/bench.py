@@ -300,16 +300,48 @@ def bench_prefix_cache(per_class: int, epochs: int, val_size: int = 500, test_pe
 
 
 def empty_loop(loop_config: dict) -> None:
-    """A Ray Train worker that reports once: what a trial costs besides its training."""
+    """A Ray Train worker that reports once: what a trial costs besides its training. With ``timeline`` in the
+    config, it appends when it ran to that file (the trial's phases, ``overhead_phases``)."""
     import ray.train
 
-    ray.train.report({"kind": "empty", "t_loop": time.time()})
+    t = time.time()
+    _note(loop_config["config"], {"loop": t, "trainable": loop_config.get("t_trainable_start")})
+    ray.train.report({"kind": "empty", "t_loop": t})
+
+
+def _note(config: dict, times: dict) -> None:
+    path = config.get("timeline")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"seed": config["seed"], **times}) + "\n")
 
 
 def empty_trial(tune_config: dict, data: dict) -> None:
     from .trainable import run_trial
 
     run_trial(tune_config, data, loop=empty_loop)
+    _note(tune_config["trial"]["config"], {"returned": time.time()})
+
+
+def overhead_phases(timeline: Path, t_fit: float) -> dict[str, float]:
+    """Median seconds of each phase of sequential empty trials (concurrency 1), from their timeline: Tune
+    between one trial's end and the next trial's function starting (actor start, scheduling; the first trial
+    from ``t_fit``), the function starting its Train run until the worker runs the loop (controller, worker
+    group, backend set-up), and the loop's report until the function returns (hand-over, worker group
+    shut-down)."""
+    events: dict[int, dict] = {}
+    for line in timeline.read_text().splitlines():
+        e = json.loads(line)
+        events.setdefault(e.pop("seed"), {}).update({k: v for k, v in e.items() if v is not None})
+    rows = [events[k] for k in sorted(events)]
+    phases: dict[str, list[float]] = {"tune_to_trainable": [], "trainable_to_loop": [], "loop_to_returned": []}
+    end = t_fit
+    for r in sorted(rows, key=lambda r: r["trainable"]):
+        phases["tune_to_trainable"].append(r["trainable"] - end)
+        phases["trainable_to_loop"].append(r["loop"] - r["trainable"])
+        phases["loop_to_returned"].append(r["returned"] - r["loop"])
+        end = r["returned"]
+    return {k: float(np.median(v)) for k, v in phases.items()}
 
 
 def empty_trial_stock(tune_config: dict, data: dict) -> None:
@@ -341,13 +373,19 @@ def bench_overhead(n_trials: int) -> dict:
         try:
             cpus = int(ray.cluster_resources()["CPU"])
             with tempfile.TemporaryDirectory() as storage:
+                timeline = Path(storage) / "timeline.jsonl"
                 for conc in (1, cpus):
                     trials = [R.trial_spec(f"empty{conc}-{i}", TrialConfig(seed=i), res, storage, 0)
                               for i in range(n_trials)]
-                    t = time.perf_counter()
+                    if conc == 1 and name == "ours":
+                        for t in trials:
+                            t["config"]["timeline"] = str(timeline)
+                    t, t_wall = time.perf_counter(), time.time()
                     R.make_tuner(trainable, {}, trials, conc, storage, [], reuse_actors=reuse).fit()
                     out.setdefault(name, {})[f"seconds_per_trial_concurrency_{conc}"] = \
                         (time.perf_counter() - t) / n_trials
+                    if conc == 1 and name == "ours":
+                        out["phases_ours_concurrency_1"] = overhead_phases(timeline, t_wall)
         finally:
             ray.shutdown()
     out["cpus"] = cpus
@@ -743,6 +781,13 @@ def markdown(report: dict) -> str:
             lines.append(f"| {k.replace('_', ' ')} | {v['seconds_per_trial_concurrency_1']:.1f} | {v[conc_key]:.1f} |")
         r = o["ratio_ours_vs_defaults"]
         lines += ["", "Ratio ours / defaults: " + ", ".join(f"{k.split('_')[-1]} at once {v:.2f}x" for k, v in r.items()), ""]
+        if "phases_ours_concurrency_1" in o:
+            ph = o["phases_ours_concurrency_1"]
+            lines += ["Where an empty trial's time goes (ours, one at a time, medians): Tune between trials (trial "
+                      f"actor, scheduling) {ph['tune_to_trainable']:.1f} s; the function's Train run until the worker "
+                      f"runs the loop (Train controller, worker group, backend) {ph['trainable_to_loop']:.1f} s; the "
+                      f"loop's report until the function returns (hand-over, worker shut-down) "
+                      f"{ph['loop_to_returned']:.1f} s.", ""]
     if "head_memory" in report:
         hm = report["head_memory"]
         lines += ["## Head-node memory per concurrent trial", "",
