@@ -14,6 +14,7 @@ Top to bottom:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -190,8 +191,13 @@ def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, g
     (every compared config at --max-seeds) with its estimated time."""
     comps = Q.comparisons_from_plan(plan)
     planned = A.planned_seeds(plan)
-    hours = A.config_hours(plan, trial_estimator(res, data_sizes(plan), gpu_speed), 1 / res.concurrency / 3600)
-    worst = Q.worst_case(comps, planned, settings.max_seeds, hours)
+    worst = Q.worst_case(comps, planned, settings.max_seeds)
+    # its added time: the whole worst-case plan's estimate less the planned one's (on CPUs, prefix-cache entries
+    # the added seeds share are paid once, as in the dry run's own estimate line)
+    sizes = data_sizes(plan)
+    added_s = (sum(trial_estimates(A.worst_case_plan(plan, comps, settings.max_seeds).trials(), res, sizes,
+                                   gpu_speed).values()) - sum(trial_estimates(plan.trials(), res, sizes, gpu_speed).values()))
+    worst = dataclasses.replace(worst, hours=max(added_s, 0.0) / res.concurrency / 3600)
     family = 2 * max(len(comps), 1)
     earliest = next((n for n in range(2, settings.max_seeds + 1)
                      if math.isfinite(settings.procedure.critical_t(n, settings.alpha / family))), None)
