@@ -232,7 +232,7 @@ def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu_speed: floa
     entry it reads, so a round of added seeds is costed on the safe side)."""
     gpu = res.device == "cuda"
     per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
-    return lambda c: trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed)
+    return lambda c: trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed, None, res.cpus)
 
 
 def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
@@ -241,7 +241,7 @@ def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, i
     cache's entries paid for once, packed GPU trials slowed by their measured sharing of a GPU."""
     gpu = res.device == "cuda"
     per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
-    return plan_seconds(configs, *sizes, gpu, per_gpu, gpu_speed)
+    return plan_seconds(configs, *sizes, gpu, per_gpu, gpu_speed, res.cpus)
 
 
 def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0) -> str:
@@ -273,7 +273,8 @@ def run_in_lineage_order(session: Session, pending: list[str], res: Resources, d
                          trackers=list) -> None:
     """Run the pending trials in waves: a trial that starts from another's trained model (``init_from``) runs
     in a wave after its parent finished, and gets the parent's weights (read from the results folder, where
-    they are always kept) through the object store. A trial whose parent failed fails with that reason.
+    they are always kept) through the object store. A trial whose parent failed fails with that reason; after an
+    interrupted wave, the later ones stay pending.
     ``trackers()`` makes each wave's tracker callbacks (a Tuner pickles its callbacks; used ones hold open files)."""
     import ray
     import torch
@@ -286,7 +287,8 @@ def run_in_lineage_order(session: Session, pending: list[str], res: Resources, d
         waiting = [t for t in remaining if t not in ready]
         if not ready:
             for t in waiting:
-                session.failed(t, f"its parent trial {parents[t]} (init_from) did not finish")
+                if ledger.status(parents[t]) == "failed":
+                    session.failed(t, f"its parent trial {parents[t]} (init_from) failed")
             return
         refs: dict[str, Any] = {}
         for p in dict.fromkeys(parents[t] for t in ready if t in parents):
@@ -301,6 +303,8 @@ def run_in_lineage_order(session: Session, pending: list[str], res: Resources, d
             print(f"init_from: {len(ready)} trials now, {len(waiting)} after their parents", flush=True)
         run_tune(session, ready, res, data, storage, retries, verbose, demand, trackers(),
                  inits={t: refs[parents[t]] for t in ready if t in parents})
+        if any(ledger.status(t) not in ("finished", "failed") for t in ready):
+            return  # Tune stopped early (Ctrl-C, SIGTERM): later waves stay pending for the next run
         remaining = waiting
 
 
