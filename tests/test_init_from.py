@@ -102,3 +102,31 @@ def test_a_child_shares_prefix_outputs_with_a_trial_whose_frozen_stages_hold_the
     child2 = fit(base.replace(init_from=base.replace(train_stages="2").config_id, train_stages="1"), small_splits,
                  prefix_cache=cache, init_state=deep.state)
     assert child2.metrics["feature_cache_state"] == "miss"  # its prefix holds the parent's trained stage 2
+
+
+@pytest.mark.ray
+def test_ctrl_c_during_the_parents_wave_leaves_the_children_pending(ray_cluster, mini_archive, tmp_path):
+    """Interrupted while the parent trains, the run stops with its children not run (pending, not failed), and the
+    same command then runs both."""
+    import signal
+
+    from .test_reliability import read_trials, start_cli, wait_for
+
+    args = ["--grid", str(GRIDS / "lineage.yaml"), "--data", str(mini_archive), "--results", str(tmp_path),
+            "--address", ray_cluster.address, "--keep-models", "none", "--no-report", "--log", "none"]
+    folder = tmp_path / "lineage"
+    proc = start_cli(*args)
+
+    def parent_running():
+        df = read_trials(folder)
+        return df if df is not None and (df[df.level == "L1"].status == "running").any() else None
+
+    wait_for(parent_running, 300, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 130, out[-3000:]
+    df = pd.read_parquet(folder / "trials.parquet").set_index("level")
+    assert df.loc["L2", "status"] == "pending", df[["status", "error"]]
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert (pd.read_parquet(folder / "trials.parquet").status == "finished").all()
