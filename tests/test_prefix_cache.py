@@ -248,9 +248,12 @@ def test_bench_prefix_cache_section_runs_quick(tmp_path):
     import subprocess
     import sys
 
+    from .conftest import SUBSET
+
     repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ABLATIONS_DATA": str(SUBSET)}  # the shipped subset: runs without the whole data set
     proc = subprocess.run([sys.executable, "-m", "ablations.bench", "--quick", "--only", "prefix_cache", "--out",
-                           str(tmp_path)], cwd=repo, capture_output=True, text=True)
+                           str(tmp_path)], cwd=repo, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pc = json.loads((tmp_path / "bench.json").read_text())["prefix_cache"]
     assert (pc["plain"]["path"], pc["cold_cache"]["path"], pc["warm_cache"]["path"]) == ("plain", "cached", "cached")
