@@ -98,20 +98,19 @@ def cpu_compute_seconds(cfg: TrialConfig, n: dict[str, int], computed: set) -> f
     f = (cfg.resolution / m.resolution) ** 2 / m.forward  # seconds of one image's forward pass
     evaluated = {"val": n["val"] * cfg.epochs + n["val"] * len(TTA_MODES[cfg.tta]),
                  "test": n["test"] * len(TTA_MODES[cfg.tta])}
+    frozen = [m.prefix_share(prefix_cut(stages_at(cfg, e))) for e in range(cfg.epochs)]  # per epoch
     if prefix_refusal(cfg) is not None:
-        train = sum(n["train"] * f * (m.prefix_share(prefix_cut(stages_at(cfg, e))) + m.train_mult *
-                                      (1 - m.prefix_share(prefix_cut(stages_at(cfg, e))))) for e in range(cfg.epochs))
+        train = sum(n["train"] * f * (p + m.train_mult * (1 - p)) for p in frozen)
         return train + (evaluated["val"] + evaluated["test"]) * f
     identity = (cfg.backbone, cfg.pretrained, cfg.weights, None if cfg.pretrained else cfg.seed, cfg.resolution,
                 cfg.normalize)
     fills = 0.0
-    for cut, split, view in sorted(trial_entries(cfg), key=str):
+    for cut, split, view in trial_entries(cfg):
         key = (*identity, cut, split, view)
         if key not in computed:
             computed.add(key)
             fills += n[split] * f * m.prefix_share(cut)
-    train = sum(n["train"] * f * (m.train_mult * (1 - m.prefix_share(prefix_cut(stages_at(cfg, e)))) +
-                                  CACHED_ROW_COST) for e in range(cfg.epochs))
+    train = sum(n["train"] * f * (m.train_mult * (1 - p) + CACHED_ROW_COST) for p in frozen)
     top = 1 - m.prefix_share(prefix_cut(cfg.train_stages))
     return fills + train + (evaluated["val"] + evaluated["test"]) * f * (top + CACHED_ROW_COST)
 
