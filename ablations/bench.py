@@ -27,7 +27,8 @@ the run affects both, and reports medians and the ratio ours / notebook:
    equal power, with two figures (PNG) in the output folder. Use its own ``--out`` (e.g.
    ``--only sequential --out results/bench/sequential``): a run writes only the sections it ran.
 
-Results go to ``results/bench/bench.json`` and ``results/bench/BENCH.md`` with a description of the machine.
+Results go to ``results/bench/bench.json`` and ``results/bench/BENCH.md`` with a description of the machine (the
+committed measurements are in ``examples/bench``: ``--out examples/bench``).
 ``--quick`` shrinks every measurement (for tests); ``--only`` picks sections.
 """
 from __future__ import annotations

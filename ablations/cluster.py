@@ -36,7 +36,7 @@ DEFAULT_CLUSTER_WAIT_S = 1200.0
 
 # Head-node memory one concurrent trial holds: its Tune trial actor and its Ray Train controller, both pinned
 # to the head, neither importing torch (``python -m ablations.bench --only head_memory``: 241-252 MiB PSS per
-# trial with 2 and 8 at once; results/bench/BENCH.md).
+# trial with 2 and 8 at once; examples/bench/BENCH.md).
 HEAD_MIB_PER_TRIAL = 260.0
 # Share of the head node's memory that trial actors and controllers may take (the rest: GCS, dashboard,
 # the driver, the object store's pinned data).

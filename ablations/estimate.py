@@ -11,7 +11,7 @@ trial of the plan that needs it, and later trials only train and evaluate the to
 grid's trials (README, "Measured here"); an entry's ``speed_note`` says where a speed is a guess.
 
 GPU (``gpu``): one NVIDIA H100 80GB, bf16 autocast, channels_last, batch 64, ``fit`` with strong augmentation,
-measured by ``python -m ablations.bench --device cuda`` (``results/bench/gpu/bench.json``, sections ``speed``
+measured by ``python -m ablations.bench --device cuda`` (``examples/bench/gpu/bench.json``, sections ``speed``
 and ``packing``). At batch 64 a GPU is far from busy: small inputs are no faster than 224 px (kernel launches,
 not pixels, bound them), and k trials packed on one GPU (``--gpus-per-trial 1/k``) get ``PACKING_GAIN[k]``
 times one trial's throughput together, measured, not k times. Other GPUs: scale by their speed relative to
@@ -27,8 +27,8 @@ from pipeline.registry import BACKBONES, TTA_MODES
 CACHED_ROW_COST = 0.02
 # k trials on one GPU: their throughput together, in units of one trial alone (ResNet-18 224 px, measured k=1,2,4)
 PACKING_GAIN = {1: 1.0, 2: 1.44, 4: 2.64}
-# Ray Train + Tune cost per trial besides training (process starts, imports), median in results/cpu with two
-# trials sharing the 2 cores; an empty trial alone costs 7.4 s (results/bench/BENCH.md), so estimates lean long
+# Ray Train + Tune cost per trial besides training (process starts, imports), median in examples/cpu with two
+# trials sharing the 2 cores; an empty trial alone costs 7.4 s (examples/bench/BENCH.md), so estimates lean long
 TRIAL_OVERHEAD_S = 16.0
 
 

@@ -20,6 +20,7 @@ ORDINAL = {"train_stages": TRAIN_STAGES}
 NUMERIC_KEYS = ("lr", "weight_decay", "dropout", "resolution", "epochs", "label_smoothing", "mix_alpha", "hidden",
                 "batch_size", "backbone_lr_mult", "freeze_epochs", "train_stages", "train_per_class")
 LOG_KEYS = ("lr", "weight_decay", "backbone_lr_mult")
+GRADCAM_COLORS = 192  # palette size of the Grad-CAM grids
 
 
 # ============================================================================ figures
@@ -31,8 +32,20 @@ def _figure(w: float, h: float):
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
 
-def _save_fig(fig, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+def _save_fig(fig, path: Path, dpi: int = 110, colors: int = 0) -> None:
+    """Save as PNG; ``colors``: quantize to a palette of that many colours (photographic figures such as Grad-CAM
+    grids shrink about 5x, to ~200 KB, and are committed with every worked example)."""
+    if not colors:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+        return
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    image = Image.open(buf).convert("RGB").quantize(colors=colors, method=Image.Quantize.FASTOCTREE)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", optimize=True))
 
 
 def fig_learning_curves(run: RunData, path: Path) -> bool:
@@ -304,5 +317,5 @@ def fig_gradcam(run: RunData, level: str, images, path: Path,
     fig.suptitle(f"Grad-CAM, {run.config_name(level, cid)} (trial {tid}, seed "
                  f"{next(s for s, t in seeds.items() if t == tid)})\n{cfg.resolution} px input, "
                  f"{cam_h}x{cam_w} map of the {stage}, upsampled; titles: predicted class", fontsize=9)
-    _save_fig(fig, path)
+    _save_fig(fig, path, dpi=90, colors=GRADCAM_COLORS)
     return tid, agree, len(idx)

@@ -88,9 +88,23 @@ def environment() -> dict[str, Any]:
 
         if torch.cuda.is_available():
             machine["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            machine["cuda_build"] = torch.version.cuda
+            machine["gpu_driver"] = _nvidia_driver()
     except Exception:
         pass
     return {"versions": versions, "machine": machine}
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver's version as nvidia-smi prints it, or None where it cannot be asked."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 class RunFolder:

@@ -173,6 +173,24 @@ def _iter_imagefolder(path: Path):
         raise DataError(f"{path}: not a readable tar archive ({one_line(e)})") from None
 
 
+def write_subset(src: str | Path, dest: str | Path, train_per_class: int, test_per_class: int) -> Path:
+    """A ``.tar.gz`` in ImageFolder layout holding the first N images per class of each split of ``src`` (an
+    ImageFolder archive), copied byte for byte; 0 keeps every image of that split."""
+    counts: dict[tuple[str, str], int] = {}
+    limit = {"train": train_per_class, "test": test_per_class}
+    with tarfile.open(src, "r:*") as tin, tarfile.open(dest, "w:gz") as tout:
+        for m in tin:
+            parts = Path(m.name).parts
+            if not m.isfile() or len(parts) < 3 or parts[-3] not in limit:
+                continue
+            key = (parts[-3], parts[-2])
+            if limit[parts[-3]] and counts.get(key, 0) >= limit[parts[-3]]:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            tout.addfile(m, tin.extractfile(m))
+    return Path(dest)
+
+
 def _decode_imagefolder(path: Path):
     images: dict[str, dict[str, list[np.ndarray]]] = {"train": {}, "test": {}}
     shape = None

@@ -70,7 +70,7 @@ _RESNET18_GPU: GpuSpeed = {
 
 # CPU shares measured stage by stage on a batch of 64 (Lite0 and ResNet-18 at 64 px, the small CNN at 32 px);
 # forward speeds and train_mult from the cpu grids' trials. GPU speeds: ``python -m ablations.bench --device cuda``
-# on one H100 (results/bench/gpu/bench.json, sections speed and packing).
+# on one H100 (examples/bench/gpu/bench.json, sections speed and packing).
 BACKBONES: dict[str, BackboneEntry] = {
     "efficientnet_lite0": BackboneEntry(
         "pipeline.models:efficientnet_lite0", "pypi", "tf",  # TF reference scaling (x - 127) / 128

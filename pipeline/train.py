@@ -360,6 +360,14 @@ def _train_and_evaluate(cfg: TrialConfig, model, data: TrialData, sources: Sourc
     return _result(cfg, model, data, state, logits, sources, clock, start_epoch)
 
 
+def device_facts(device: torch.device) -> dict:
+    """The GPU a trial ran on (its model name and the most memory this process allocated on it), or the CPU."""
+    if device.type != "cuda":
+        return {"device_name": "cpu", "gpu_peak_mib": float("nan")}
+    return {"device_name": torch.cuda.get_device_name(device),
+            "gpu_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
 def _result(cfg: TrialConfig, model, data: TrialData, state: TrainState, logits, sources: Sources, clock: Clock,
             start_epoch: int) -> TrialResult:
     labels = {"val": data.host["val_y"], "test": data.host["test_y"]}
@@ -381,6 +389,7 @@ def _result(cfg: TrialConfig, model, data: TrialData, state: TrainState, logits,
         **sources.plan.metrics(),
         "resumed_from_epoch": start_epoch,
         "device_type": clock.device.type,
+        **device_facts(clock.device),
         "amp_dtype": str(Precision(cfg, clock.device).dtype or "off").replace("torch.", ""),  # autocast as it ran
         "compiled": bool(cfg.compile),
         "world_size": world()[1],  # torch.distributed's, so a process group that was not set up shows as 1

@@ -3,7 +3,7 @@
 # From the repository root, with the EfficientNet-Lite0 wheels in .whl/ and the CIFAR-10 archive in .devdata/
 # (both git-ignored; see README "Measured on a GPU"). Writes bench.json, BENCH.md and the log to $OUT.
 set -uo pipefail
-OUT=${OUT:-results/bench/gpu}
+OUT=${OUT:-examples/bench/gpu}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD ABLATIONS_DATA=$PWD/.devdata/cifar10-jpg.tar.gz ABLATIONS_CACHE=/tmp/abl-cache

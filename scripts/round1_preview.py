@@ -3,7 +3,7 @@ validation numbers (never test), for the default mixture (cap 10) and the repeat
 copy of the folder (it needs the run's logits and labels.npz, which stay on the machine that ran it); changes
 nothing.
 
-    python scripts/round1_preview.py results/cpu
+    python scripts/round1_preview.py examples/cpu
 """
 from __future__ import annotations
 

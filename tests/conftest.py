@@ -11,7 +11,6 @@ images are decoded once per machine, not once per test session.
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -60,19 +59,7 @@ def small_splits(subset) -> D.Splits:
 
 def make_mini_archive(src: Path, dest: Path, train_per_class: int, test_per_class: int) -> Path:
     """A tar.gz in ImageFolder layout holding the first N real images per class of ``src``."""
-    counts: dict[tuple[str, str], int] = {}
-    limit = {"train": train_per_class, "test": test_per_class}
-    with tarfile.open(src, "r:*") as tin, tarfile.open(dest, "w:gz") as tout:
-        for m in tin:
-            parts = Path(m.name).parts
-            if not m.isfile() or len(parts) < 3 or parts[-3] not in limit:
-                continue
-            key = (parts[-3], parts[-2])
-            if counts.get(key, 0) >= limit[parts[-3]]:
-                continue
-            counts[key] = counts.get(key, 0) + 1
-            tout.addfile(m, tin.extractfile(m))
-    return dest
+    return D.write_subset(src, dest, train_per_class, test_per_class)
 
 
 @pytest.fixture(scope="session")

@@ -331,7 +331,7 @@ def test_latex_tables_carry_the_csv_numbers(verdict_run):
 # ----------------------------------------------------------------------------- the committed examples
 
 
-@pytest.mark.parametrize("example, seeds", [("results/smoke", 1), ("tests/data/schema1/cpu", 2)])
+@pytest.mark.parametrize("example, seeds", [("examples/smoke", 1), ("tests/data/schema1/cpu", 2)])
 def test_committed_examples_show_per_seed_values_and_no_verdicts(tmp_path, example, seeds):
     run = tmp_path / "run"
     shutil.copytree(REPO / example, run)

@@ -234,7 +234,7 @@ def test_portable_paths_are_relative_and_resolve_back(tmp_path):
 def test_the_committed_example_runs_carry_no_absolute_paths():
     from .conftest import REPO
 
-    runs = [p.parent for p in sorted((REPO / "results").glob("*/run.json"))]
+    runs = [p.parent for p in sorted((REPO / "examples").glob("**/run.json"))]
     assert runs
     for run in runs:
         meta = json.loads((run / "run.json").read_text())

@@ -130,7 +130,7 @@ def test_a_weights_file_counts_by_content(tmp_path):
 
 
 def test_schema_1_ids_are_the_ones_the_committed_runs_hold():
-    # results/cpu and results/smoke as committed before id schemas (tests/data/schema1/README.md)
+    # examples/cpu and examples/smoke (then results/) as committed before id schemas (tests/data/schema1/README.md)
     for run in ("cpu", "smoke"):
         df = pd.read_parquet(REPO / "tests" / "data" / "schema1" / run / "trials.parquet")
         for row in df.to_dict("records"):
