@@ -13,7 +13,10 @@ the run affects both, and reports medians and the ratio ours / notebook:
    L2-style trial (top stage fine-tuned, augmented views): plain, cold and warm.
 3. Ray's overhead per trial: empty trials (a Tune trial starting a one-worker TorchTrainer that reports
    once) with our settings (Train environment, Tune actor reuse, ``torch_backend.LazyTorchConfig``) against
-   Ray's defaults, one at a time and at the default concurrency.
+   Ray's defaults, one at a time and at the default concurrency. ``runner``: the same small real trials (Lite0,
+   the top stage trained, one epoch) run one at a time through ``ablations.run`` with each trial runner: "train"
+   (a Ray Train run per trial) and "actor" (the trial in its reused Tune actor); per trial, what its slot cost
+   besides its work (prefix, training, evaluation). Also on a GPU (``--device cuda``).
 4. the driver's memory as trials finish: ``ablations.run`` on 40 cheap real trials, each row recording the
    driver's resident memory; the growth per trial over the second half of the run.
 4b. the driver at scale, without Ray (``driver_scale``): its session (ledger, collector, progress) fed 2,000
@@ -49,7 +52,7 @@ import numpy as np
 
 SECTIONS = (
     "throughput", "feature_cache", "prefix_cache", "overhead", "head_memory", "driver_memory", "driver_scale",
-    "smoke", "fail_fast", "sequential",
+    "smoke", "fail_fast", "sequential", "runner",
     "speed", "precision", "packing", "compile")
 GPU_SECTIONS = ("speed", "precision", "packing", "compile")  # ablations/bench_gpu.py; need --device cuda
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
@@ -685,6 +688,51 @@ def bench_driver_scale(n_trials: int = 2000, epochs: int = 10, concurrency: int 
     return out
 
 
+# ----------------------------------------------------------------------------- 4c. trial runners
+
+RUNNER_GRID = """\
+description: identical small real trials, to time what a trial costs besides its work, per trial runner
+seeds: {seeds}
+base: {{train_per_class: 50, val_size: 200, test_per_class: 20}}
+levels:
+  L2: {{set: {{backbone: efficientnet_lite0, pretrained: true, resolution: 64, train_stages: "1", epochs: 1,
+              batch_size: 64}}}}
+"""
+WORK_COLUMNS = ("prefix_seconds", "train_seconds", "val_seconds", "eval_seconds")
+
+
+def bench_runner(n_trials: int, device: str = "cpu") -> dict:
+    """The same ``n_trials`` small real trials, one at a time, through ``python -m ablations.run`` with each trial
+    runner ("train", then "actor"): wall time per trial, and per trial (medians) its slot time (Tune starting it
+    to the driver's receipt) and the part of it that was not work."""
+    flags = ["--max-concurrent", "1", "--log", "none"]
+    if device == "cuda":
+        flags += ["--device", "cuda", "--gpus-per-trial", "1", "--cpus-per-trial", "3"]
+    out: dict[str, Any] = {"trials": n_trials, "device": device}
+    with tempfile.TemporaryDirectory() as d:
+        grid = Path(d) / "runner.yaml"
+        grid.write_text(RUNNER_GRID.format(seeds=n_trials))
+        for name in ("train", "actor"):
+            wall, df = run_grid(str(grid), f"runner-{name}", "--trial-runner", name, *flags)
+            if isinstance(df, list):
+                out[name] = {"error": df, "seconds": wall}
+                continue
+            df = df.drop_duplicates("trial_id").sort_values("t_fit_start")
+            work = sum(df[c].fillna(0) for c in WORK_COLUMNS)
+            rest = df.s_trial_wall - work
+            out[name] = {"seconds": wall, "seconds_per_trial": wall / len(df),
+                         "slot_s_median": float(df.s_trial_wall.median()), "work_s_median": float(work.median()),
+                         "not_work_s_median": float(rest.median()), "not_work_s_first": float(rest.iloc[0]),
+                         "not_work_s_later_median": float(rest.iloc[1:].median()) if len(df) > 1 else float("nan"),
+                         "build_s_median": float(df.build_seconds.median())}
+            print(f"  runner {name}: {wall / len(df):.1f} s per trial, {rest.median():.1f} s of each slot not work",
+                  flush=True)
+    if "error" not in out.get("train", {}) and "error" not in out.get("actor", {}):
+        out["ratio_actor_vs_train_not_work"] = out["actor"]["not_work_s_median"] / out["train"]["not_work_s_median"]
+        out["ratio_actor_vs_train_per_trial"] = out["actor"]["seconds_per_trial"] / out["train"]["seconds_per_trial"]
+    return out
+
+
 # ----------------------------------------------------------------------------- 5. smoke grid
 
 
@@ -789,6 +837,8 @@ def markdown(report: dict) -> str:
                       f"runs the loop (Train controller, worker group, backend) {ph['trainable_to_loop']:.1f} s; the "
                       f"loop's report until the function returns (hand-over, worker shut-down) "
                       f"{ph['loop_to_returned']:.1f} s.", ""]
+    if "runner" in report:
+        lines += runner_markdown(report["runner"])
     if "head_memory" in report:
         hm = report["head_memory"]
         lines += ["## Head-node memory per concurrent trial", "",
@@ -878,6 +928,25 @@ def gpu_markdown(report: dict) -> list[str]:
     return lines
 
 
+def runner_markdown(r: dict) -> list[str]:
+    lines = [f"## Trial runners: {r['trials']} identical small real trials, one at a time ({r['device']})", "",
+             "| runner | wall s per trial | slot s per trial | of it work s | not work s (median) | not work s, "
+             "first trial | not work s, later trials | model build s |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("train", "actor"):
+        v = r.get(name, {})
+        if "error" in v or not v:
+            lines.append(f"| {name} | failed: {v.get('error')} | | | | | | |")
+            continue
+        lines.append(f"| {name} | {v['seconds_per_trial']:.1f} | {v['slot_s_median']:.1f} | {v['work_s_median']:.1f} | "
+                     f"{v['not_work_s_median']:.1f} | {v['not_work_s_first']:.1f} | "
+                     f"{v['not_work_s_later_median']:.1f} | {v['build_s_median']:.2f} |")
+    if "ratio_actor_vs_train_not_work" in r:
+        lines += ["", f"actor / train: what a slot costs besides work **{r['ratio_actor_vs_train_not_work']:.2f}x**, "
+                  f"wall time per trial {r['ratio_actor_vs_train_per_trial']:.2f}x (the grid's wall includes Ray's "
+                  "start and the data loading once)."]
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n")[0])
     p.add_argument("--only", help=f"comma-separated sections ({', '.join(SECTIONS)})")
@@ -938,6 +1007,8 @@ def main(argv: list[str] | None = None) -> int:
             report["driver_scale"] = bench_driver_scale(200 if args.quick else 2000)
         elif section == "smoke":
             report["smoke"] = bench_smoke()
+        elif section == "runner":
+            report["runner"] = bench_runner(2 if args.quick else (3 if device == "cuda" else 6), device)
         elif section == "fail_fast":
             report["fail_fast"] = bench_fail_fast(1 if args.quick else 3)
         elif section == "sequential":

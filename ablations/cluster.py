@@ -56,6 +56,7 @@ class Resources:
     concurrency: int
     device_choice: str = "auto"  # --device
     cluster: bool = False  # an existing cluster (--address): trials may queue for nodes
+    runner: str = "actor"  # "actor": a one-worker trial runs in its reused Tune actor; "train": a Ray Train run
 
     @property
     def device(self) -> str:
@@ -89,7 +90,8 @@ class Resources:
     def describe(self) -> str:
         gpu = f", {self.gpus:g} {self.gpu_resource}" if self.gpus else ""
         queue = " (more queue for nodes the cluster adds)" if self.cluster else ""
-        return (f"{self.workers} worker(s) x ({self.cpus:g} CPU{gpu}) per trial, "
+        how = "in its Tune actor, reused" if self.runner == "actor" else "a Ray Train run"
+        return (f"{self.workers} worker(s) x ({self.cpus:g} CPU{gpu}) per trial ({how}), "
                 f"up to {self.concurrency} trials at once{queue}, {self.describe_device()}")
 
 
@@ -116,6 +118,20 @@ def _check_flags(args) -> None:
         raise ResourceError(f"--workers {args.workers} with --gpus-per-trial {gpus:g} would put several NCCL ranks "
                             f"of one trial on one GPU; give each worker a whole GPU (--gpus-per-trial 1), or use "
                             f"--workers 1 to pack trials")
+
+
+def trial_runner(choice: str, res: Resources) -> str:
+    """How a trial runs (``--trial-runner``): "actor" (in its reused Tune trial actor) or "train" (a Ray Train run).
+    ``auto``: "actor" for one-worker trials on CPUs; "train" for several workers (a worker group) and for trials
+    that may use a GPU, the path measured through Ray on a GPU so far (examples/gpu)."""
+    if res.workers > 1:
+        if choice == "actor":
+            raise ResourceError(f"--trial-runner actor runs one worker per trial; --workers {res.workers} needs "
+                                f"--trial-runner train (or auto)")
+        return "train"
+    if choice == "auto":
+        return "actor" if res.device == "cpu" else "train"
+    return choice
 
 
 def max_cluster_resources() -> dict[str, float] | None:
@@ -154,6 +170,7 @@ def plan_resources(args, cluster: dict[str, float], n_trials: int, *, on_cluster
     cpus = args.cpus_per_trial or (1.0 if gpus or total_cpus < 8 else 2.0)
     res = Resources(cpus=cpus, gpus=gpus, workers=args.workers, gpu_resource=args.gpu_resource, concurrency=1,
                     device_choice=args.device, cluster=on_cluster)
+    res.runner = trial_runner(getattr(args, "trial_runner", "auto"), res)
     if not may_grow:
         for name, amount in res.worker_bundle().items():
             have = reachable.get(name, 0.0)

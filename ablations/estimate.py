@@ -1,35 +1,61 @@
-"""Time estimates for ``--dry-run`` and the ETA, from measured per-model speeds (each backbone's entry in
-``pipeline.registry.BACKBONES``).
+"""Time estimates for ``--dry-run`` and the ETA, from the measured speeds in ``ablations.speeds``.
 
-CPU (``cpu``): per trial while two 1-thread trials share this project's 2-core AVX2 machine (fp32, channels_last,
-evaluation in batches of 64). A model's forward images/s at a reference resolution and the share of that time in
-its stem and each stage (timed part by part on a batch of 64) give the cost of every part of a trial; time
-scales with pixels. A trained image costs ``train_mult`` times its forward pass in the stages that train
-(backward, optimizer, augmentation). Trials on cached prefix outputs (``pipeline.sources``) are modelled as they
-run: each cache entry (cut, split, view of ``pipeline.sources.trial_entries``) is computed once, by the first
-trial of the plan that needs it, and later trials only train and evaluate the top. Checked against the cpu
-grid's trials (README, "Measured here"); an entry's ``speed_note`` says where a speed is a guess.
+CPU: a model's forward images/s at a reference resolution and the share of that time in its stem and each stage
+give the cost of every part of a trial; time scales with pixels. A trained image costs ``train_mult`` times its
+forward pass in the stages that train (backward, optimizer, augmentation). Trials on cached prefix outputs
+(``pipeline.sources``) are modelled as they run: each cache entry (cut, split, view of
+``pipeline.sources.trial_entries``) is computed once, by the first trial of the plan that needs it, and later trials
+only train and evaluate the top. Checked against the cpu grid's trials (README, "Measured here").
 
-GPU (``gpu``): one NVIDIA H100 80GB, bf16 autocast, channels_last, batch 64, ``fit`` with strong augmentation,
-measured by ``python -m ablations.bench --device cuda`` (``examples/bench/gpu/bench.json``, sections ``speed``
-and ``packing``). At batch 64 a GPU is far from busy: small inputs are no faster than 224 px (kernel launches,
-not pixels, bound them), and k trials packed on one GPU (``--gpus-per-trial 1/k``) get ``PACKING_GAIN[k]``
-times one trial's throughput together, measured, not k times. Other GPUs: scale by their speed relative to
-an H100 (``--gpu-speed``). The prefix cache is not modelled on GPUs (its cost model decides per trial there).
+GPU: the speed table of the target GPU model (``Target.gpu_model``; ``gpu_speed`` scales it for a GPU without a
+table). At batch 64 a GPU is far from busy: small inputs are no faster than 224 px (kernel launches, not pixels,
+bound them), and k trials packed on one GPU (``--gpus-per-trial 1/k``) get ``PACKING_GAIN[model][k]`` times one
+trial's throughput together, measured, not k times. The prefix cache is not modelled on GPUs (its cost model
+decides per trial there).
+
+Every trial adds ``TRIAL_OVERHEAD_S`` of its device kind and trial runner (Ray's start of the trial; on a GPU the
+CUDA context and cuDNN's first-epoch autotuning). Where a number is not a measurement, ``Target.notes`` collects
+what was assumed, and the dry run prints it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from pipeline.config import TrialConfig, prefix_refusal, stages_at
 from pipeline.models import prefix_cut
-from pipeline.registry import BACKBONES, TTA_MODES
+from pipeline.registry import TTA_MODES
+
+from . import speeds as S
 
 # a trained image on cached prefix outputs: the gather and conversion of its row and the head, in forward passes
 CACHED_ROW_COST = 0.02
-# k trials on one GPU: their throughput together, in units of one trial alone (ResNet-18 224 px, measured k=1,2,4)
-PACKING_GAIN = {1: 1.0, 2: 1.44, 4: 2.64}
-# Ray Train + Tune cost per trial besides training (process starts, imports), median in examples/cpu with two
-# trials sharing the 2 cores; an empty trial alone costs 7.4 s (examples/bench/BENCH.md), so estimates lean long
-TRIAL_OVERHEAD_S = 16.0
+
+
+@dataclass
+class Target:
+    """What an estimate is for: the device kind, on GPUs the model (a key of ``speeds.GPU``), a speed factor for
+    a GPU without a table, and how many trials share one; the CPUs of a trial; the trial runner."""
+
+    gpu: bool = False
+    gpu_model: str = S.DEFAULT_GPU
+    gpu_speed: float = 1.0
+    per_gpu: int = 1
+    cpus: float = 1.0
+    runner: str = "train"
+    notes: set[str] = field(default_factory=set)
+
+    @property
+    def overhead_s(self) -> float:
+        key = ("cuda" if self.gpu else "cpu", self.runner)
+        if key in S.OVERHEAD_NOTES:
+            self.notes.add(S.OVERHEAD_NOTES[key])
+        return S.TRIAL_OVERHEAD_S[key]
+
+    def describe(self) -> str:
+        if not self.gpu:
+            return "CPU speeds measured on a 2-core machine"
+        speed = f" x {self.gpu_speed:g}" if self.gpu_speed != 1 else ""
+        return f"GPU speeds of one {self.gpu_model}{speed}"
 
 
 def _mode(cfg: TrialConfig) -> str:
@@ -40,10 +66,10 @@ def _mode(cfg: TrialConfig) -> str:
     return "all" if cfg.train_stages == "all" else "partial"
 
 
-def packing_gain(per_gpu: int) -> float:
+def packing_gain(per_gpu: int, gpu_model: str = S.DEFAULT_GPU) -> float:
     """Throughput of ``per_gpu`` trials sharing one GPU, relative to one: measured points, linear between them,
     flat beyond the last."""
-    points = sorted(PACKING_GAIN.items())
+    points = sorted(S.PACKING_GAIN.get(gpu_model, S.PACKING_GAIN[S.DEFAULT_GPU]).items())
     if per_gpu <= 1:
         return 1.0
     for (k0, g0), (k1, g1) in zip(points, points[1:]):
@@ -52,10 +78,13 @@ def packing_gain(per_gpu: int) -> float:
     return points[-1][1]
 
 
-def _gpu_speeds(cfg: TrialConfig) -> tuple[float, float]:
-    """(training images/s, evaluation images/s) of one trial alone on an H100: the nearest measured resolution
-    at or above the config's (smaller inputs are not faster: launch-bound), else the largest, scaled by pixels."""
-    table = BACKBONES[cfg.backbone].gpu
+def _gpu_speeds(cfg: TrialConfig, target: Target) -> tuple[float, float]:
+    """(training images/s, evaluation images/s) of one trial alone on the target GPU: the nearest measured
+    resolution at or above the config's (smaller inputs are not faster: launch-bound), else the largest, scaled
+    by pixels."""
+    table, note = S.gpu_table(cfg.backbone, target.gpu_model)
+    if note:
+        target.notes.add(note)
     above = [r for r in table if r >= cfg.resolution]
     ref = min(above) if above else max(table)
     train, evals = table[ref]
@@ -68,33 +97,37 @@ def _gpu_speeds(cfg: TrialConfig) -> tuple[float, float]:
     return train[mode] * scale, evals * scale
 
 
-def trial_seconds(cfg: TrialConfig, n_train: int, n_val: int, n_test: int, gpu: bool,
-                  per_gpu: int = 1, gpu_speed: float = 1.0, computed: set | None = None, cpus: float = 1.0) -> float:
-    """Seconds one trial takes: Ray's overhead, training, and evaluation (validation every epoch, then val and test
-    for each TTA view). On a GPU shared by ``per_gpu`` trials, each is slowed by per_gpu / gain(per_gpu). On a CPU,
-    ``computed``: the prefix-cache entries earlier trials of the run computed (this trial adds its own); ``cpus``:
-    the trial's threads (its compute taken as that many times faster than one thread's; measured here: one
-    2-thread trial ran 2.3x as fast as each of two 1-thread trials at once)."""
+def trial_seconds(cfg: TrialConfig, n_train: int, n_val: int, n_test: int, target: Target | None = None,
+                  computed: set | None = None) -> float:
+    """Seconds one trial takes: its overhead, training, and evaluation (validation every epoch, then val and test
+    for each TTA view). On a GPU shared by ``target.per_gpu`` trials, each is slowed by per_gpu / gain(per_gpu).
+    On a CPU, ``computed``: the prefix-cache entries earlier trials of the run computed (this trial adds its own);
+    the trial's compute is taken as ``target.cpus`` times faster than one thread's (measured here: one 2-thread
+    trial ran 2.3x as fast as each of two 1-thread trials at once)."""
+    target = target or Target()
     views = len(TTA_MODES[cfg.tta])
-    if not gpu:
-        return TRIAL_OVERHEAD_S + cpu_compute_seconds(cfg, {"train": n_train, "val": n_val, "test": n_test},
-                                                      set() if computed is None else computed) / max(cpus, 1.0)
+    if not target.gpu:
+        work = cpu_compute_seconds(cfg, {"train": n_train, "val": n_val, "test": n_test},
+                                   set() if computed is None else computed, target)
+        return target.overhead_s + work / max(target.cpus, 1.0)
     evaluated = n_val * cfg.epochs + (n_val + n_test) * views
     if _mode(cfg) == "cached":  # features once, the epochs are nearly free
         evaluated = n_train + (n_val + n_test) * views
-    train_speed, eval_speed = (s * gpu_speed for s in _gpu_speeds(cfg))
+    train_speed, eval_speed = (s * target.gpu_speed for s in _gpu_speeds(cfg, target))
     compute = n_train * cfg.epochs / train_speed + evaluated / eval_speed
-    per_gpu = max(1, per_gpu)
-    return TRIAL_OVERHEAD_S + compute * per_gpu / packing_gain(per_gpu)
+    per_gpu = max(1, target.per_gpu)
+    return target.overhead_s + compute * per_gpu / packing_gain(per_gpu, target.gpu_model)
 
 
-def cpu_compute_seconds(cfg: TrialConfig, n: dict[str, int], computed: set) -> float:
-    """A trial's compute on a CPU (its backbone's ``cpu`` speeds): on cached prefix outputs, the entries not in ``computed`` (then
-    added to it) through the prefix, and training and evaluation through the top; otherwise everything through
-    the whole model."""
+def cpu_compute_seconds(cfg: TrialConfig, n: dict[str, int], computed: set, target: Target | None = None) -> float:
+    """A trial's compute on a CPU (its backbone's CPU speed): on cached prefix outputs, the entries not in
+    ``computed`` (then added to it) through the prefix, and training and evaluation through the top; otherwise
+    everything through the whole model."""
     from pipeline.sources import trial_entries
 
-    m = BACKBONES[cfg.backbone].cpu
+    m, note = S.cpu_speed(cfg.backbone)
+    if note and target is not None:
+        target.notes.add(note)
     f = (cfg.resolution / m.resolution) ** 2 / m.forward  # seconds of one image's forward pass
     evaluated = {"val": n["val"] * cfg.epochs + n["val"] * len(TTA_MODES[cfg.tta]),
                  "test": n["test"] * len(TTA_MODES[cfg.tta])}
@@ -115,10 +148,10 @@ def cpu_compute_seconds(cfg: TrialConfig, n: dict[str, int], computed: set) -> f
     return fills + train + (evaluated["val"] + evaluated["test"]) * f * (top + CACHED_ROW_COST)
 
 
-def plan_seconds(configs: dict[str, TrialConfig], n_train: int, n_val: int, n_test: int, gpu: bool,
-                 per_gpu: int = 1, gpu_speed: float = 1.0, cpus: float = 1.0) -> dict[str, float]:
+def plan_seconds(configs: dict[str, TrialConfig], n_train: int, n_val: int, n_test: int,
+                 target: Target | None = None) -> dict[str, float]:
     """Each trial's seconds (``trial_seconds``) in plan order: on a CPU, each prefix-cache entry is paid for by the
     first trial that needs it."""
+    target = target or Target()
     computed: set = set()
-    return {tid: trial_seconds(c, n_train, n_val, n_test, gpu, per_gpu, gpu_speed, computed, cpus)
-            for tid, c in configs.items()}
+    return {tid: trial_seconds(c, n_train, n_val, n_test, target, computed) for tid, c in configs.items()}

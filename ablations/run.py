@@ -35,7 +35,10 @@ from .cluster import (DEFAULT_CLUSTER_WAIT_S, AutoscalerDemand, Resources, clust
                       head_memory_mib, local_resources, max_cluster_resources, plan_resources)
 from .collector import Collector
 from .config import parse_overrides
-from .estimate import plan_seconds, trial_seconds
+from .estimate import Target, plan_seconds, trial_seconds
+from .speeds import DEFAULT_GPU, GPU, GPU_NAMES
+
+GpuChoice = tuple[float, "str | None"]  # (--gpu-speed, --gpu-model) for the estimate
 from .timing import where_the_time_went
 from .ledger import Ledger
 from .progress import Eta, Progress, duration, estimate_comparison, labels, quiet_ray
@@ -64,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default="auto", help="ImageFolder dir or .tar.gz, 'torchvision' (download), or 'auto'")
     g.add_argument("--dry-run", action="store_true", help="print the plan, resources and a time estimate; start nothing")
     g.add_argument("--json", action="store_true", help="with --dry-run: print the trial configs as JSON")
+    g.add_argument("--gpu-model", choices=tuple(GPU),
+                   help="the GPU whose measured speeds the estimate uses (default: this machine's GPU if it has a "
+                        f"table, else {DEFAULT_GPU})")
     g.add_argument("--gpu-speed", type=float, default=1.0, metavar="X",
-                   help="with --dry-run: the GPU's speed relative to the H100 the estimates were measured on")
+                   help="the GPU's speed relative to --gpu-model's table, for a GPU without a table")
     a = p.add_argument_group("adaptive seeds")
     a.add_argument("--until-decided", action="store_true",
                    help="after the grid's seeds, add seeds in rounds: each round gives one more seed to both configs "
@@ -105,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gpus-per-trial", type=float, help="GPU share per trial worker, e.g. 0.25 packs 4 trials per GPU")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial worker (default: 1, or 2 on CPU machines with 8+ cores)")
     r.add_argument("--workers", type=int, default=1, help="Ray Train workers (data-parallel processes) per trial")
+    r.add_argument("--trial-runner", choices=("auto", "actor", "train"), default="auto",
+                   help="actor: a one-worker trial runs in its Tune trial actor, reused from trial to trial (torch "
+                        "imported and the CUDA context made once per actor); train: a Ray Train run per trial (a "
+                        "controller and worker processes); auto: actor for one-worker trials on CPUs, else train")
     r.add_argument("--max-concurrent", type=int, help="cap on trials running at once (default: what resources allow)")
     r.add_argument("--retries", type=int, default=2, help="restarts of a failing trial from its last epoch checkpoint")
     r.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
@@ -154,7 +164,7 @@ def data_sizes(plan: grids.Plan) -> tuple[int, int, int]:
     return n_train, s["val_size"], n_test
 
 
-def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "", gpu_speed: float = 1.0,
+def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "", gpu: GpuChoice = (1.0, None),
                   adaptive: A.Settings | None = None) -> None:
     trials = plan.trials()
     if as_json:
@@ -164,7 +174,7 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
                "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan),
                "lineage": grids.describe_lineage(plan)}
         if adaptive is not None:
-            out["until_decided"] = until_decided_plan(plan, adaptive, res, gpu_speed)
+            out["until_decided"] = until_decided_plan(plan, adaptive, res, gpu)
         print(json.dumps(out, indent=1))
         return
     from tabulate import tabulate
@@ -181,12 +191,13 @@ def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "
                          ("ensembles (formed by the report from stored logits)", grids.describe_ensembles(plan))):
         print(f"{title}:" + "".join(f"\n  {line}" for line in lines) if lines else f"{title}: none")
     print(f"resources: {res.describe()}{note}")
-    print(estimate_line(trials, res, (n_train, n_val, n_test), gpu_speed))
+    print(estimate_line(trials, res, (n_train, n_val, n_test), gpu))
     if adaptive is not None:
-        print("\n".join(until_decided_lines(plan, adaptive, res, gpu_speed)))
+        print("\n".join(until_decided_lines(plan, adaptive, res, gpu)))
 
 
-def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, gpu_speed: float = 1.0) -> dict:
+def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources,
+                       gpu: GpuChoice = (1.0, None)) -> dict:
     """--dry-run --until-decided: the planned seeds, the comparisons that drive the rounds, and the worst case
     (every compared config at --max-seeds) with its estimated time."""
     comps = Q.comparisons_from_plan(plan)
@@ -196,7 +207,7 @@ def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, g
     # the added seeds share are paid once, as in the dry run's own estimate line)
     sizes = data_sizes(plan)
     added_s = (sum(trial_estimates(A.worst_case_plan(plan, comps, settings.max_seeds).trials(), res, sizes,
-                                   gpu_speed).values()) - sum(trial_estimates(plan.trials(), res, sizes, gpu_speed).values()))
+                                   gpu).values()) - sum(trial_estimates(plan.trials(), res, sizes, gpu).values()))
     worst = dataclasses.replace(worst, hours=max(added_s, 0.0) / res.concurrency / 3600)
     family = 2 * max(len(comps), 1)
     earliest = next((n for n in range(2, settings.max_seeds + 1)
@@ -208,8 +219,9 @@ def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, g
             "worst_case_line": worst.line()}
 
 
-def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources, gpu_speed: float = 1.0) -> list[str]:
-    u = until_decided_plan(plan, settings, res, gpu_speed)
+def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources,
+                        gpu: GpuChoice = (1.0, None)) -> list[str]:
+    u = until_decided_plan(plan, settings, res, gpu)
     comps = Q.comparisons_from_plan(plan)
     n_claims = sum(c.kind == "claim" for c in comps)
     seeds = "/".join(str(n) for n in u["planned_seeds"])
@@ -224,38 +236,58 @@ def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources, 
             f"  verdicts: {settings.procedure.name}, Holm over the {len(comps)} comparisons at {settings.alpha:g}; "
             f"{earliest}",
             f"  {u['worst_case_line']}",
-            f"  worst case {estimate_line(worst.trials(), res, data_sizes(plan), gpu_speed)}"]
+            f"  worst case {estimate_line(worst.trials(), res, data_sizes(plan), gpu)}"]
 
 
-def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0):
+def estimate_target(res: Resources, gpu: GpuChoice = (1.0, None)) -> Target:
+    """What the estimate is for: the resources' device, trials per GPU, CPUs and runner, and the GPU model (given,
+    else this machine's GPU where a speed table names it, else the default)."""
+    on_gpu = res.device == "cuda"
+    per_gpu = min(round(1 / res.gpus), res.concurrency) if on_gpu and res.gpus < 1 else 1  # trials sharing a GPU
+    speed, model = gpu
+    return Target(gpu=on_gpu, gpu_model=model or local_gpu_model(), gpu_speed=speed, per_gpu=per_gpu,
+                  cpus=res.cpus, runner=res.runner)
+
+
+@functools.cache
+def local_gpu_model() -> str:
+    try:
+        import torch
+
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    except Exception:  # noqa: BLE001 - no usable CUDA: the default table
+        name = ""
+    return next((model for model, prefix in GPU_NAMES.items() if name.startswith(prefix)), DEFAULT_GPU)
+
+
+def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu: GpuChoice = (1.0, None)):
     """config -> its estimated seconds alone (``ablations.estimate.trial_seconds``: it pays for every prefix-cache
     entry it reads, so a round of added seeds is costed on the safe side)."""
-    gpu = res.device == "cuda"
-    per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
-    return lambda c: trial_seconds(c, *sizes, gpu, per_gpu, gpu_speed, None, res.cpus)
+    target = estimate_target(res, gpu)
+    return lambda c: trial_seconds(c, *sizes, target)
 
 
 def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
-                    gpu_speed: float = 1.0) -> dict[str, float]:
+                    gpu: GpuChoice = (1.0, None), target: Target | None = None) -> dict[str, float]:
     """Each trial's estimated seconds (``ablations.estimate.plan_seconds``): measured speeds, on CPUs the prefix
     cache's entries paid for once, packed GPU trials slowed by their measured sharing of a GPU."""
-    gpu = res.device == "cuda"
-    per_gpu = min(round(1 / res.gpus), res.concurrency) if gpu and res.gpus < 1 else 1  # trials sharing a GPU
-    return plan_seconds(configs, *sizes, gpu, per_gpu, gpu_speed, res.cpus)
+    return plan_seconds(configs, *sizes, target or estimate_target(res, gpu))
 
 
-def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int], gpu_speed: float = 1.0) -> str:
-    """The dry run's time estimate: the trials' estimated seconds over the concurrency the resources allow."""
-    total = sum(trial_estimates(configs, res, sizes, gpu_speed).values())
+def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
+                  gpu: GpuChoice = (1.0, None)) -> str:
+    """The dry run's time estimate: the trials' estimated seconds over the concurrency the resources allow, and
+    what in it is not a measurement."""
+    target = estimate_target(res, gpu)
+    total = sum(trial_estimates(configs, res, sizes, target=target).values())
     wall = total / res.concurrency
-    if res.device == "cuda":
+    basis = target.describe()
+    if target.gpu:
         gpus_used = max(1.0, res.concurrency * res.gpus * res.workers)
-        basis = (f"GPU speeds measured on one H100{f' x {gpu_speed:g}' if gpu_speed != 1 else ''}, "
-                 f"{res.concurrency} trials on {gpus_used:g} GPU(s); {wall / 3600 * gpus_used:.2f} GPU-hours")
-    else:
-        basis = "CPU speeds measured on a 2-core machine"
-    return (f"estimated time: {total / 60:.1f} trial-minutes, about {wall / 60:.1f} min wall with "
+        basis += f", {res.concurrency} trials on {gpus_used:g} GPU(s); {wall / 3600 * gpus_used:.2f} GPU-hours"
+    line = (f"estimated time: {total / 60:.1f} trial-minutes, about {wall / 60:.1f} min wall with "
             f"{res.concurrency} concurrent ({basis}; rough)")
+    return line + "".join(f"\n  estimate note: {n}" for n in sorted(target.notes))
 
 
 def _with_execution(cfg, res: Resources):
@@ -312,7 +344,7 @@ def run_tune(session: Session, pending: list[str], res: Resources, data: dict, s
              verbose: bool, demand: AutoscalerDemand | None = None, trackers: list | None = None,
              inits: dict[str, Any] | None = None) -> None:
     """Tune runs the pending trials; ``session`` hears every event first, the trackers' callbacks after it."""
-    from .trainable import run_trial
+    from .trainable import run_trial, run_trial_in_actor
 
     trials = [trial_spec(tid, session.ledger.trials[tid], res, storage, retries, session.progress.labels[tid],
                          (inits or {}).get(tid)) for tid in pending]
@@ -320,7 +352,12 @@ def run_tune(session: Session, pending: list[str], res: Resources, data: dict, s
         session.ledger.executing(t["trial_id"], {k: t["config"][k] for k in EXECUTION_KEYS})
     quiet_ray(verbose)
     callbacks = [make_recorder(session, storage, demand), *(trackers or [])]
-    results = make_tuner(run_trial, data, trials, res.concurrency, storage, callbacks, verbose).fit()
+    if res.runner == "actor":  # the trial actor holds the trial's resources; Tune restarts it on an error
+        tuner = make_tuner(run_trial_in_actor, data, trials, res.concurrency, storage, callbacks, verbose,
+                           resources=res.worker_bundle(), max_failures=retries)
+    else:  # Ray Train restarts the worker group on an error
+        tuner = make_tuner(run_trial, data, trials, res.concurrency, storage, callbacks, verbose)
+    results = tuner.fit()
     for r in results:  # errors that bypassed the callback (e.g. the trainable could not start)
         tid = (r.config or {}).get("trial", {}).get("trial_id")
         if tid and r.error is not None and session.ledger.status(tid) not in ("finished", "failed"):
@@ -348,18 +385,21 @@ def lazy_backend() -> bool:
     return not missing
 
 
-# The Tune trial actor (and the Train controller, which Ray Train places beside it) holds no CPU and lives on
-# the head node: losing a worker node then loses only Train workers, which the controller restarts elsewhere
-# from the trial's last checkpoint.
+# Runner "train": the Tune trial actor (and the Train controller, which Ray Train places beside it) holds no CPU
+# and lives on the head node: losing a worker node then loses only Train workers, which the controller restarts
+# elsewhere from the trial's last checkpoint.
 TRAINABLE_RESOURCES = {"CPU": 0, "memory": 1, "node:__internal_head__": 0.001}
 
 
 def make_tuner(trainable, data: dict, trials: list[dict], concurrency: int, storage: str, callbacks: list,
-               verbose: bool = False, reuse_actors: bool = True):
-    """One Tune trial per entry of ``trials``. The Tune trial actor only waits for its TorchTrainer, whose
-    workers hold the CPUs and GPUs; it is reused from trial to trial (``reuse_actors``), which saves a
-    process start and the torch import per trial. The data dict (with the object-store ref inside) goes
-    through ``tune.with_parameters``, so it is stored once, not copied into every trial's config.
+               verbose: bool = False, reuse_actors: bool = True, resources: dict | None = None,
+               max_failures: int = 0):
+    """One Tune trial per entry of ``trials``. Each Tune trial actor holds ``resources`` (default: none, on the
+    head node, for a trainable that only waits for its TorchTrainer, whose workers hold the CPUs and GPUs; runner
+    "actor" gives it the trial's own bundle), and is reused from trial to trial (``reuse_actors``), which saves a
+    process start and the torch import per trial. ``max_failures``: how often Tune restarts a failing trial. The
+    data dict (with the object-store ref inside) goes through ``tune.with_parameters``, so it is stored once, not
+    copied into every trial's config.
 
     Trials are named by their trial ids (Tune's folders, the trackers' runs). Of Tune's automatic loggers only
     the CSV and JSON ones are kept: TensorBoard events are written where ``--log tensorboard`` says
@@ -370,13 +410,13 @@ def make_tuner(trainable, data: dict, trials: list[dict], concurrency: int, stor
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     callbacks = [*callbacks, CSVLoggerCallback(), JsonLoggerCallback()]
     return tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, data=data), TRAINABLE_RESOURCES),
+        tune.with_resources(tune.with_parameters(trainable, data=data), resources or TRAINABLE_RESOURCES),
         param_space={"trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=reuse_actors,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
                                   callbacks=callbacks, verbose=1 if verbose else 0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
 
 
@@ -392,8 +432,8 @@ def run(args) -> int:
         settings.check(max(planned.values()))
     if args.dry_run:
         cluster, note = local_resources(args)
-        print_dry_run(plan, plan_resources(args, cluster, len(plan.trials())), args.json, note, args.gpu_speed,
-                      settings)
+        print_dry_run(plan, plan_resources(args, cluster, len(plan.trials())), args.json, note,
+                      (args.gpu_speed, args.gpu_model), settings)
         return 0
 
     # 1. the run folder and the data; nothing is written until the cluster can run the plan
@@ -448,6 +488,7 @@ def run(args) -> int:
         import ray
 
         connect(args)
+        install_stop_handlers()  # ray.init's failure handler took SIGTERM over (it would exit without the finally)
         demand = None
         try:
             wanted = max(len(pending), len(A.compared_configs(rounds.comparisons)) if rounds else 0)
@@ -461,7 +502,7 @@ def run(args) -> int:
                 print(preflight.run(res, wait_seconds(args)), flush=True)
             start_folder(folder, meta, splits, ledger)
             sizes = data_sizes(plan)
-            estimates = trial_estimates({tid: ledger.trials[tid] for tid in pending}, res, sizes, args.gpu_speed)
+            estimates = trial_estimates({tid: ledger.trials[tid] for tid in pending}, res, sizes, (args.gpu_speed, args.gpu_model))
             estimated_wall = sum(estimates.values()) / res.concurrency
             progress = Progress(labels(plan), ledger.counts, Eta(estimates, res.concurrency), quiet=args.quiet,
                                 start=t0)
@@ -478,7 +519,7 @@ def run(args) -> int:
             if pending:
                 run_trials(pending)
             if rounds is not None:
-                seconds = trial_estimator(res, sizes, args.gpu_speed)
+                seconds = trial_estimator(res, sizes, (args.gpu_speed, args.gpu_model))
                 rounds.cost_hours = lambda p: A.config_hours(p, seconds, progress.eta.factor / res.concurrency / 3600)
 
                 def grew(new_plan: grids.Plan, new: list[str]) -> None:
@@ -646,12 +687,18 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # a closed terminal (SIGHUP) or a polite kill (SIGTERM) stops like Ctrl-C: finished trials are on disk,
-    # the state is flushed, and the same command continues the run
+def install_stop_handlers() -> None:
+    """A closed terminal (SIGHUP) or a polite kill (SIGTERM, also `timeout`'s) stops like Ctrl-C: finished trials
+    are on disk, the state is flushed, run.json records the session, and the same command continues the run.
+    Installed at start and again after ``ray.init``, whose C++ failure-signal handler replaces the SIGTERM handler
+    of the driver (it printed a stack trace and exited 1, skipping all of that)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    install_stop_handlers()
     try:
         return run(args)
     except UserError as e:  # bad grid, config, data, folder or resources: one line, nothing started

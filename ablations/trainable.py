@@ -1,9 +1,19 @@
-"""What runs inside Ray: the Tune function trainable, and the Ray Train worker loop it starts.
+"""What runs inside Ray: the Tune function trainables of a trial, and the fit they share.
 
-One Tune trial = one ``TorchTrainer`` run named by the trial id, so a re-run of the same trial (after a
-crash, a retry or a resume) finds its own checkpoints in storage and continues from the last epoch.
-Workers report every epoch with a checkpoint (``state.pt``), and once more at the end with the final
-artifacts (``final.json``, ``logits.npz``, ``model.pt``); the driver copies those into the results folder.
+Two ways to run one trial (``Resources.runner``):
+
+* ``actor`` (one worker, the default): the Tune trial actor itself runs ``pipeline.train.fit``. It holds the
+  trial's CPUs and GPU share and is reused from trial to trial, so torch is imported and the CUDA context made
+  once per actor, not once per trial. Epoch checkpoints and the final artifacts are written to the run's storage
+  under the trial id (``TrialStore``), so a retry (Tune restarts the function), a resumed run or another node
+  continues from the last epoch.
+* ``train`` (``--workers > 1``, or ``--trial-runner train``): one trial = one Ray Train run named by the trial id
+  (a Train controller and a worker group per trial); a re-run of the same trial finds its own checkpoints in
+  storage and continues from the last epoch.
+
+Either way every epoch is reported as ``{"kind": "epoch", ...}`` and the end as ``{"kind": "final",
+"checkpoint_path": ...}``, a directory in storage holding ``final.json``, ``logits.npz`` and ``model.pt``, which
+the driver copies into the results folder (``ablations.session``).
 """
 from __future__ import annotations
 
@@ -16,27 +26,200 @@ from typing import Any
 FINAL_FILES = ("final.json", "logits.npz", "model.pt")
 
 
+def fit_trial(loop_config: dict[str, Any], device, resume, on_epoch):
+    """``pipeline.train.fit`` for one trial config on ``device``, with this node's prefix cache and the parent's
+    weights (init_from); the result's metrics carry where and when it ran."""
+    import time
+
+    import ray
+    import ray.util
+
+    from pipeline.config import TrialConfig
+    from pipeline.prefix_cache import PrefixCache
+    from pipeline.train import fit
+
+    cfg = TrialConfig(**loop_config["config"])
+    arrays = ray.get(loop_config["data"]["ref"])  # zero-copy views of the object store on this node
+    t_fit = time.time()
+    init = loop_config.get("init")  # the parent's trained state (init_from), through the object store
+    result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume,
+                 prefix_cache=PrefixCache.default(),  # on this node's disk, shared by its trials
+                 classes=tuple(loop_config["data"]["classes"]), init_state=ray.get(init) if init is not None else None)
+    result.metrics.update({"node_id": ray.get_runtime_context().get_node_id(),
+                           "node_ip": ray.util.get_node_ip_address(),
+                           "t_trainable_start": loop_config.get("t_trainable_start", float("nan")),
+                           "t_worker_start": loop_config.get("t_worker_start", t_fit), "t_fit_start": t_fit,
+                           "t_fit_end": time.time()})
+    return result
+
+
+def write_final_files(result, d: Path) -> None:
+    """The final artifacts of a trial: final.json (metrics, history), logits.npz (every split and view), model.pt."""
+    import numpy as np
+    import torch
+
+    flat = {f"{s}/{v}": a for s, views in result.logits.items() for v, a in views.items()}
+    np.savez(d / "logits.npz", **flat)
+    torch.save({"config": result.config, "state": result.state}, d / "model.pt")
+    (d / "final.json").write_text(json.dumps({"metrics": result.metrics, "history": result.history}))
+
+
+def final_report(d: Path) -> dict[str, Any]:
+    """What the final report carries through Tune: only the headline numbers (Tune keeps running statistics of
+    every numeric metric of every trial in the driver); the driver reads the rest from final.json."""
+    final = json.loads((d / "final.json").read_text())
+    return {"kind": "final", **{k: final["metrics"][k] for k in ("val_acc", "test_acc") if k in final["metrics"]}}
+
+
+# ----------------------------------------------------------------------------- runner "actor": in the Tune actor
+
+
+class TrialStore:
+    """A trial's files in the run's storage (a local path or a URI such as ``s3://bucket/prefix``), under
+    ``<storage>/<trial_id>/actor/``: ``epoch-NNNN/state.pt`` after each epoch (the newest complete one is kept),
+    then ``final/`` with the final artifacts. Files are written under a temporary name and moved into place, so a
+    reader never sees half a file."""
+
+    def __init__(self, storage: str, trial_id: str):
+        import pyarrow.fs as pafs
+
+        if "://" in storage:
+            self.fs, root = pafs.FileSystem.from_uri(storage)
+        else:
+            self.fs, root = pafs.LocalFileSystem(), str(Path(storage).resolve())
+        self.root = f"{root.rstrip('/')}/{trial_id}/actor"
+
+    def _exists(self, path: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _put(self, path: str, data: bytes) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path + ".tmp") as f:
+            f.write(data)
+        self.fs.move(path + ".tmp", path)
+
+    def _epochs(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        if not self._exists(self.root):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch-"))
+
+    @property
+    def final(self) -> str:
+        return f"{self.root}/final"
+
+    def has_final(self) -> bool:
+        return self._exists(f"{self.final}/final.json")
+
+    def save_state(self, epoch: int, state: dict) -> None:
+        """The state after ``epoch`` epochs; older epochs' states are removed once it is in place."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        path = f"{self.root}/epoch-{epoch:04d}"
+        self._put(f"{path}/state.pt", buf.getvalue())
+        for old in self._epochs():
+            if old.rstrip("/") != path:
+                self.fs.delete_dir(old)
+
+    def load_state(self) -> dict | None:
+        """The newest complete epoch state, or None."""
+        import io
+
+        import torch
+
+        for path in reversed(self._epochs()):
+            if self._exists(f"{path}/state.pt"):
+                with self.fs.open_input_stream(f"{path}/state.pt") as f:
+                    return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+        return None
+
+    def save_final(self, d: Path) -> str:
+        """The final artifacts (final.json last: its presence means the others are complete); epoch states go."""
+        for name in (*[n for n in FINAL_FILES if n != "final.json"], "final.json"):
+            self._put(f"{self.final}/{name}", (d / name).read_bytes())
+        for old in self._epochs():
+            self.fs.delete_dir(old)
+        return self.final
+
+
+def run_trial_in_actor(tune_config: dict[str, Any], data: dict[str, Any]) -> None:
+    """Tune function trainable of runner "actor": ``fit`` here, in the Tune trial actor, which holds the trial's
+    resources (``TrialSpec.resources``). A trial whose final artifacts are already in storage (it finished before
+    the driver collected it) only reports them; one with an epoch state resumes from it."""
+    import time
+
+    t_start = time.time()
+    config = tune_config["trial"]
+    import ray
+    import torch
+    from ray import tune
+
+    from pipeline.train import resolve_device
+
+    store = TrialStore(config["storage"], config["trial_id"])
+    if not store.has_final():
+        res = config["resources"]
+        # Ray assigns GPUs (CUDA_VISIBLE_DEVICES) only for the 'GPU' resource; with a custom --gpu-resource the
+        # config's device decides (auto: this node's GPU if it has one)
+        use_gpu = bool(res["gpus"]) and res["gpu_resource"] == "GPU" and bool(ray.get_gpu_ids())
+        device = torch.device("cuda", 0) if use_gpu else resolve_device(config["config"]["device"])
+        try:
+            _fit_into_store(config, data, device, store, t_start)
+        finally:  # the actor runs the next trial: give back what this one held on the GPU
+            if device.type == "cuda":
+                import gc
+
+                gc.collect()
+                torch.cuda.empty_cache()
+    with tempfile.TemporaryDirectory() as d:
+        with store.fs.open_input_stream(f"{store.final}/final.json") as f:
+            (Path(d) / "final.json").write_bytes(f.read())
+        tune.report({**final_report(Path(d)), "checkpoint_path": store.final})
+
+
+def _fit_into_store(config: dict[str, Any], data: dict[str, Any], device, store: TrialStore, t_start: float) -> None:
+    """Fit the trial from its newest epoch state in ``store`` (if any), reporting every epoch, and put its final
+    artifacts into ``store``."""
+    from ray import tune
+
+    def on_epoch(row: dict, make_checkpoint) -> None:
+        store.save_state(int(row["epoch"]), make_checkpoint())
+        tune.report({"kind": "epoch", "trial_id": config["trial_id"], **row})
+
+    loop_config = {"config": config["config"], "trial_id": config["trial_id"], "data": data,
+                   "t_trainable_start": t_start, "t_worker_start": t_start, "init": config.get("init")}
+    result = fit_trial(loop_config, device, store.load_state(), on_epoch)
+    with tempfile.TemporaryDirectory() as d:
+        write_final_files(result, Path(d))
+        store.save_final(Path(d))
+
+
+# ----------------------------------------------------------------------------- runner "train": a Ray Train run
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: run ``pipeline.train.fit`` on this worker's device, report every epoch."""
     import time
 
     t_worker = time.time()
-    import numpy as np
-    import ray
     import ray.train
     import torch
 
-    from pipeline.config import TrialConfig
-    from pipeline.prefix_cache import PrefixCache
-    from pipeline.train import fit, resolve_device
+    from pipeline.train import resolve_device
 
-    cfg = TrialConfig(**loop_config["config"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     # Ray assigns a GPU only for the 'GPU' resource; with a custom --gpu-resource the config's device decides
     # (auto: this node's GPU if it has one)
-    device = ray.train.torch.get_device() if loop_config["use_gpu"] else resolve_device(cfg.device)
-    arrays = ray.get(loop_config["data"]["ref"])  # zero-copy views of the object store on this node
+    device = ray.train.torch.get_device() if loop_config["use_gpu"] else resolve_device(loop_config["config"]["device"])
 
     resume = None
     checkpoint = ray.train.get_checkpoint()
@@ -56,41 +239,24 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    t_fit = time.time()
-    init = loop_config.get("init")  # the parent's trained state (init_from), through the object store
-    result = fit(cfg, arrays, device=device, on_epoch=on_epoch, resume=resume,
-                 prefix_cache=PrefixCache.default(),  # on this node's disk, shared by its trials
-                 classes=tuple(loop_config["data"]["classes"]), init_state=ray.get(init) if init is not None else None)
-    result.metrics.update({"node_id": ray.get_runtime_context().get_node_id(),
-                           "node_ip": ray.util.get_node_ip_address(),
-                           "t_trainable_start": loop_config.get("t_trainable_start", float("nan")),
-                           "t_worker_start": t_worker, "t_fit_start": t_fit, "t_fit_end": time.time()})
-
+    result = fit_trial({**loop_config, "t_worker_start": t_worker}, device, resume, on_epoch)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         if rank == 0:
-            flat = {f"{s}/{v}": a for s, views in result.logits.items() for v, a in views.items()}
-            np.savez(d / "logits.npz", **flat)
-            torch.save({"config": result.config, "state": result.state}, d / "model.pt")
-            (d / "final.json").write_text(json.dumps({"metrics": result.metrics, "history": result.history}))
+            write_final_files(result, d)
         _report_final_dir(d, rank)
 
 
 def _report_final_dir(d: Path, rank: int) -> None:
     import ray.train
 
-    metrics: dict[str, Any] = {"kind": "final"}
     if rank == 0:
-        # The driver reads everything from final.json in the checkpoint. Tune keeps running statistics of every
-        # numeric metric of every trial in the driver, so only the headline numbers travel through it.
-        final = json.loads((d / "final.json").read_text())
-        metrics.update({k: final["metrics"][k] for k in ("val_acc", "test_acc") if k in final["metrics"]})
         with tempfile.TemporaryDirectory() as tmp:
             for name in FINAL_FILES:
                 shutil.copy(d / name, Path(tmp) / name)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report(final_report(d), checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
-        ray.train.report(metrics)
+        ray.train.report({"kind": "final"})
 
 
 def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop, torch_config=None) -> None:

@@ -273,6 +273,8 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
     try:
         with clock("to_device"):
             tdata = load_data(data, device, classes)
+        if device.type == "cuda":  # CUDA is initialized now (the stats of an uninitialized device raise)
+            torch.cuda.reset_peak_memory_stats(device)  # gpu_peak_mib is this trial's, also in a reused process
         with clock("build"):
             torch.manual_seed(cfg.seed)
             model = build_model(cfg, tdata.num_classes)

@@ -15,7 +15,10 @@
 #   gpu1.tgz     the check grid (scripts/gpu_ray_check.yaml, 6 trials) with --gpus-per-trial 1
 #   gpu4.tgz     the same grid with --gpus-per-trial 0.25 (four trials packed on the GPU), a fresh prefix cache
 #   nocache.tgz  3 of its trials with feature_cache=false (the prefix cache against the plain path)
-#   compile.tgz  the Lite0 trial with compile=true inside a Train worker (last, under its own limit)
+#   bench-runner.tgz  python -m ablations.bench --only runner: a Ray Train run per trial against the trial in its
+#                reused Tune actor, the same small trials one at a time
+#   compile.tgz  the Lite0 trial with compile=true (last, under its own limit)
+# GPU_CHECK_PHASES="gpu1 gpu4" runs only those phases; GPU_CHECK_SCALE=2 doubles every limit.
 # Each run folder keeps its logits (to re-make reports elsewhere), not its weights or Ray's files.
 #
 # A dry run of every step on a CPU machine (tiny data, --device cpu), with a Python that has torch but no Ray and
@@ -86,18 +89,46 @@ pack() {  # the run folder without weights, Ray's files or tracker logs -> $OUT/
 run() {  # NAME LIMIT_S ARGS...: one runner command with a fresh prefix cache, then its folder packed
     local name=$1 limit=$2; shift 2
     say "run $name (limit ${limit} s): python -m ablations.run --name $name $*"
-    "$PY" -m ablations.run "${COMMON[@]}" --dry-run --name "$name" "$@" | grep -E "^(resources|estimated)"
-    ABLATIONS_PREFIX_CACHE=$WORK/prefix-$name timeout -k 30 "$limit" "$PY" -m ablations.run "${COMMON[@]}" \
-        --name "$name" "$@"
+    [ -n "${GPU_CHECK_NO_DRYRUN:-}" ] ||
+        "$PY" -m ablations.run "${COMMON[@]}" --dry-run --name "$name" "$@" | grep -E "^(resources|estimated)"
+    # --foreground: at the limit only the driver gets SIGTERM, and stops as after Ctrl-C (run.json records it)
+    ABLATIONS_PREFIX_CACHE=$WORK/prefix-$name timeout --foreground -k 30 "$limit" "$PY" -m ablations.run \
+        "${COMMON[@]}" --name "$name" "$@"
     say "$name: exit $?"
     rm -rf "${WORK:?}/prefix-$name"
     pack "$name"
 }
 
-run gpu1 150 "${ONE[@]}"
-run gpu4 120 "${PACKED[@]}"
-run nocache 80 "${ONE[@]}" --set feature_cache=false --levels L1,L2 --axes backbone
-# Lite0 under torch.compile inside a Train worker: the same trial as gpu1's lite0_96 arm (same id), compiled
-run compile 120 "${ONE[@]}" --levels L2 --axes "" --set backbone=efficientnet_lite0 --set resolution=96 \
-    --set pretrained=true --set compile=true
+# phases (GPU_CHECK_PHASES picks some, in this order); limits in seconds (GPU_CHECK_SCALE multiplies them).
+# The runner phase goes first: when the trial in its reused Tune actor works on this GPU (the bench's actor row has
+# no error), the runs after it use --trial-runner actor (a trial costs seconds, not a Ray Train start of ~20 s, so
+# all phases fit one call); else the default (a Ray Train run per trial on GPUs).
+PHASES=${GPU_CHECK_PHASES:-runner gpu1 gpu4 nocache compile}
+RUNNER=()
+SCALE=${GPU_CHECK_SCALE:-1}
+limit() { echo $(( $1 * SCALE )); }
+for phase in $PHASES; do
+    case $phase in
+        gpu1) run gpu1 "$(limit 240)" "${ONE[@]}" "${RUNNER[@]}" ;;
+        gpu4) run gpu4 "$(limit 150)" "${PACKED[@]}" "${RUNNER[@]}" ;;
+        nocache) run nocache "$(limit 120)" "${ONE[@]}" "${RUNNER[@]}" --set feature_cache=false --levels L1,L2 \
+                     --axes backbone ;;
+        # the same small real trials one at a time with each trial runner: a Ray Train run per trial, or the trial
+        # in its reused Tune actor (python -m ablations.bench --only runner)
+        runner)
+            say "bench runner (limit $(limit 200) s)"
+            ABLATIONS_DATA=$DATA timeout --foreground -k 30 "$(limit 200)" "$PY" -m ablations.bench --only runner \
+                --device "$DEVICE" --out "$WORK/bench-runner"
+            say "runner: exit $?"
+            tar -C "$WORK" -czf "$OUT/bench-runner.tgz" bench-runner 2>/dev/null
+            if "$PY" -c "import json, sys; r = json.load(open('$WORK/bench-runner/bench.json'))['runner']
+sys.exit(0 if 'seconds' in r.get('actor', {}) and 'error' not in r['actor'] else 1)" 2>/dev/null; then
+                RUNNER=(--trial-runner actor); say "the actor runner works here: the runs below use it"
+            fi ;;
+        # Lite0 under torch.compile inside a trial: the same trial as gpu1's lite0_96 arm (same id), compiled
+        compile) run compile "$(limit 150)" "${ONE[@]}" "${RUNNER[@]}" --levels L2 --axes "" --set backbone=efficientnet_lite0 \
+                     --set resolution=96 --set pretrained=true --set compile=true ;;
+        *) echo "error: unknown phase $phase" ;;
+    esac
+done
 say "done"

@@ -102,3 +102,42 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None):
 
     return subprocess.run([sys.executable, "-m", "ablations.run", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+# ----------------------------------------------------------------------------- S3
+
+BUCKET = "ablations-test"
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A local S3 endpoint (moto in server mode) with one bucket; the environment that points pyarrow (and so
+    Ray's storage and the driver) at it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+    yield env
+    server.stop()
+
+
+def s3_keys(env: dict, prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    keys, token = [], None
+    while True:
+        kw = {"Bucket": BUCKET, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+        page = client.list_objects_v2(**kw)
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return keys
+        token = page["NextContinuationToken"]

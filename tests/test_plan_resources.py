@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from ablations.cluster import HEAD_MEMORY_SHARE, HEAD_MIB_PER_TRIAL, ResourceError, plan_resources
-from ablations.estimate import packing_gain, trial_seconds
+from ablations.estimate import Target, packing_gain, trial_seconds
 from pipeline.config import TrialConfig
 
 
@@ -67,24 +67,39 @@ def test_a_custom_gpu_resource_names_the_device_trials_use():
 def test_packing_is_time_slicing_with_the_measured_gain():
     assert packing_gain(1) == 1.0 and packing_gain(4) == pytest.approx(2.64)
     assert 1.44 < packing_gain(3) < 2.64 and packing_gain(8) == packing_gain(4)
+    assert packing_gain(4, "H200") == pytest.approx(3.9)  # measured through Ray on an H200
     cfg = TrialConfig(backbone="resnet18", resolution=224, train_stages="1", epochs=10, augment="strong")
-    alone = trial_seconds(cfg, 45000, 5000, 10000, gpu=True)
-    packed = trial_seconds(cfg, 45000, 5000, 10000, gpu=True, per_gpu=4)
+    alone = trial_seconds(cfg, 45000, 5000, 10000, Target(gpu=True))
+    packed = trial_seconds(cfg, 45000, 5000, 10000, Target(gpu=True, per_gpu=4))
+    overhead = Target(gpu=True).overhead_s
     # four trials sharing a GPU each take 4 / 2.64 times as long (overhead aside), not the same time
-    assert (packed - 16) / (alone - 16) == pytest.approx(4 / 2.64)
+    assert (packed - overhead) / (alone - overhead) == pytest.approx(4 / 2.64)
     # ResNet-18 at 224 px, 10 epochs on 45k images: about 450k / 6632 img/s of training on an H100
-    assert 60 < alone < 120
+    assert 60 < alone - overhead < 120
+
+
+def test_gpu_tables_are_keyed_by_model_and_say_what_is_not_measured():
+    cfg = TrialConfig(backbone="resnet18", resolution=224, train_stages="1", epochs=10, augment="strong")
+    h100, h200 = Target(gpu=True, gpu_model="H100"), Target(gpu=True, gpu_model="H200")
+    # the H200 row measured through Ray (5,921 img/s) against the H100's bench (6,632 img/s)
+    t100 = trial_seconds(cfg, 45000, 5000, 10000, h100) - h100.overhead_s
+    t200 = trial_seconds(cfg, 45000, 5000, 10000, h200) - h200.overhead_s
+    assert t200 / t100 == pytest.approx(6632 / 5921, rel=0.05)
+    assert any("H200" in n for n in h200.notes) and not h100.notes
+    lite = cfg.replace(backbone="efficientnet_lite0", resolution=96, pretrained=True)
+    trial_seconds(lite, 45000, 5000, 10000, h200)  # not measured on the H200: scaled from the H100, said so
+    assert any("x 0.89" in n for n in h200.notes)
 
 
 def test_cpu_estimates_pay_for_each_prefix_cache_entry_once():
-    from ablations.estimate import TRIAL_OVERHEAD_S, plan_seconds
+    from ablations.estimate import plan_seconds
 
     l2 = TrialConfig(backbone="efficientnet_lite0", resolution=96, train_stages="1", epochs=4, augment="strong")
     same_views = l2.replace(lr=3e-4)  # shares every entry of l2 (same seed, cut, views)
     other_seed = l2.replace(seed=1)  # shares validation and test, not the training views
     plain = l2.replace(mix="mixup")  # mixes pixels: the whole model every step
-    est = plan_seconds({"a": l2, "b": same_views, "c": other_seed, "d": plain}, 10000, 5000, 10000, gpu=False)
-    alone = trial_seconds(l2, 10000, 5000, 10000, gpu=False)
+    est = plan_seconds({"a": l2, "b": same_views, "c": other_seed, "d": plain}, 10000, 5000, 10000, Target())
+    alone = trial_seconds(l2, 10000, 5000, 10000, Target())
     assert est["a"] == pytest.approx(alone)  # the first trial of the plan computes its entries
     assert est["b"] < 0.6 * est["a"]  # a later one trains and evaluates the top only
     assert est["b"] < est["c"] < est["a"]  # the training views of another seed are computed again
@@ -92,4 +107,4 @@ def test_cpu_estimates_pay_for_each_prefix_cache_entry_once():
     # measured for this trial (the cpu grid's pilot): 166 s computing its prefix outputs and 100 s training, on 2
     # threads alone; a 1-thread trial of two takes about twice as long. The model is within a factor of 1.5.
     measured = 2 * (166 + 100)
-    assert measured / 1.5 < est["a"] - TRIAL_OVERHEAD_S < measured * 1.5
+    assert measured / 1.5 < est["a"] - Target().overhead_s < measured * 1.5

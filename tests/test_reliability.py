@@ -104,6 +104,25 @@ def test_driver_killed_mid_grid_resumes_without_rerunning_finished_trials(ray_cl
     assert epochs.groupby("trial_id").epoch.apply(list).map(lambda e: e == [1, 2, 3, 4]).all()
 
 
+def test_sigterm_stops_the_driver_like_ctrl_c_and_the_same_command_continues(ray_cluster, mini_archive, tmp_path):
+    """A polite kill (SIGTERM: `kill PID`, `timeout`, a scheduler) after Ray started: exit 130 with the state
+    flushed and the session recorded, not Ray's stack dump and exit 1; the same command then finishes the run."""
+    args = ["--grid", str(GRIDS / "resume.yaml"), "--seeds", "8", "--data", str(mini_archive),
+            "--results", str(tmp_path), "--address", ray_cluster.address, "--no-report"]
+    folder = tmp_path / "resume"
+    proc = start_cli(*args)  # 8 trials, at most 4 at once: some are pending when the first has finished
+    wait_for(lambda: (df := read_trials(folder)) is not None and bool((df.status == "finished").any()), 400, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "SIGTERM received" not in out and "interrupted" in out
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["sessions"][-1]["interrupted"] is True and not (folder / "ledger.jsonl").exists()
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert (pd.read_parquet(folder / "trials.parquet").status == "finished").all()
+
+
 # ------------------------------------------------------------------ node loss
 
 

@@ -157,3 +157,20 @@ def test_extend_adds_another_grids_trials_to_a_run(tiny_run, ray_cluster, mini_a
     assert df.trial_id.nunique() == 3 and (df.status == "finished").all()
     meta = json.loads((folder / "run.json").read_text())
     assert len(meta["trial_ids"]) == 3
+
+
+def test_the_train_runner_computes_the_same_trials_as_the_actor_runner(tiny_run, ray_cluster, mini_archive, tmp_path):
+    """One-worker trials run in their reused Tune actor by default; ``--trial-runner train`` runs each as a Ray
+    Train run (a controller and a worker process). Same trials, same numbers; the rows say which ran."""
+    proc, folder = tiny_run
+    again = run_cli("--grid", str(GRIDS / "tiny.yaml"), "--data", str(mini_archive), "--results", str(tmp_path),
+                    "--name", "tiny", "--address", ray_cluster.address, "--trial-runner", "train", "--no-report",
+                    "--log", "none")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(a Ray Train run)" in again.stdout and "(in its Tune actor, reused)" in proc.stdout
+    actor = pd.read_parquet(folder / "trials.parquet").drop_duplicates("trial_id").set_index("trial_id")
+    train = pd.read_parquet(tmp_path / "tiny" / "trials.parquet").drop_duplicates("trial_id").set_index("trial_id")
+    assert set(actor.index) == set(train.index)
+    for col in ("val_acc", "test_acc"):
+        assert np.allclose(actor[col], train.loc[actor.index, col], atol=1e-6), col
+    assert (train.s_trainable_to_worker > 0).all() and (actor.s_trainable_to_worker == 0).all()
