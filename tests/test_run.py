@@ -170,7 +170,7 @@ def test_the_train_runner_computes_the_same_trials_as_the_actor_runner(tiny_run,
     assert "(a Ray Train run)" in again.stdout and "(in its Tune actor, reused)" in proc.stdout
     actor = pd.read_parquet(folder / "trials.parquet").drop_duplicates("trial_id").set_index("trial_id")
     train = pd.read_parquet(tmp_path / "tiny" / "trials.parquet").drop_duplicates("trial_id").set_index("trial_id")
-    assert set(actor.index) == set(train.index)
+    assert len(train) == 2 and set(train.index) <= set(actor.index)  # (other tests may add to tiny_run's folder)
     for col in ("val_acc", "test_acc"):
-        assert np.allclose(actor[col], train.loc[actor.index, col], atol=1e-6), col
+        assert np.allclose(actor.loc[train.index, col], train[col], atol=1e-6), col
     assert (train.s_trainable_to_worker > 0).all() and (actor.s_trainable_to_worker == 0).all()
