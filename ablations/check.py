@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from typing import Any, Callable
 
 from pipeline.errors import UserError, one_line
@@ -107,32 +106,29 @@ def _preflight_on_cluster(args) -> str:
         demand.clear()
 
 
-def storage_roundtrip(uri: str) -> dict[str, Any]:
-    """On a worker: write, list, read back and delete a small file under the storage URI."""
-    import pyarrow.fs as pafs
-    import ray
-
-    fs, root = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    path = f"{root.rstrip('/')}/.ablations-check/{uuid.uuid4().hex}"
-    payload = f"written by ablations.check on {ray.util.get_node_ip_address()}".encode()
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(payload)
-    with fs.open_input_stream(path) as f:
-        back = f.read()
-    fs.delete_file(path)
-    return {"node_ip": ray.util.get_node_ip_address(), "ok": back == payload}
-
-
 def check_storage(args) -> str | tuple[str, str]:
+    """The storage written from a node with a trial's own resources (so on an autoscaling cluster, a GPU worker:
+    its instance profile, not the head's) and read back here, as the run's preflight does."""
     import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from . import preflight
+    from .cluster import cluster_address, max_cluster_resources, plan_resources
 
     if not args.storage:
-        return "--", "no --storage given: checkpoints go to <run folder>/ray on the driver's machine"
-    r = ray.get(ray.remote(num_cpus=0)(storage_roundtrip).remote(args.storage), timeout=args.timeout)
-    if not r["ok"]:
-        raise RuntimeError(f"{args.storage}: a file written from {r['node_ip']} read back different")
-    return f"{args.storage}: written, read back and deleted from a worker on {r['node_ip']}"
+        return "--", ("no --storage given: checkpoints go to <run folder>/ray on the driver's machine, which a run "
+                      "on several nodes refuses")
+    on_cluster = bool(cluster_address(args))
+    res = plan_resources(args, ray.cluster_resources(), 1, on_cluster=on_cluster,
+                         max_resources=max_cluster_resources() if on_cluster else None)
+    pg = placement_group([res.worker_bundle()])
+    try:
+        if not pg.wait(timeout_seconds=max(args.wait_for_resources, 1.0)):
+            raise RuntimeError(f"no node with a trial's resources ({res.worker_bundle()}) joined within "
+                               f"{args.wait_for_resources:.0f} s to write the storage from")
+        return preflight.check_storage(res, pg, args.storage)
+    finally:
+        remove_placement_group(pg)
 
 
 def check_data(args) -> str:
@@ -238,13 +234,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int)
     p.add_argument("--num-gpus", type=int)
     p.add_argument("--verbose", action="store_true")
+    a = p.add_argument_group("AWS (--aws: the account cluster.yaml will use, read back; nothing else runs)")
+    a.add_argument("--aws", action="store_true", help="check the roles, policies, instance profiles and bucket "
+                   "(python -m ablations.aws setup), the instance type's offering, the P-instance quota and the AMI "
+                   "parameter")
+    a.add_argument("--bucket", help="the bucket (default: the one in --storage s3://...)")
+    a.add_argument("--cluster-config", default="cluster.yaml", help="region, GPU instance type and max_workers")
+    a.add_argument("--region", help="default: the cluster config's")
+    a.add_argument("--aws-prefix", default="cifar-ablations", help="the roles <prefix>-head and <prefix>-worker")
+    a.add_argument("--ami-parameter", help="default: the one ablations.aws sets up")
     return p
+
+
+def aws_checks(args, c: Checks) -> int:
+    from . import aws
+
+    settings = aws.cluster_settings(args.cluster_config)
+    bucket = args.bucket or ((args.storage or "").split("://", 1)[1].split("/")[0]
+                             if (args.storage or "").startswith("s3://") else None)
+    if not bucket:
+        raise UserError("--aws needs --bucket (or --storage s3://BUCKET/...)")
+    region = args.region or settings["region"]
+    chain = aws.Chain(bucket, region, args.aws_prefix, args.ami_parameter or aws.AMI_PARAMETER)
+    account = c.run("aws", lambda: f"account {aws.account_id(region)}, region {region}, bucket {bucket}")
+    if account is None:
+        return _finish(c)
+    chain = aws.Chain(**{**chain.__dict__, "account": account.split()[1].rstrip(",")})
+    for what, fn in aws.checks(chain, settings["instance_type"], settings["max_workers"]):
+        c.run(what, fn)
+    return _finish(c)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.workers, args.max_concurrent = 1, None
     c = Checks()
+    if args.aws:
+        return aws_checks(args, c)
     c.run("torch", lambda: check_torch(args.device))
     if args.device == "cuda" and c.failures:  # nothing else can work: say so within seconds
         return _finish(c)

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,31 +275,103 @@ def connect(args, env_vars: dict[str, str] | None = None) -> None:
 # ----------------------------------------------------------------------------- autoscaler demand
 
 
+DEMAND_TIMEOUT_S = 60.0  # a request outlives its driver's last heartbeat by at most this
+HEARTBEAT_S = 10.0
+
+
+class DemandKeeper:
+    """A detached actor on the head node that holds the run's request to the autoscaler and withdraws it when the
+    driver's heartbeats stop for ``timeout_s`` (the driver was SIGKILLed, OOM-killed or stopped by `ray job stop`
+    without running its ``finally``), then exits. A request made with ``request_resources`` stays in force until
+    replaced, so without this a dead run could keep every GPU node of the cluster up until the next run."""
+
+    def __init__(self, timeout_s: float = DEMAND_TIMEOUT_S):
+        import threading
+
+        self.timeout_s, self.last = timeout_s, time.monotonic()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def request(self, bundles: list[dict]) -> None:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def clear(self) -> None:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+
+    def _watch(self) -> None:
+        while time.monotonic() - self.last < self.timeout_s:
+            time.sleep(1.0)
+        try:
+            self.clear()
+        finally:
+            os._exit(0)  # the actor's process: nothing else lives in it
+
+
 class AutoscalerDemand:
     """Keeps the autoscaler asking for the worker resources of the trials still to run (at most ``concurrency``
     at once), so that an autoscaling cluster grows toward its ``max_workers`` while trials wait and may shrink as
-    they finish; ``clear()`` withdraws the request when the run ends (a request stays in force until replaced).
-    A no-op on a local instance."""
+    they finish. The request is held by a ``DemandKeeper`` the driver keeps alive with a heartbeat: ``clear()``
+    withdraws it when the run ends, and if the driver dies without doing so, the keeper withdraws it within
+    ``DEMAND_TIMEOUT_S``. A no-op on a local instance."""
 
-    def __init__(self, res: Resources, enabled: bool):
-        self.res, self.enabled = res, enabled
+    def __init__(self, res: Resources, enabled: bool, timeout_s: float = DEMAND_TIMEOUT_S):
+        self.res, self.enabled, self.timeout_s = res, enabled, timeout_s
         self.requested = -1
+        self.keeper = None
+        self._stop = None
+
+    def _keeper(self):
+        if self.keeper is None:
+            import threading
+            import uuid
+
+            import ray
+
+            actor = ray.remote(DemandKeeper).options(
+                name=f"ablations-demand-{uuid.uuid4().hex[:12]}", lifetime="detached", num_cpus=0,
+                resources={"node:__internal_head__": 0.001}, max_restarts=0)
+            self.keeper = actor.remote(self.timeout_s)
+            self._stop = threading.Event()
+            threading.Thread(target=self._beat, args=(self.keeper, self._stop), daemon=True).start()
+        return self.keeper
+
+    @staticmethod
+    def _beat(keeper, stop) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                keeper.beat.remote()
+            except Exception:  # the driver is shutting down
+                return
 
     def update(self, trials_left: int) -> None:
         n = max(0, min(trials_left, self.res.concurrency))
         if not self.enabled or n == self.requested:
             return
-        from ray.autoscaler.sdk import request_resources
+        import ray
 
-        request_resources(bundles=[self.res.worker_bundle()] * (n * self.res.workers))
+        ray.get(self._keeper().request.remote([self.res.worker_bundle()] * (n * self.res.workers)), timeout=60)
         self.requested = n
 
     def clear(self) -> None:
-        if self.enabled and self.requested != 0:
-            try:
-                from ray.autoscaler.sdk import request_resources
+        if not self.enabled or self.keeper is None:
+            return
+        import ray
 
-                request_resources(bundles=[])
-                self.requested = 0
-            except Exception:  # the cluster is gone: nothing left to withdraw
-                pass
+        self._stop.set()
+        try:
+            ray.get(self.keeper.clear.remote(), timeout=30)
+            self.requested = 0
+        except Exception:  # the cluster is gone: nothing left to withdraw
+            pass
+        try:
+            ray.kill(self.keeper)
+        except Exception:
+            pass
+        self.keeper = None

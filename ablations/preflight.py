@@ -88,6 +88,28 @@ class _Rank:
             dist.destroy_process_group()
 
 
+def storage_filesystem(storage: str):
+    """(pyarrow filesystem, root path) of a storage URI or local path."""
+    import pyarrow.fs as pafs
+
+    if "://" in storage:
+        return pafs.FileSystem.from_uri(storage)
+    return pafs.LocalFileSystem(), os.path.abspath(storage)
+
+
+def write_marker(storage: str, token: str) -> dict[str, Any]:
+    """On a trial's node: write a small marker file under the storage (what a trial's checkpoint write does)."""
+    import ray
+
+    fs, root = storage_filesystem(storage)
+    path = f"{root.rstrip('/')}/.ablations-probe/{token}"
+    payload = f"{token} written on {ray.util.get_node_ip_address()}".encode()
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(payload)
+    return {"node_ip": ray.util.get_node_ip_address(), "path": path, "payload": payload.decode()}
+
+
 # ----------------------------------------------------------------------------- from the driver
 
 
@@ -117,9 +139,11 @@ def cuda_failure(r: dict[str, Any]) -> str:
     return f"CUDA is not usable {where} ({r.get('cuda_error', 'no CUDA device')}); {build}; {fix}"
 
 
-def run(res: Resources, wait_s: float) -> str:
-    """Reserve one trial's worker bundles (waiting up to ``wait_s`` for a node), check the device and the
-    collective there, release them. Returns a one-line summary; raises ``ResourceError`` on failure."""
+def run(res: Resources, wait_s: float, storage: str | None = None, storage_given: bool = True) -> str:
+    """Reserve one trial's worker bundles (waiting up to ``wait_s`` for a node), check the device, the
+    collective and (``storage``) that the storage a trial writes to there is the one the driver reads, release
+    them. Returns a one-line summary; raises ``ResourceError`` on failure. ``storage_given``: whether the user
+    chose the storage (else it is the run folder's default, which only a single machine shares)."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
@@ -144,9 +168,47 @@ def run(res: Resources, wait_s: float) -> str:
         if res.workers > 1:
             backend = "nccl" if res.device == "cuda" else "gloo"
             parts.append(_collective(res, pg, backend))
+        if storage:
+            parts.append(check_storage(res, pg, storage, storage_given))
         return "preflight: " + "; ".join(parts)
     finally:
         remove_placement_group(pg)
+
+
+def check_storage(res: Resources, pg, storage: str, given: bool = True) -> str:
+    """A marker written where a trial runs (bundle 0 of ``pg``, with a trial's resources) and read back here, in
+    the driver: the storage every trial checkpoints to and the driver collects from must be one (a shared path or
+    a URI such as s3://). One line says which side failed and the fix."""
+    import uuid
+
+    import ray
+
+    what = f"--storage {storage}" if given else f"the default storage {storage} (no --storage given)"
+    fix = ("use --storage s3://BUCKET/PREFIX (or gs://...) or a path every node mounts" if not given or
+           "://" not in storage else
+           "give the nodes access to it (on AWS the GPU workers' instance profile: python -m ablations.check --aws)")
+    token = uuid.uuid4().hex
+    try:
+        wrote = ray.get(ray.remote(write_marker).options(**_remote_options(res, pg, 0)).remote(storage, token),
+                        timeout=300)
+    except Exception as e:
+        raise ResourceError(f"{what}: a trial's node cannot write there ({one_line(getattr(e, 'cause', None) or e)});"
+                            f" {fix}") from None
+    fs, _ = storage_filesystem(storage)
+    try:
+        with fs.open_input_stream(wrote["path"]) as f:
+            back = f.read().decode()
+    except Exception:  # not found here: another machine's disk
+        back = None
+    finally:
+        try:
+            fs.delete_file(wrote["path"])
+        except Exception:  # best effort; the marker is tiny
+            pass
+    if back != wrote["payload"]:
+        raise ResourceError(f"{what}: a file a trial's node ({wrote['node_ip']}) wrote there is not visible to the "
+                            f"driver ({ray.util.get_node_ip_address()}): the nodes do not share it; {fix}")
+    return f"storage written on {wrote['node_ip']} and read back here"
 
 
 def _collective(res: Resources, pg, backend: str) -> str:

@@ -30,6 +30,7 @@ from . import timing
 from .figures import (GRADCAM_PER_CLASS, Skip, fig_axis, fig_confusions, fig_gradcam, fig_learning_curves,
                       fig_per_class_f1, load_test_images)
 from .adaptive_report import StudyVerdicts
+from .mirror import is_remote
 from .results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
 from .rundata import RunData
 from .tables import (BOOT_SEED, N_BOOT, POWER, ablation_table, claims_table, ensemble_table, level_table,
@@ -417,20 +418,44 @@ def write_report(run_dir: str | Path, *, figures: bool = True, gradcam: bool = T
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ablations.report", description=__doc__.split("\n")[0])
-    p.add_argument("run_dir", help="a results folder written by ablations.run")
+    p.add_argument("run_dir", help="a results folder written by ablations.run, or its mirror under a remote "
+                                   "--storage (s3://BUCKET/PREFIX/RUN)")
     p.add_argument("--no-figures", action="store_true", help="tables only (no PNGs, no Grad-CAM)")
     p.add_argument("--no-gradcam", action="store_true", help="skip Grad-CAM (needs the models and the data)")
     p.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap replicates of the paired tests")
     args = p.parse_args(argv)
-    if not Path(args.run_dir).is_dir():
-        print(f"error: {args.run_dir} is not a folder", file=sys.stderr)
-        return 2
+    kw = dict(figures=not args.no_figures, gradcam=not args.no_gradcam, n_boot=max(args.n_boot, 100))
     try:
-        print(write_report(args.run_dir, figures=not args.no_figures, gradcam=not args.no_gradcam,
-                           n_boot=max(args.n_boot, 100)))
+        if is_remote(args.run_dir):
+            return report_on_mirror(args.run_dir, **kw)
+        if not Path(args.run_dir).is_dir():
+            print(f"error: {args.run_dir} is not a folder", file=sys.stderr)
+            return 2
+        print(write_report(args.run_dir, **kw))
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    return 0
+
+
+def report_on_mirror(uri: str, **kw) -> int:
+    """A run mirrored under a remote storage (``ablations.mirror``), from any machine: brought down into a
+    temporary folder, reported there, and the report (REPORT.md, tables/, figures/) put back beside it."""
+    import tempfile
+
+    from .mirror import Mirror, pull
+
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / uri.rstrip("/").rsplit("/", 1)[-1]
+        if not pull(uri, local) or not (local / "run.json").exists():
+            print(f"error: {uri} holds no mirrored run (no run.json)", file=sys.stderr)
+            return 2
+        report = write_report(local, **kw)
+        mirror = Mirror(local, uri)
+        mirror.sent = {str(p.relative_to(local)): (p.stat().st_size, p.stat().st_mtime_ns) for p in mirror.files()
+                       if p.relative_to(local).parts[0] not in ("tables", "figures") and p.name != "REPORT.md"}
+        mirror.push()
+        print(f"{uri.rstrip('/')}/{report.name}")
     return 0
 
 

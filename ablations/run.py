@@ -41,6 +41,7 @@ from .speeds import DEFAULT_GPU, GPU, GPU_NAMES
 GpuChoice = tuple[float, "str | None"]  # (--gpu-speed, --gpu-model) for the estimate
 from .timing import where_the_time_went
 from .ledger import Ledger
+from .mirror import Mirror, is_remote, pull
 from .progress import Eta, Progress, duration, estimate_comparison, labels, quiet_ray
 from .results import RunFolder, RunFolderError, environment, now
 from .session import Session, make_recorder, root_error
@@ -441,6 +442,7 @@ def run(args) -> int:
 
     t0 = time.time()
     folder = RunFolder(Path(args.results) / (args.name or plan.grid))
+    mirror = results_mirror(folder, args.storage)  # with a remote --storage: the folder's copy there
     trackers = Trackers(tracker_names, folder.path / "logs", folder.path.name)
     trackers.check()
     source = D.resolve_source(args.data)
@@ -483,7 +485,7 @@ def run(args) -> int:
     if not pending and (first is None or first.stop_reason):
         if first is not None:
             print(first.line(), flush=True)
-        start_folder(folder, meta, splits, ledger)
+        start_folder(folder, meta, splits, ledger, mirror)
     else:
         import ray
 
@@ -494,20 +496,22 @@ def run(args) -> int:
             wanted = max(len(pending), len(A.compared_configs(rounds.comparisons)) if rounds else 0)
             res = cluster_resources(args, wanted)
             slots = res.concurrency
-            # the autoscaler hears of every trial to run before the first one starts, and the preflight waits
-            # (at most --wait-for-resources) for a node that can run one, then checks CUDA / NCCL there
+            # the preflight waits (at most --wait-for-resources) for one node that can run a trial (its placement
+            # group is the autoscaler's only demand so far), then checks CUDA / NCCL / the storage there; only then
+            # does the autoscaler hear of every trial to run (a failed preflight launches no more nodes)
             demand = AutoscalerDemand(res, enabled=bool(cluster_address(args)))
-            demand.update(len(pending))
             if preflight.needed(res, bool(cluster_address(args))):
-                print(preflight.run(res, wait_seconds(args)), flush=True)
-            start_folder(folder, meta, splits, ledger)
+                print(preflight.run(res, wait_seconds(args), storage, bool(args.storage)), flush=True)
+            demand.update(len(pending))
+            start_folder(folder, meta, splits, ledger, mirror)
             sizes = data_sizes(plan)
             estimates = trial_estimates({tid: ledger.trials[tid] for tid in pending}, res, sizes, (args.gpu_speed, args.gpu_model))
             estimated_wall = sum(estimates.values()) / res.concurrency
             progress = Progress(labels(plan), ledger.counts, Eta(estimates, res.concurrency), quiet=args.quiet,
                                 start=t0)
             progress.status(force=True)
-            session = Session(ledger, collector, progress, args.retries)
+            session = Session(ledger, collector, progress, args.retries,
+                              on_change=mirror.push if mirror else None)  # every finished trial goes up
             data_ref = ray.put({**splits.arrays(), "train_idx": splits.train_idx})  # the index keys augmentation
             data = {"ref": data_ref, "classes": list(splits.classes)}
 
@@ -544,6 +548,8 @@ def run(args) -> int:
                 demand.clear()  # a request to the autoscaler stays in force until withdrawn
             if folder.exists():
                 ledger.close()
+                if mirror:
+                    mirror.push()
             ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
 
     # 3. close the run and write the report
@@ -569,6 +575,9 @@ def run(args) -> int:
 
         report = write_report(folder.path)
         print(f"report: {report}")
+    if mirror:
+        mirror.push()
+        print(f"results mirrored to {mirror.uri}")
         for line in trackers.log_report(folder.path):
             print(line)
     c = ledger.counts
@@ -658,11 +667,25 @@ def run_meta(plan: grids.Plan, folder: RunFolder, source: str, fingerprint: str,
     }
 
 
-def start_folder(folder: RunFolder, meta: dict, splits, ledger: Ledger) -> None:
+def start_folder(folder: RunFolder, meta: dict, splits, ledger: Ledger, mirror: Mirror | None = None) -> None:
     folder.path.mkdir(parents=True, exist_ok=True)
     folder.write_meta(meta)
     folder.write_labels({"val": splits.val_y, "test": splits.test_y}, splits.classes)
     ledger.open()
+    if mirror:
+        mirror.push()
+
+
+def results_mirror(folder: RunFolder, storage: str | None) -> Mirror | None:
+    """With a remote --storage, the run folder's copy under ``<storage>/<run name>`` (``ablations.mirror``): a run
+    whose folder exists only there (a new head node after ``ray down``) is brought down first."""
+    if not is_remote(storage):
+        return None
+    mirror = Mirror(folder.path, f"{storage.rstrip('/')}/{folder.path.name}")
+    if not folder.run_json.exists() and mirror.exists():
+        n = pull(mirror.uri, folder.path)
+        print(f"results: {n} files of {mirror.uri} brought down into {folder.path}", flush=True)
+    return mirror
 
 
 def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .collector import Collector
 from .ledger import Ledger
@@ -40,6 +40,7 @@ class Session:
     progress: Progress
     retries: int = 0
     launched: dict[str, float] = field(default_factory=dict)  # driver clock: Tune started the trial
+    on_change: Callable[[], Any] | None = None  # after a trial finished or failed (the results mirror)
 
     def started(self, tid: str) -> None:
         self.launched[tid] = time.time()
@@ -57,6 +58,8 @@ class Session:
         got = self.collector.collect(tid, checkpoint, self.launched.get(tid, math.nan), received)
         self.ledger.finished(tid, got.metrics, got.history)
         self.progress.finished(tid, got.metrics)
+        if self.on_change is not None:
+            self.on_change()
         return got.metrics
 
     def failed(self, tid: str, error: str) -> None:
@@ -64,6 +67,8 @@ class Session:
         error = f"{error} (after {attempts} attempt{'s' if attempts > 1 else ''})"
         self.ledger.failed(tid, error)
         self.progress.failed(tid, error)
+        if self.on_change is not None:
+            self.on_change()
 
 
 def make_recorder(session: Session, storage: str, demand=None):

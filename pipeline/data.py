@@ -72,13 +72,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ABLATIONS_CACHE") or Path.home() / ".cache" / "ablations")
 
 
+def in_checkout() -> bool:
+    """Whether this code runs from a checkout of the project (beside which ../shared may lie), not an installed
+    copy in site-packages."""
+    return (REPO_ROOT / "pyproject.toml").is_file()
+
+
 def resolve_source(source: str | None) -> str:
     if source in (None, "", "auto"):
         env = os.environ.get("ABLATIONS_DATA")
         if env:
             return env
-        return str(SHARED_ARCHIVE) if SHARED_ARCHIVE.exists() else "torchvision"
+        return str(SHARED_ARCHIVE) if in_checkout() and SHARED_ARCHIVE.exists() else "torchvision"
     return source
+
+
+def why_torchvision() -> str:
+    """Why ``--data auto`` chose torchvision's download (for the one-line error when it cannot download)."""
+    where = (f"no {SHARED_ARCHIVE} beside the checkout" if in_checkout() else
+             f"this is an installed copy ({REPO_ROOT}), so no ../shared/data archive is looked for")
+    return f"--data auto found no $ABLATIONS_DATA and {where}"
 
 
 def fingerprint(source: str) -> str:
@@ -244,7 +257,8 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
         socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout).close()
     except OSError as e:
         raise DataError(f"cannot download CIFAR-10 with torchvision: {u.hostname} is not reachable "
-                        f"({e.strerror or type(e).__name__}); pass --data PATH to a local copy") from None
+                        f"({e.strerror or type(e).__name__}; {why_torchvision()}); pass --data PATH to a local copy "
+                        f"or set ABLATIONS_DATA") from None
 
 
 def _decode_torchvision(root: Path):

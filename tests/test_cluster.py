@@ -17,7 +17,7 @@ import time
 import pandas as pd
 import pytest
 
-from .conftest import BUCKET, GRIDS, run_cli, s3_keys
+from .conftest import BUCKET, GRIDS, REPO, run_cli, s3_keys
 from .fake_cluster import FakeAutoscalingCluster
 from .test_reliability import read_trials, start_cli, wait_for
 
@@ -121,3 +121,67 @@ def test_no_node_for_a_trial_fails_with_one_line_after_the_wait(autoscaling, min
     assert len(err) == 1 and err[0].startswith("error: ") and "accel" in err[0], proc.stderr
     assert not (tmp_path / "cnn").exists()
 
+
+
+# ----------------------------------------------------------------------------- issue 19: a dead run holds no GPUs
+
+
+def requested(address: str) -> bool:
+    """Whether `ray status` shows a request to the autoscaler (request_resources) in force."""
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    out = subprocess.run([ray, "status", "--address", address], capture_output=True, text=True, timeout=120)
+    return "from request_resources()" in out.stdout
+
+
+def test_a_killed_driver_leaves_no_demand_and_the_cluster_shrinks(autoscaling, s3, mini_archive, tmp_path):
+    """SIGKILL to the driver's whole process group mid-grid (no finally runs): its request to the autoscaler is
+    withdrawn by the detached keeper when the heartbeats stop (60 s), within 150 s, and the idle nodes go."""
+    args = ["--grid", str(GRIDS / "resume.yaml"), "--seeds", "6", "--data", str(mini_archive), "--results",
+            str(tmp_path), "--no-report", "--log", "none", *cluster_args(autoscaling, "killed")]
+    proc = subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **s3}, start_new_session=True)
+    try:
+        wait_for(lambda: (df := read_trials(tmp_path / "resume")) is not None
+                 and bool((df.status == "running").any()), 600, proc)
+        wait_for(lambda: requested(autoscaling.address), 120, proc, every=3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = time.monotonic()
+    wait_for(lambda: not requested(autoscaling.address), 150, every=5)
+    withdrawn = time.monotonic() - killed
+    wait_for(lambda: worker_nodes(autoscaling.address) == 0, 240, every=5)  # idle timeout 12 s
+    assert withdrawn <= 150
+
+
+def test_results_outlive_the_cluster_in_s3(autoscaling, s3, mini_archive, tmp_path):
+    """With --storage s3://...: the run folder is mirrored there. After the local folder is gone (as after
+    `ray down`), a report is made from the URI alone, and a run from a new head continues from it: the finished
+    trials are not run again, only the new seed's."""
+    import shutil
+
+    common = ["--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--log", "none",
+              *cluster_args(autoscaling, "outlive")]
+    first = run_cli(*common, "--seeds", "2", "--results", str(tmp_path / "head1"), env=s3, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert f"results mirrored to s3://{BUCKET}/outlive/cnn" in first.stdout
+    before = pd.read_parquet(tmp_path / "head1" / "cnn" / "trials.parquet").set_index("trial_id")
+    keys = set(s3_keys(s3, "outlive/cnn/"))
+    for f in ("run.json", "trials.parquet", "epochs.parquet", "labels.npz", "REPORT.md"):
+        assert f"outlive/cnn/{f}" in keys, f
+    assert {f"outlive/cnn/logits/{t}.npz" for t in before.index} <= keys
+    shutil.rmtree(tmp_path / "head1")  # the head node's disk is gone
+
+    report = subprocess.run([sys.executable, "-m", "ablations.report", f"s3://{BUCKET}/outlive/cnn", "--no-figures"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, **s3})
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert report.stdout.strip().endswith(f"s3://{BUCKET}/outlive/cnn/REPORT.md")
+
+    again = run_cli(*common, "--seeds", "3", "--results", str(tmp_path / "head2"), env=s3, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert f"brought down into {tmp_path / 'head2' / 'cnn'}" in again.stdout
+    assert f"{len(before)} of {len(before) + 1} trials already finished" in again.stdout
+    after = pd.read_parquet(tmp_path / "head2" / "cnn" / "trials.parquet").set_index("trial_id")
+    assert (after.status == "finished").all() and len(after) == len(before) + 1
+    for tid, row in before.iterrows():  # not run again
+        assert after.loc[tid, "t_fit_end"] == row.t_fit_end

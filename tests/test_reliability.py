@@ -154,6 +154,57 @@ def test_worker_node_lost_mid_trial_and_the_grid_still_completes(mini_archive, t
         cluster.shutdown()
 
 
+# ------------------------------------------------------------------ storage the trials' nodes do not share
+
+
+def can_unshare_mounts() -> bool:
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs mount namespaces (unshare -m) to give a node a disk of "
+                                                     "its own")
+def test_a_run_whose_storage_the_trials_node_does_not_share_is_refused(ray_cluster, mini_archive, tmp_path):
+    """A node of another machine, made real: a raylet joins the cluster from a mount namespace in which the run's
+    results folder is a private tmpfs, and only it offers the resource trials ask for. The default storage
+    (<run folder>/ray) is then a different disk there: the preflight's marker, written where a trial runs, is not
+    visible to the driver, and the run is refused with one line before anything is written. ``ablations.check``
+    writes its storage probe from the same kind of node and fails the same way."""
+    results = tmp_path / "results"
+    results.mkdir()
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    node = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {results} && exec {ray_bin} start "
+         f"--address={ray_cluster.address} --num-cpus=1 --resources='{{\"elsewhere\": 1}}' --block"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        def joined():
+            code = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
+                    "print(ray.cluster_resources().get('elsewhere', 0))" % ray_cluster.address)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            return out.stdout.strip().endswith("1.0")
+
+        wait_for(joined, 120, node, every=2)
+        flags = ["--address", ray_cluster.address, "--gpu-resource", "elsewhere", "--gpus-per-trial", "1",
+                 "--cpus-per-trial", "1"]
+        proc = run_cli("--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--results", str(results),
+                       *flags, timeout=300)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and "not visible to the driver" in err[0] and "--storage s3://" in err[0], err
+        assert not (results / "cnn").exists()  # nothing written
+        shared = tmp_path / "shared-storage"  # a path outside the node's private disk: every node sees it
+        check = subprocess.run([sys.executable, "-m", "ablations.check", *flags, "--storage", str(results / "x"),
+                                "--no-micro-run"], capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert check.returncode == 2 and any("not visible to the driver" in ln for ln in check.stderr.splitlines())
+        ok = subprocess.run([sys.executable, "-m", "ablations.check", *flags, "--storage", str(shared),
+                             "--no-micro-run"], capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert any(ln.startswith("ok   storage") for ln in ok.stdout.splitlines()), ok.stdout + ok.stderr
+    finally:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
+
+
 # ------------------------------------------------------------------ failed trials
 
 
