@@ -8,8 +8,10 @@ optional ``margin`` in percentage points, and one of three shapes:
     rigid_beat_organic: {level: L4, better: [ship, truck], worse: [cat]}   groups of classes, in one level's reference
 
 ``claims`` maps ids to claims (a list of claims that each carry an ``id`` is read the same way). A grid that
-``extends`` another replaces claims by id; ``null`` removes one. The report gives each claim a verdict
-(``ablations.tables.claims_table``); nothing here chooses or trains anything.
+``extends`` another replaces claims by id; ``null`` removes one. A claim about an axis the extending grid
+removes stays, marked ``not_in_grid`` with the reason, so the report lists it as not measured here instead of
+dropping it. The report gives each claim a verdict (``ablations.tables.claims_table``); nothing here chooses or
+trains anything.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from pipeline.errors import UserError
 
-KEYS = {"id", "says", "source", "better", "worse", "axis", "level", "margin"}
+KEYS = {"id", "says", "source", "better", "worse", "axis", "level", "margin", "not_in_grid"}
 
 
 class ClaimError(UserError, ValueError):
@@ -35,6 +37,7 @@ class Claim:
     axis: str | None = None
     level: str | None = None
     margin: float = 0.0  # percentage points
+    not_in_grid: str = ""  # why this grid cannot measure it (an axis a grid that extends another removed)
 
     @property
     def kind(self) -> str:
@@ -99,7 +102,11 @@ def _parse_one(cid: str, c: Any) -> Claim:
     margin = c.get("margin", 0.0)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 100:
         raise ClaimError(f"{where}: 'margin' must be a number of percentage points in [0, 100)")
-    common = dict(id=cid, says=c["says"].strip(), source=c["source"].strip(), margin=float(margin))
+    absent = c.get("not_in_grid", "")
+    if not isinstance(absent, str):
+        raise ClaimError(f"{where}: 'not_in_grid' is a reason, in words")
+    common = dict(id=cid, says=c["says"].strip(), source=c["source"].strip(), margin=float(margin),
+                  not_in_grid=absent.strip())
     if isinstance(better, list) or isinstance(worse, list):
         if not (isinstance(better, list) and isinstance(worse, list) and better and worse):
             raise ClaimError(f"{where}: a class claim gives non-empty lists of classes for both 'better' and 'worse'")
@@ -126,6 +133,8 @@ def check(claims: Iterable[Claim], levels: Iterable[str], axis_arms: Mapping[str
     levels, classes = list(levels), list(classes)
     for c in claims:
         where = f"claim {c.id!r}"
+        if c.not_in_grid:  # listed, not measured
+            continue
         if c.kind == "levels":
             for lv in (c.better, c.worse):
                 if lv not in levels:

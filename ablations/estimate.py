@@ -29,6 +29,7 @@ from . import speeds as S
 
 # a trained image on cached prefix outputs: the gather and conversion of its row and the head, in forward passes
 CACHED_ROW_COST = 0.02
+CHILD_EPOCH_OFFSET = 10_000  # see cpu_compute_seconds
 
 
 @dataclass
@@ -138,7 +139,8 @@ def cpu_compute_seconds(cfg: TrialConfig, n: dict[str, int], computed: set, targ
     identity = (cfg.backbone, cfg.pretrained, cfg.weights, None if cfg.pretrained else cfg.seed, cfg.resolution,
                 cfg.normalize)
     fills = 0.0
-    for cut, split, view in trial_entries(cfg):
+    # a child's training views continue its parent's epochs: taken as views no other trial computes
+    for cut, split, view in trial_entries(cfg, CHILD_EPOCH_OFFSET if cfg.init_from else 0):
         key = (*identity, cut, split, view)
         if key not in computed:
             computed.add(key)

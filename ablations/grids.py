@@ -29,6 +29,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -238,7 +239,7 @@ def _load(name_or_path: str, seen: tuple[str, ...], base_dir: Path | None = None
 def merge_specs(parent: dict, child: dict) -> dict:
     """``child`` on top of ``parent``: base keys and level ``set`` keys are updated one by one; axes,
     ensembles, reported texts and claims are replaced by name (a null value removes one; removing an axis
-    removes the claims and ensembles about it); other keys replace."""
+    removes the ensembles about it and marks the claims about it ``not_in_grid``); other keys replace."""
     out = copy.deepcopy(parent)
     for key, value in child.items():
         if key == "base":
@@ -259,9 +260,15 @@ def merge_specs(parent: dict, child: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     removed = {a for a, v in (child.get("axes") or {}).items() if v is None}
-    if removed and out.get("claims"):
-        out["claims"] = {k: v for k, v in _claims_mapping(out["claims"]).items()
-                         if not (isinstance(v, dict) and v.get("axis") in removed)}
+    if removed and out.get("claims"):  # listed as not measured here, never dropped silently
+        out["claims"] = {k: ({**v, "not_in_grid": f"its axis {v['axis']!r} is not in this grid"}
+                             if isinstance(v, dict) and v.get("axis") in removed else v)
+                         for k, v in _claims_mapping(out["claims"]).items()}
+    axes_now = set(out.get("axes") or {})
+    if out.get("claims"):  # an axis declared again (cpu-extended after cpu): its claims are measured again
+        out["claims"] = {k: ({kk: vv for kk, vv in v.items() if kk != "not_in_grid"}
+                             if isinstance(v, dict) and v.get("not_in_grid") and v.get("axis") in axes_now else v)
+                         for k, v in _claims_mapping(out["claims"]).items()}
     if removed and out.get("ensembles"):
         out["ensembles"] = {k: v for k, v in out["ensembles"].items()
                             if not (isinstance(v, dict) and v.get("axis") in removed)}
@@ -289,6 +296,24 @@ def _coerce_all(delta: dict, where: str) -> dict:
         return {k: coerce(k, v) for k, v in delta.items()}
     except ConfigError as e:
         raise GridError(f"{where}: {e}") from None
+
+
+def _is_relative(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().startswith("parent")
+
+
+def _relative_lr(text: str, parent_lr: float, level: str) -> float:
+    """A child's learning rate relative to its parent's: 'parent', 'parent/N' or 'parent*N' (000 halved its rate
+    from level 3 to level 4: 'parent/2')."""
+    m = re.fullmatch(r"\s*parent\s*(?:([/*])\s*([0-9.eE+-]+))?\s*", text)
+    try:
+        factor = 1.0 if m is None or m.group(1) is None else float(m.group(2))
+    except ValueError:
+        m = None
+    if m is None or factor <= 0:
+        raise GridError(f"level {level!r}: lr={text!r}: write parent, parent/N or parent*N with N > 0")
+    lr = parent_lr / factor if m.group(1) == "/" else parent_lr * factor
+    return _coerce_all({"lr": lr}, f"level {level!r}")["lr"]
 
 
 def _arm_name(delta: dict) -> str:
@@ -400,14 +425,24 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
             raise GridError(f"grid {name!r}: level {lv!r} is not defined")
         parent = ls.get("from")
         values = dict(resolve(parent, (*seen, lv))) if parent else dict(base)
-        values.update(_coerce_all(ls.get("set") or {}, f"level {lv!r}"))
+        delta = dict(ls.get("set") or {})
+        if _is_relative(delta.get("lr")):  # 'lr: parent/2': resolved below, from the init_from parent's lr
+            relative[lv] = delta.pop("lr")
+        values.update(_coerce_all(delta, f"level {lv!r}"))
         refs[lv] = values
         return values
 
+    relative: dict[str, str] = {}
     for lv in level_specs:
         resolve(lv)
-    refs = {lv: {**v, **overrides} for lv, v in refs.items()}
     lineage = _lineage(name, level_specs)
+    for lv in lineage:  # parents before children
+        if lv in relative:
+            refs[lv]["lr"] = _relative_lr(relative.pop(lv), refs[level_specs[lv]["init_from"]]["lr"], lv)
+    if relative:
+        lv, text = next(iter(relative.items()))
+        raise GridError(f"grid {name!r}: level {lv!r} sets lr={text!r}, relative to a parent, but has no init_from")
+    refs = {lv: {**v, **overrides} for lv, v in refs.items()}
 
     # evaluation axes widen the TTA their level's reference evaluates; they add no trials
     eval_axes = []
@@ -562,7 +597,8 @@ def describe_claims(plan: Plan) -> list[str]:
     for c in plan.claims:
         need_levels = {c.level} if c.kind == "classes" else ({c.better, c.worse} if c.kind == "levels" else set())
         missing = sorted(need_levels - levels) + ([c.axis] if c.kind == "arms" and c.axis not in axes else [])
-        note = f" [not in this selection: {', '.join(missing)}]" if missing else ""
+        note = (f" [not in this grid: {c.not_in_grid}]" if c.not_in_grid else
+                f" [not in this selection: {', '.join(missing)}]" if missing else "")
         out.append(f"{c.id}: {c.says} -- measures {c.compared()}; source: {c.source}{note}")
     return out
 

@@ -120,7 +120,8 @@ class Ledger:
     def finished(self, tid: str, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
         r = self.records[tid]
         self._set_status(tid, "finished")
-        r.error, r.metrics, r.epochs_done = None, dict(metrics), len(history)
+        r.error, r.metrics = None, dict(metrics)
+        r.epochs_done = sum(1 for h in history if int(h.get("epoch", 1)) >= 1)  # a child's epoch 0 is its start
         self._append(tid, r.columns(), epochs=history, replace_epochs=True)
 
     def failed(self, tid: str, error: str) -> None:

@@ -143,7 +143,10 @@ class Progress:
         self.eta.started(tid, self.clock())
 
     def epoch(self, tid: str, epochs: int, row: dict[str, Any]) -> None:
-        if not self.quiet:
+        if not self.quiet and row.get("epoch") == 0:  # a child validated from its parent's weights
+            self._print(f"  {self.labels[tid]} epoch 0/{epochs} (its parent's model): "
+                        f"val_acc {row.get('val_acc', float('nan')):.3f}")
+        elif not self.quiet:
             self._print(f"  {self.labels[tid]} epoch {row.get('epoch')}/{epochs}: "
                         f"train_acc {row.get('train_acc', float('nan')):.3f} "
                         f"val_acc {row.get('val_acc', float('nan')):.3f}")

@@ -192,7 +192,8 @@ def levels_section(ctx: Context) -> list[str]:
     return ["## Level comparison", "",
             "Each level's best config is chosen on mean **validation** accuracy over its finished seeds (never on "
             f"test). Accuracy: mean ± 95% CI over seeds (t-distribution) from {S.MIN_SEEDS} seeds on; with fewer "
-            "seeds the per-seed values (\"57.4 / 60.5\"). \"With TTA\" uses the config's own TTA mode. The last "
+            "seeds the per-seed values (\"57.4 / 60.5\"). \"With TTA\" uses the same TTA views for every level: the "
+            "widest mode every level's best config evaluated (a level's wider modes are in the TTA table). The last "
             "column is what the seed write-ups reported for that level (their own single runs, other setups: for "
             "orientation, not a paired comparison)." + (
                 " This run added seeds adaptively: configs have different numbers of seeds, and a column counts "

@@ -327,7 +327,8 @@ def run_in_lineage_order(session: Session, pending: list[str], res: Resources, d
         for p in dict.fromkeys(parents[t] for t in ready if t in parents):
             path = ledger.folder.model_path(p)
             if path.exists():
-                refs[p] = ray.put(torch.load(path, map_location="cpu", weights_only=True)["state"])
+                saved = torch.load(path, map_location="cpu", weights_only=True)  # its config and trained state
+                refs[p] = ray.put({"config": saved["config"], "state": saved["state"]})
         for t in [t for t in ready if t in parents and parents[t] not in refs]:
             session.failed(t, f"the weights of its parent trial {parents[t]} (init_from) are not in "
                               f"{ledger.folder.model_path(parents[t]).parent}; run the grid into a new --name")

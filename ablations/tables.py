@@ -116,7 +116,7 @@ LEVEL_COLUMNS = [
     Col("Val acc %", per_seed("val_acc")),
     Col("Test acc % (no TTA)", per_seed("test_acc")),
     Col("Test acc % with TTA", lambda r: f"{per_seed('test_acc_tta')(r)} ({r['tta']})"
-        if finite(r.get("test_acc_tta_mean")) else EMPTY),
+        if finite(r.get("test_acc_tta_mean")) else EMPTY),  # its label names the mode (``level_table``)
     Col("Macro-F1", number("macro_f1_mean", ".3f")),
     Col("Trainable params", number("trainable_params", ",.0f")),
     Col("Time/trial (s)", number("seconds_per_trial", ".0f")),
@@ -143,12 +143,10 @@ def level_table(run: RunData, adaptive=None) -> Table:
             continue
         seeds = run.seeds(cid, lv)
         tids = list(seeds.values())
-        tta = str(run.config_values(cid).get("tta", "none"))
         row.update(best_config=run.config_name(lv, cid), config_id=cid, trial_ids=" ".join(tids), seeds=len(tids),
                    **summary("val_acc", {s: run.acc(t, "val") for s, t in seeds.items()}),
-                   **summary("test_acc", {s: run.acc(t) for s, t in seeds.items()}), tta=tta)
-        if tta != "none":
-            row.update(summary("test_acc_tta", {s: run.acc(t, "test", tta) for s, t in seeds.items()}))
+                   **summary("test_acc", {s: run.acc(t) for s, t in seeds.items()}),
+                   own_tta=str(run.config_values(cid).get("tta", "none")))
         f1 = [run.value(t, "macro_f1") for t in tids]
         row["macro_f1_mean"] = float(np.nanmean(f1)) if any(finite(x) for x in f1) else math.nan
         row["trainable_params"] = run.value(tids[0], "trainable_params")
@@ -156,14 +154,33 @@ def level_table(run: RunData, adaptive=None) -> Table:
                                          for v in [[run.value(t, col) for t in tids]] if any(finite(x) for x in v)),
                                         math.nan)
         rows.append(row)
+    common = _common_tta(run, rows)
+    columns = [Col(f"Test acc % with {common} TTA (every level)", per_seed("test_acc_tta")) if c.label ==
+               "Test acc % with TTA" else c for c in LEVEL_COLUMNS] if common != "none" else \
+        [c for c in LEVEL_COLUMNS if c.label != "Test acc % with TTA"]
+    for row in rows:
+        if common != "none" and row.get("config_id"):
+            seeds = run.seeds(row["config_id"], row["level"])
+            row.update(tta=common, **summary("test_acc_tta", {s: run.acc(t, "test", common) for s, t in seeds.items()}))
     if adaptive is not None:
         for row in rows:
             configs = set(run.df[run.df["level"].astype(str) == row["level"]]["config_id"].astype(str))
             row["adaptive_verdicts"] = adaptive.level_summary(configs)
         return Table("levels", pd.DataFrame(rows),
-                     [*LEVEL_COLUMNS[:-1], Col("Verdicts around this level (anytime-valid): how their seeds stopped",
-                                               text("adaptive_verdicts")), LEVEL_COLUMNS[-1]])
-    return Table("levels", pd.DataFrame(rows), LEVEL_COLUMNS)
+                     [*columns[:-1], Col("Verdicts around this level (anytime-valid): how their seeds stopped",
+                                         text("adaptive_verdicts")), columns[-1]])
+    return Table("levels", pd.DataFrame(rows), columns)
+
+
+def _common_tta(run: RunData, rows: list[dict]) -> str:
+    """The widest TTA mode that every level's best config evaluated (the modes nest: none, flip, flip_crops), so
+    that the level table compares every level with the same test-time views; 'none' if some level has no view
+    beyond the plain one. A level without a finished config does not narrow it."""
+    from pipeline.registry import TTA_MODES
+
+    order = list(TTA_MODES)
+    own = [r["own_tta"] for r in rows if r.get("config_id")]
+    return min(own, key=order.index) if own else "none"
 
 
 def _differences(ref: dict, other: dict, limit: int = 6) -> str:
@@ -599,6 +616,10 @@ def claims_table(run: RunData, n_boot: int = N_BOOT, adaptive=None) -> Table:
     for c in run.claims:
         row: dict[str, Any] = {"claim": c.id, "says": c.says, "source": c.source, "kind": c.kind,
                                "compared": c.compared(), "margin_pp": c.margin, "null_pp": 0.0}
+        if c.not_in_grid:
+            row["verdict"] = f"not in this grid ({c.not_in_grid})"
+            rows.append(row)
+            continue
         try:
             row.update(measure_claim(run, c, n_boot))
             margin = c.margin / 100

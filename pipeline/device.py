@@ -33,3 +33,14 @@ class Precision:
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+
+# batch of evaluation and of prefix-cache fills (``eval_batch_size=0``): measured on each device kind. On these
+# AVX2 CPUs Lite0's prefix at 96 px ran at 286 images/s in batches of 64 against 177 in batches of 512 (and at 64
+# its outputs equal the plain path's training batches of 64 bit for bit); on GPUs large batches fill the device.
+EVAL_BATCH = {"cpu": 64, "cuda": 512}
+
+
+def eval_batch(cfg: TrialConfig, device: torch.device) -> int:
+    """The batch size of evaluation and prefix-cache fills: the config's, else the device kind's (``EVAL_BATCH``)."""
+    return cfg.eval_batch_size or EVAL_BATCH.get(device.type, 64)

@@ -27,13 +27,16 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 
-ID_SCHEMA = 2
+ID_SCHEMA = 3
 
 # version -> (what changed, which configs it changes); see the module docstring
 COMPUTE_CHANGES: dict[int, tuple[str, Callable[[dict[str, Any]], bool]]] = {
     2: ("augmentation is drawn per image as views keyed by (policy, seed, epoch, image index), and MixUp/CutMix "
         "draw their coefficients on the host",
         lambda v: v["augment"] != "none" or v["mix"] != "none"),
+    3: ("a child (init_from) continues its parent's epoch numbering: its augmentation views and batch order are "
+        "those of the epochs after its parent's, not the parent's first epochs again",
+        lambda v: bool(v.get("init_from"))),
 }
 
 # Frozen: one entry per identity key, written when the key is introduced and never changed afterwards.
@@ -45,6 +48,7 @@ ID_BASELINE = MappingProxyType({
     "train_per_class": 0, "val_size": 5000, "test_per_class": 0, "split_seed": 0, "seed": 0,
     "weights": "",  # schema 2: a weights file is identified by its content
     "init_from": "",  # added with schema 2's code: no trial started from another before
+    "new_stage_bn": "batch",  # added with schema 3: a child's newly trained stages always used batch statistics
 })
 
 # Schema 1 hashed these keys' values as given (normalize resolved); frozen.
@@ -81,6 +85,8 @@ def identity(cfg) -> dict[str, Any]:
     out = {k: FIELD_TYPES[k](v) if k in FIELD_TYPES else v
            for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
     out["normalize"] = effective_normalization(cfg)
+    if not out.get("init_from"):  # only a child has stages its parent kept frozen
+        out["new_stage_bn"] = ID_BASELINE["new_stage_bn"]
     if out.get("weights"):
         out["weights"] = file_digest(out["weights"])
     return out
@@ -123,6 +129,8 @@ def legacy_trial_id(cfg) -> str:
     from .config import effective_normalization
 
     base, values = baseline_of(cfg), cfg.to_dict()
+    if not values.get("init_from"):  # as in identity(): only a child has stages its parent kept frozen
+        values["new_stage_bn"] = base.get("new_stage_bn", values.get("new_stage_bn"))
     newer = [k for k in values if k in base and k not in LEGACY_KEYS and k != "weights" and values[k] != base[k]]
     if newer:
         raise ConfigError(f"{', '.join(newer)}: not part of id schema 1, so not in a run made with it")

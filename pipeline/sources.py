@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from . import augment as aug
 from . import views
 from .config import TrialConfig, effective_normalization, prefix_refusal, stages_at
-from .device import Precision
+from .device import Precision, eval_batch
 from .models import Classifier, Prefix, Top, prefix_cut, weights_digest
 from .prefix_cache import BUDGET_ENV, PrefixCache
 
@@ -131,7 +131,7 @@ class RawImages:
         return aug.mix(x, self.data.y["train"][idx], cfg.mix, cfg.mix_alpha, self.data.num_classes, gen, self.rng)
 
     def eval_batches(self, split: str, view: str) -> Iterator[torch.Tensor]:
-        x, bs = self.data.x[split], self.cfg.eval_batch_size
+        x, bs = self.data.x[split], eval_batch(self.cfg, self.inputs.device)
         for i in range(0, len(x), bs):
             yield self.inputs(x[i:i + bs], view=view)
 
@@ -185,7 +185,7 @@ class CachedPrefix:
 
     def eval_batches(self, split: str, view: str) -> Iterator[torch.Tensor]:
         self.prepare(split, (view,))
-        z, bs = self.loaded[(split, view)], self.cfg.eval_batch_size
+        z, bs = self.loaded[(split, view)], eval_batch(self.cfg, self.inputs.device)
         for i in range(0, len(z), bs):
             yield self._rows(z[i:i + bs])
 
@@ -215,14 +215,13 @@ class CachedPrefix:
     @torch.inference_mode()
     def _fill(self, out: np.ndarray, split: str, draw: Callable[[], views.ViewParams] | None, tta: str) -> None:
         """Run the prefix over a split's images (with a view's augmentation or a TTA view) into ``out``, in batches
-        of ``eval_batch_size``. (oneDNN's convolutions can round an image differently in batches of another size,
-        e.g. 32 against 64, and training amplifies such last-bit differences; at the evaluation batch size the
-        outputs were bit-identical to the plain path's in every case tested. On CPUs a smaller
-        ``eval_batch_size`` is faster: Lite0's prefix at 96 px ran at 286 images/s in batches of 64 against 177
-        in batches of 512.)"""
+        of the evaluation batch (``pipeline.device.eval_batch``: per device kind unless the config sets one).
+        (oneDNN's convolutions can round an image differently in batches of another size, e.g. 32 against 64, and
+        training amplifies such last-bit differences; at the evaluation batch size the outputs were bit-identical
+        to the plain path's in every case tested.)"""
         self.prefix.eval()
         params = draw() if draw is not None else None
-        x, bs = self.data.x[split], self.cfg.eval_batch_size
+        x, bs = self.data.x[split], eval_batch(self.cfg, self.inputs.device)
         with self.precision.autocast():
             for i in range(0, len(x), bs):
                 rows = params.take(slice(i, i + bs)) if params is not None else None
@@ -272,13 +271,14 @@ class PrefixPlan:
                 "prefix_read_us_per_image": self.read_us_per_image}
 
 
-def trial_entries(cfg: TrialConfig) -> set[tuple[int, str, str]]:
+def trial_entries(cfg: TrialConfig, epoch_offset: int = 0) -> set[tuple[int, str, str]]:
     """(cut, split, view) of every cache entry a trial reads: each epoch's training view and validation at that
-    epoch's cut, and every TTA view of validation and test at the final cut."""
+    epoch's cut, and every TTA view of validation and test at the final cut. ``epoch_offset``: a child's epochs
+    continue its parent's (``pipeline.train.Parent``), so its training views are those of the later epochs."""
     out = set()
     for epoch in range(cfg.epochs):
         cut = prefix_cut(stages_at(cfg, epoch))
-        out.add((cut, "train", views.view_name(cfg.augment, cfg.seed, epoch)))
+        out.add((cut, "train", views.view_name(cfg.augment, cfg.seed, epoch_offset + epoch)))
         out.add((cut, "val", "none"))
     final = prefix_cut(cfg.train_stages)
     for split in ("val", "test"):
@@ -326,7 +326,7 @@ def _plan_prefix(cfg: TrialConfig, model: Classifier, data: TrialData, inputs: I
 
 def recompute_seconds_per_image(prefix: Prefix, data: TrialData, inputs: Inputs, precision: Precision) -> float:
     """Measured on a GPU: one batch of training images through the prefix, timed after a warm-up batch."""
-    x = data.x["train"][:inputs.cfg.eval_batch_size]
+    x = data.x["train"][:eval_batch(inputs.cfg, inputs.device)]
     prefix.eval()
     seconds = math.nan
     with torch.inference_mode(), precision.autocast():

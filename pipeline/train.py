@@ -151,13 +151,14 @@ class TrainState:
     train_stages: str
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    start: dict | None = None  # a child's validation before its first epoch (epoch 0), from its parent's weights
 
     def checkpoint(self) -> dict:
         """The state after ``epoch`` epochs. The optimizer's part refers to live tensors: write it out before
         training goes on (the Ray trainable saves it at once)."""
         return {"model": trained_state(self.model, self.train_stages), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
-                "history": list(self.history)}
+                "history": list(self.history), "start": self.start}
 
     def restore(self, resume: dict) -> None:
         self.model.load_state_dict(resume["model"], strict=False)
@@ -167,6 +168,11 @@ class TrainState:
             self.scaler.load_state_dict(resume["scaler"])
         self.history = list(resume["history"])
         self.epoch = int(resume["epoch"])
+        self.start = resume.get("start")
+
+    def rows(self) -> list[dict]:
+        """Every epoch row: the start row (epoch 0) of a child, then one per epoch trained."""
+        return [self.start, *self.history] if self.start else list(self.history)
 
 
 # ----------------------------------------------------------------------------- one epoch, evaluation
@@ -258,8 +264,10 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         returns a dict that, passed back as ``resume``, continues training after that epoch.
     prefix_cache: where frozen-prefix outputs are kept and shared (the node's cache in a Ray trial); None: a
         private temporary one for this call.
-    init_state: for a config with ``init_from``, the parent trial's trained state (``TrialResult.state``: its
-        head and trained stages), loaded over the pretrained weights before anything else happens.
+    init_state: for a config with ``init_from``, the parent trial's trained model as saved (``{"config": ...,
+        "state": ...}``: its config and ``TrialResult.state``, its head and trained stages), loaded over the
+        pretrained weights before anything else happens. The child continues the parent's epoch numbering
+        (``Parent``) and is validated before its first epoch.
     Inside an initialized torch.distributed group of several processes (Ray Train with workers > 1), each
     process trains on its share of every batch under DistributedDataParallel; all evaluate everything.
     """
@@ -278,7 +286,7 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         with clock("build"):
             torch.manual_seed(cfg.seed)
             model = build_model(cfg, tdata.num_classes)
-            load_parent(model, cfg, init_state)
+            parent = load_parent(model, cfg, init_state)
             model = model.to(device)
             if cfg.channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -286,26 +294,53 @@ def fit(cfg: TrialConfig, data, *, device: str | torch.device | None = None,
         with clock("prefix"):
             plan = plan_prefix(cfg, model, tdata, inputs, cache, precision)
         sources = Sources(cfg, model, tdata, inputs, plan, cache, precision)
-        return _train_and_evaluate(cfg, model, tdata, sources, clock, precision, on_epoch, resume)
+        return _train_and_evaluate(cfg, model, tdata, sources, clock, precision, on_epoch, resume, parent)
     finally:
         if prefix_cache is None:
             cache.close()
 
 
-def load_parent(model, cfg: TrialConfig, init_state: dict | None) -> None:
+@dataclass(frozen=True)
+class Parent:
+    """What a child (``init_from``) takes from its parent trial besides the weights: the epochs the parent trained
+    and the stages it trained.
+
+    The rule: the child's epoch e is epoch ``parent.epochs + e`` of the lineage, so its augmentation views and
+    batch order (keyed by seed and epoch, ``pipeline.views``) are the ones after its parent's, not the parent's
+    first epochs again. Its own schedule, freeze phases and epoch rows count from its own first epoch. The stages
+    it trains beyond the parent's are ``new_stages``; ``new_stage_bn`` decides their BatchNorm."""
+
+    epochs: int = 0
+    train_stages: str = "0"
+
+    def new_stages(self, model, train_stages: str) -> list:
+        had = {id(m) for m in trained_modules(model, self.train_stages)}
+        return [m for m in trained_modules(model, train_stages) if id(m) not in had]
+
+
+def load_parent(model, cfg: TrialConfig, init_state: dict | None) -> Parent | None:
     """Start from the parent trial's trained model (``init_from``): its trained stages and head replace the
-    pretrained ones; the stages it kept frozen are the pretrained weights the model already holds."""
+    pretrained ones; the stages it kept frozen are the pretrained weights the model already holds. ``init_state``
+    is the parent's saved model (``{"config", "state"}``) or, from older callers, its state alone (then the child
+    is taken to start at epoch 0 after a head-only parent)."""
     if not cfg.init_from:
-        return
+        return None
     if init_state is None:
         raise ValueError(f"init_from={cfg.init_from}: the parent trial's trained state was not given")
-    missing, unexpected = model.load_state_dict(init_state, strict=False)
+    saved = init_state if "state" in init_state and "config" in init_state else {"state": init_state, "config": {}}
+    missing, unexpected = model.load_state_dict(saved["state"], strict=False)
     if unexpected:
         raise ValueError(f"init_from={cfg.init_from}: the parent's state does not fit this model ({unexpected[:3]})")
+    pcfg = saved["config"]
+    return Parent(epochs=int(pcfg.get("epochs", 0)), train_stages=str(pcfg.get("train_stages", "0")))
+
+
+def _bn_layers(modules: list) -> list:
+    return [m for mod in modules for m in mod.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def _train_and_evaluate(cfg: TrialConfig, model, data: TrialData, sources: Sources, clock: Clock,
-                        precision: Precision, on_epoch, resume: dict | None) -> TrialResult:
+                        precision: Precision, on_epoch, resume: dict | None, parent: Parent | None = None) -> TrialResult:
     device = precision.device
     n_workers = world()[1]
     n_train = len(data.y["train"])
@@ -327,18 +362,35 @@ def _train_and_evaluate(cfg: TrialConfig, model, data: TrialData, sources: Sourc
             modules[(stages, train)] = compiled(source.module, cfg, device, train)
         return modules[(stages, train)]
 
+    offset = parent.epochs if parent else 0  # the lineage's epoch: views and batch order continue the parent's
+    frozen_bn = _bn_layers(parent.new_stages(model, cfg.train_stages)) if parent and cfg.new_stage_bn == "frozen" \
+        else []
+    if parent is not None and state.start is None:  # where the child starts: its parent's model, validated
+        stages = stages_at(cfg, 0)
+        source = sources.for_stages(stages)
+        with clock("prefix"):
+            source.prepare("val", ("none",))
+        with clock("val"):
+            val_logits = evaluate(module(source, stages, False), source, "val", "none", precision)
+        state.start = {"epoch": 0, "val_loss": float(F.cross_entropy(val_logits, data.y["val"])),
+                       "val_acc": float((val_logits.argmax(1) == data.y["val"]).float().mean()), "seconds": 0.0}
+        if on_epoch is not None:
+            with clock("checkpoint"):
+                on_epoch(dict(state.start), state.checkpoint)
     for epoch in range(start_epoch, cfg.epochs):
         stages = stages_at(cfg, epoch)
         source = sources.for_stages(stages)
         set_trainable(model, stages)
         with clock("prefix"):
-            source.begin_epoch(epoch)
+            source.begin_epoch(offset + epoch)
             source.prepare("val", ("none",))
         train_mode(model, stages)
+        for bn in frozen_bn:  # new_stage_bn=frozen: the statistics the parent's stages were trained on
+            bn.eval()
         with clock("train"):
             t = time.perf_counter()
             row = {"epoch": epoch + 1, **train_one_epoch(module(source, stages, True), source, state, data, cfg,
-                                                         epoch, precision, bs, steps)}
+                                                         offset + epoch, precision, bs, steps)}
             row["seconds"] = time.perf_counter() - t
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(f"training loss is {row['train_loss']} at epoch {epoch + 1}")
@@ -396,5 +448,5 @@ def _result(cfg: TrialConfig, model, data: TrialData, state: TrainState, logits,
         "compiled": bool(cfg.compile),
         "world_size": world()[1],  # torch.distributed's, so a process group that was not set up shows as 1
     })
-    return TrialResult(config=cfg.to_dict(), history=history, logits=logits, metrics=metrics,
+    return TrialResult(config=cfg.to_dict(), history=state.rows(), logits=logits, metrics=metrics,
                        state=trained_state(model, cfg.train_stages))

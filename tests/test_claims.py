@@ -79,7 +79,7 @@ def test_claims_as_list_or_mapping_and_their_kinds(tmp_path):
     assert next(c for c in plan.claims if c.id == "up").compared() == "L2 reference − L1 reference (margin 2 pp)"
 
 
-def test_extends_replaces_claims_by_id_and_drops_those_of_removed_axes(tmp_path):
+def test_extends_replaces_claims_by_id_and_keeps_those_of_removed_axes_as_not_in_the_grid(tmp_path):
     (tmp_path / "base.yaml").write_text(GRID + """
   a: {says: a, source: s, better: L2, worse: L1}
   b: {says: b, source: s, axis: lr, better: 1.0e-4, worse: 1.0e-3}
@@ -87,7 +87,9 @@ def test_extends_replaces_claims_by_id_and_drops_those_of_removed_axes(tmp_path)
 """)
     plan = _load(tmp_path, "extends: base.yaml\naxes: {lr: null}\nclaims: {a: null, c: {says: c2, source: t, "
                            "axis: tta, better: none, worse: flip}}\n", "child.yaml")
-    assert [(c.id, c.says, c.better) for c in plan.claims] == [("c", "c2", "none")]
+    # 'a' removed on purpose; 'b' kept but listed as not in this grid (its axis was removed); 'c' replaced
+    assert [(c.id, c.says, c.better, c.not_in_grid) for c in plan.claims] == [
+        ("b", "b", "0.0001", "its axis 'lr' is not in this grid"), ("c", "c2", "none", "")]
     # redefining an axis so that a claim's arm is gone is an error, not a silent drop
     with pytest.raises(grids.GridError, match="claim 'b': axis 'lr' has no arm '0.0001'"):
         _load(tmp_path, "extends: base.yaml\naxes: {lr: {around: L2, key: lr, values: [0.5]}}\n", "child2.yaml")
@@ -96,8 +98,16 @@ def test_extends_replaces_claims_by_id_and_drops_those_of_removed_axes(tmp_path)
 def test_builtin_grids_declare_the_seeds_claims():
     claims = {c.id: c for c in grids.expand(*grids.load_spec("full")).claims}
     assert set(claims) == {"finetune_beats_frozen", "transfer_beats_scratch", "flip_tta_helps",
-                           "deeper_finetune_helps", "augment_helps_finetuning", "fusion_head_helps", "se_head_helps",
-                           "label_smoothing_helps", "mixup_helps", "rigid_beat_organic"}
+                           "deeper_finetune_from_imagenet", "continuation_helps", "augment_helps_finetuning",
+                           "fusion_head_helps", "se_head_helps", "label_smoothing_helps", "mixup_helps",
+                           "rigid_beat_organic"}
+    # a claim per level step, as its seed ran it: L1 -> L2, L2 -> L3 (the same recipe, another head), L3 -> L4 (the
+    # continuation of each seed's own L3 model), and TTA on L4
+    steps = {k: (c.kind, c.better, c.worse) for k, c in claims.items()}
+    assert steps["finetune_beats_frozen"] == ("levels", "L2", "L1")
+    assert steps["fusion_head_helps"] == ("levels", "L3", "L2")
+    assert steps["continuation_helps"] == ("levels", "L4", "L3")
+    assert steps["flip_tta_helps"] == ("arms", "flip", "none") and steps["se_head_helps"] == ("arms", "se", "linear")
     assert (claims["finetune_beats_frozen"].better, claims["finetune_beats_frozen"].worse) == ("L2", "L1")
     assert claims["transfer_beats_scratch"].margin >= 10
     rigid = claims["rigid_beat_organic"]
@@ -107,9 +117,10 @@ def test_builtin_grids_declare_the_seeds_claims():
         assert re.search(r"\b00[0-4]\b", c.source), c.id
     for name in ("cpu-extended", "L1", "L2", "L3", "L4"):  # the children inherit them
         assert {c.id for c in grids.expand(*grids.load_spec(name)).claims} == set(claims)
-    # cpu drops the head and loss axes, and the claims about them
-    assert {c.id for c in grids.expand(*grids.load_spec("cpu")).claims} == set(claims) - {
-        "fusion_head_helps", "se_head_helps", "label_smoothing_helps", "mixup_helps"}
+    # cpu drops the loss axis, and lists the claims about it as not in the grid
+    cpu = {c.id: c.not_in_grid for c in grids.expand(*grids.load_spec("cpu")).claims}
+    assert set(cpu) == set(claims)
+    assert {k for k, v in cpu.items() if v} == {"label_smoothing_helps", "mixup_helps"}
 
 
 def test_citations_match_the_seed_write_ups():
@@ -339,7 +350,9 @@ def test_committed_examples_show_per_seed_values_and_no_verdicts(tmp_path, examp
     text = (run / "REPORT.md").read_text()
     assert [ln for ln in text.splitlines() if ln.startswith("## ")][:2] == ["## Claims", "## Level comparison"]
     claims = _csv(run, "claims")
-    assert len(claims) and set(claims["verdict"]) == {"needs ≥ 3 seeds"}
+    assert len(claims) and set(claims["verdict"]) - {"needs ≥ 3 seeds"} <= {
+        "not in this grid (its axis 'loss' is not in this grid)"}  # cpu's grid has no loss axis
+    assert (claims["verdict"] == "needs ≥ 3 seeds").any()
     table_lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     assert not [ln for ln in table_lines if "±" in ln or re.search(r"\| (higher|lower|inconclusive) ", ln)]
     levels = _csv(run, "levels")

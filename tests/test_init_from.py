@@ -2,19 +2,28 @@
 parent's weights in ``fit``, and the driver running the parent first and handing its weights over."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ablations import grids
+from pipeline import views
 from pipeline.config import TrialConfig
-from pipeline.train import fit
+from pipeline.train import epoch_seed, fit
 
 from .conftest import GRIDS, run_cli
 
 
 def plan_of(name: str, **kw) -> grids.Plan:
     return grids.expand(*grids.load_spec(name), **kw)
+
+
+def saved(result) -> dict:
+    """A trial's model as the driver hands it to a child: its config and trained state (models/<id>.pt)."""
+    return {"config": result.config, "state": result.state}
 
 
 def test_full_l4_and_its_arms_start_from_the_same_seeds_l3_reference():
@@ -60,7 +69,7 @@ def test_fit_starts_from_the_parents_trained_state(small_splits):
     parent = fit(parent_cfg, small_splits)
     # head only (BatchNorm statistics stay as the parent left them) at a rate too small to move it
     child_cfg = parent_cfg.replace(init_from=parent_cfg.config_id, train_stages="0", epochs=1, lr=1e-8)
-    child = fit(child_cfg, small_splits, init_state=parent.state)
+    child = fit(child_cfg, small_splits, init_state=saved(parent))
     np.testing.assert_allclose(child.logits["val"]["none"].astype(np.float32),
                                parent.logits["val"]["none"].astype(np.float32), atol=0.05)
     assert child.metrics["val_acc"] == pytest.approx(parent.metrics["val_acc"], abs=0.01)
@@ -95,12 +104,15 @@ def test_a_child_shares_prefix_outputs_with_a_trial_whose_frozen_stages_hold_the
     sibling = fit(base.replace(train_stages="2", lr=3e-4), small_splits, prefix_cache=cache)  # from ImageNet
     assert sibling.metrics["feature_cache_state"] == "miss"
     child_cfg = base.replace(init_from=base.config_id, train_stages="2", lr=3e-4)
-    child = fit(child_cfg, small_splits, prefix_cache=cache, init_state=parent.state)
-    assert child.metrics["prefix_path"] == "cached" and child.metrics["feature_cache_state"] == "hit"
+    child = fit(child_cfg, small_splits, prefix_cache=cache, init_state=saved(parent))
+    # its validation and test entries are the sibling's; its training view is a later epoch's (it continues its
+    # parent's epoch numbering), which it computes
+    assert child.metrics["prefix_path"] == "cached" and child.metrics["feature_cache_state"] == "partial"
+    assert child.metrics["prefix_hits"] >= 2 and child.metrics["prefix_computed"] >= 1
     # a parent that fine-tuned stages 2-3 changes what a child with train_stages 1 computes below its cut (stage 2)
     deep = fit(base.replace(train_stages="2"), small_splits, prefix_cache=cache)
     child2 = fit(base.replace(init_from=base.replace(train_stages="2").config_id, train_stages="1"), small_splits,
-                 prefix_cache=cache, init_state=deep.state)
+                 prefix_cache=cache, init_state=saved(deep))
     assert child2.metrics["feature_cache_state"] == "miss"  # its prefix holds the parent's trained stage 2
 
 
@@ -130,3 +142,120 @@ def test_ctrl_c_during_the_parents_wave_leaves_the_children_pending(ray_cluster,
     again = run_cli(*args)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     assert (pd.read_parquet(folder / "trials.parquet").status == "finished").all()
+
+
+# ----------------------------------------------------------------------------- continuation done as 000 did it
+
+LITE = dict(backbone="efficientnet_lite0", resolution=32, batch_size=50, device="cpu", threads=2)
+
+
+def test_a_child_continues_its_parents_epoch_numbering(small_splits, monkeypatch):
+    """The rule: the child's epoch e is the lineage's epoch parent.epochs + e, so its augmentation views and batch
+    order are not its parent's first epochs again; its rows count from its own epoch 1."""
+    import pipeline.train as T
+
+    seen: list[int] = []
+    real = T.train_one_epoch
+
+    def spy(module, source, state, data, cfg, epoch, *a, **kw):
+        seen.append(epoch)
+        return real(module, source, state, data, cfg, epoch, *a, **kw)
+
+    monkeypatch.setattr(T, "train_one_epoch", spy)
+    parent_cfg = TrialConfig(**LITE, train_stages="1", augment="basic", epochs=2, lr=1e-3)
+    parent = fit(parent_cfg, small_splits)
+    child = fit(parent_cfg.replace(init_from=parent_cfg.config_id, train_stages="2", epochs=2, lr=5e-4),
+                small_splits, init_state=saved(parent))
+    assert seen == [0, 1, 2, 3]  # the parent's epochs 0-1, then the child's as lineage epochs 2-3
+    assert [h["epoch"] for h in child.history] == [0, 1, 2]  # its start row, then its own epochs
+    n, bs = len(small_splits.train_y), 50
+    first = lambda e: torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(0, e)))[:bs]  # noqa: E731
+    assert not torch.equal(first(seen[2]), first(seen[0]))  # the child's first batch is not its parent's first
+    assert views.view_name("basic", 0, seen[2]) != views.view_name("basic", 0, seen[0])
+
+
+def test_a_child_is_validated_before_its_first_epoch_and_starts_at_its_parents_accuracy(small_splits, tmp_path):
+    """Epoch 0 of a child is a validation pass on its parent's weights. It equals the parent's final validation
+    accuracy within 1% of the validation images: the child reads its frozen stages at a shallower cut (another
+    prefix-cache entry, stored in float16), so a few borderline images may flip."""
+    from pipeline.prefix_cache import PrefixCache
+
+    cache = PrefixCache(tmp_path / "cache")
+    parent_cfg = TrialConfig(**LITE, train_stages="1", augment="basic", epochs=2, lr=1e-3)
+    parent = fit(parent_cfg, small_splits, prefix_cache=cache)
+    rows = []
+    child = fit(parent_cfg.replace(init_from=parent_cfg.config_id, train_stages="2", epochs=1, lr=5e-4),
+                small_splits, prefix_cache=cache, init_state=saved(parent), on_epoch=lambda r, ck: rows.append(r))
+    start = child.history[0]
+    assert start["epoch"] == 0 and rows[0]["epoch"] == 0 and math.isnan(start.get("train_loss", math.nan))
+    assert abs(start["val_acc"] - parent.metrics["val_acc"]) <= 0.01
+    assert parent.metrics["val_acc"] > 0.2  # a trained parent, not chance
+    no_parent = fit(parent_cfg, small_splits, prefix_cache=cache)
+    assert [h["epoch"] for h in no_parent.history] == [1, 2]  # only children get an epoch 0
+
+
+@pytest.mark.parametrize("mode", ["batch", "frozen"])
+def test_new_stage_bn_decides_the_batchnorm_of_the_stage_a_child_unfreezes(small_splits, mode):
+    """The parent trained the last stage; the child also trains the one below it. 'frozen': that stage's BatchNorm
+    keeps the running statistics it had (its weights still train); 'batch': it moves to batch statistics."""
+    from pipeline.models import build_model
+
+    parent_cfg = TrialConfig(**LITE, train_stages="1", epochs=1, lr=1e-3)
+    parent = fit(parent_cfg, small_splits)
+    child_cfg = parent_cfg.replace(init_from=parent_cfg.config_id, train_stages="2", epochs=1, new_stage_bn=mode)
+    child = fit(child_cfg, small_splits, init_state=saved(parent))
+    before = build_model(child_cfg, 10).state_dict()  # the ImageNet weights of the stage below the parent's
+    stage = len(build_model(child_cfg, 10).backbone.stages) - 2
+    means = [k for k in child.state if f"stages.{stage}." in k and k.endswith("running_mean")]
+    weights = [k for k in child.state if f"stages.{stage}." in k and k.endswith(".weight")]
+    assert means and weights
+    same_stats = all(torch.equal(child.state[k], before[k]) for k in means)
+    assert same_stats == (mode == "frozen")
+    assert not all(torch.equal(child.state[k], before[k]) for k in weights)  # it trained either way
+    assert child.config["new_stage_bn"] == mode
+
+
+def test_new_stage_bn_is_part_of_a_childs_id_only():
+    plain = TrialConfig(**LITE)
+    assert plain.replace(new_stage_bn="frozen").trial_id == plain.trial_id  # no parent: nothing to decide
+    assert plain.replace(new_stage_bn="batch").trial_id == plain.trial_id
+    child = plain.replace(init_from="abc")
+    assert child.replace(new_stage_bn="batch").trial_id != child.replace(new_stage_bn="frozen").trial_id
+
+
+@pytest.mark.parametrize("lr, expected", [("parent/2", 5e-4), ("parent*0.1", 1e-4), ("parent", 1e-3)])
+def test_a_childs_lr_can_be_relative_to_its_parents(lr, expected):
+    name, spec = grids.load_spec(str(GRIDS / "lineage.yaml"))
+    spec = {**spec, "levels": {"L1": spec["levels"]["L1"],
+                               "L2": {**spec["levels"]["L2"], "set": {**spec["levels"]["L2"]["set"], "lr": lr}}}}
+    plan = grids.expand(name, spec)
+    assert next(p.config.lr for p in plan.points if p.level == "L2") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("levels, message", [
+    ({"L2": {"set": {"lr": "parent/0"}}}, "write parent, parent/N or parent"),
+    ({"L2": {"set": {"lr": "parents/2"}}}, "write parent"),
+])
+def test_a_bad_relative_lr_is_refused(levels, message):
+    name, spec = grids.load_spec(str(GRIDS / "lineage.yaml"))
+    spec = {**spec, "levels": {"L1": spec["levels"]["L1"],
+                               "L2": {**spec["levels"]["L2"], "set": {**spec["levels"]["L2"]["set"],
+                                                                      **levels["L2"]["set"]}}}}
+    with pytest.raises(grids.GridError, match=message):
+        grids.expand(name, spec)
+
+
+def test_a_relative_lr_without_a_parent_is_refused():
+    name, spec = grids.load_spec(str(GRIDS / "lineage.yaml"))
+    spec = {**spec, "levels": {"L1": {"set": {**spec["levels"]["L1"]["set"], "lr": "parent/2"}}}}
+    with pytest.raises(grids.GridError, match="has no init_from"):
+        grids.expand(name, spec)
+
+
+def test_the_builtin_grids_continue_l3_at_half_its_rate_as_000_did():
+    for grid in ("full", "cpu"):
+        plan = plan_of(grid)
+        l3 = next(p.config for p in plan.points if p.level == "L3" and p.axis == "reference")
+        l4 = next(p.config for p in plan.points if p.level == "L4" and p.axis == "reference")
+        assert l4.lr == pytest.approx(l3.lr / 2) and l4.init_from == l3.config_id
+        assert l4.new_stage_bn == "frozen"

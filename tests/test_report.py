@@ -288,8 +288,10 @@ def test_level_csv_numbers(report_run):
     assert "| 76.0 / 78.0 " in next(ln for ln in md.splitlines() if ln.startswith("| L2 "))
     assert f"| {72.0:.1f} ± {T95[2] * 0.02 / math.sqrt(3) * 100:.1f} " in md  # L1: 3 seeds, a t-interval
     assert lv.loc["L2", "val_acc_mean"] == pytest.approx(0.8625)
-    assert lv.loc["L2", "tta"] == "flip"
-    assert lv.loc["L2", "test_acc_tta_mean"] == pytest.approx(0.77)  # this config's flip view changes nothing
+    # like with like: L2's best evaluated flip TTA, L1's did not, so no level gets a TTA column (L2's flip gain
+    # is in the TTA table)
+    assert lv.loc["L2", "own_tta"] == "flip" and lv.loc["L1", "own_tta"] == "none"
+    assert "test_acc_tta_mean" not in lv.columns and "TTA (every level)" not in md.splitlines()[0]
     assert lv.loc["L2", "configs_finished"] == 3 and lv.loc["L2", "configs_planned"] == 3
     assert lv.loc["L1", "reported"] == "99.9% (hand-made write-up)"
     assert lv.loc["L2", "reported"] == grids.SEED_REPORTED["L2"]
@@ -488,3 +490,14 @@ def test_report_all_pending(report_run, tmp_path):
     assert "no finished trial yet (9 pending)" in text
     assert "Trials: 12 pending." in text
     assert "could not be computed" not in text
+
+
+def test_the_level_table_compares_every_level_with_the_same_tta_views():
+    """The widest TTA mode every level's best config evaluated (modes nest: none < flip < flip_crops); a level
+    with no finished config does not narrow it."""
+    from ablations.tables import _common_tta
+
+    rows = [{"config_id": "a", "own_tta": "flip"}, {"config_id": "b", "own_tta": "flip_crops"}, {"level": "L9"}]
+    assert _common_tta(None, rows) == "flip"
+    assert _common_tta(None, [*rows, {"config_id": "c", "own_tta": "none"}]) == "none"
+    assert _common_tta(None, []) == "none"
