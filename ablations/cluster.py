@@ -335,12 +335,15 @@ class AutoscalerDemand:
             import ray
 
             actor = ray.remote(DemandKeeper).options(
-                name=f"ablations-demand-{uuid.uuid4().hex[:12]}", lifetime="detached", num_cpus=0,
+                name=f"ablations-demand-{uuid.uuid4().hex[:12]}", namespace="ablations", lifetime="detached", num_cpus=0,
                 resources={"node:__internal_head__": 0.001}, max_restarts=0)
             self.keeper = actor.remote(self.timeout_s)
             self._stop = threading.Event()
             threading.Thread(target=self._beat, args=(self.keeper, self._stop), daemon=True).start()
         return self.keeper
+
+    def __getstate__(self) -> dict:  # a Tuner pickles its callbacks, which hold this: not the heartbeat's event
+        return {**self.__dict__, "_stop": None}
 
     @staticmethod
     def _beat(keeper, stop) -> None:
@@ -364,7 +367,8 @@ class AutoscalerDemand:
             return
         import ray
 
-        self._stop.set()
+        if self._stop is not None:
+            self._stop.set()
         try:
             ray.get(self.keeper.clear.remote(), timeout=30)
             self.requested = 0
