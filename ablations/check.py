@@ -20,6 +20,13 @@ from pipeline.errors import UserError, one_line
 from pipeline.registry import BACKBONES
 
 
+def _opts(args):
+    """The cluster flags of this command as ``driver.cluster`` takes them."""
+    from .driver.cluster import ClusterOptions
+
+    return ClusterOptions.from_args(args)
+
+
 class Checks:
     def __init__(self):
         self.failures: list[str] = []
@@ -47,7 +54,7 @@ class Checks:
 def check_torch(device: str) -> str | tuple[str, str]:
     import torch
 
-    from .preflight import nvidia_driver
+    from .driver.preflight import nvidia_driver
 
     driver, driver_cuda = nvidia_driver()
     text = (f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU-only)'}, NVIDIA driver "
@@ -60,23 +67,23 @@ def check_torch(device: str) -> str | tuple[str, str]:
 def check_ray(args) -> str:
     import ray
 
-    from .cluster import cluster_address, connect, fmt_resources
-    from .torch_backend import lazy_backend_supported
+    from .driver.cluster import cluster_address, connect, fmt_resources
+    from .driver.torch_backend import lazy_backend_supported
 
-    connect(args)
+    connect(_opts(args))
     missing = lazy_backend_supported()
     extra = f"; private Train helpers missing ({', '.join(missing)}): stock TorchConfig" if missing else ""
-    where = cluster_address(args) or "a new local instance"
+    where = cluster_address(_opts(args)) or "a new local instance"
     return f"Ray {ray.__version__} at {where}: {fmt_resources(ray.cluster_resources())}{extra}"
 
 
 def check_task_gpus(args) -> str | tuple[str, str]:
     import ray
 
-    from .cluster import cluster_address, wants_gpu
-    from .preflight import cuda_failure, device_report
+    from .driver.cluster import cluster_address, wants_gpu
+    from .driver.preflight import cuda_failure, device_report
 
-    if cluster_address(args) and wants_gpu(args):  # an autoscaling cluster may have no GPU node yet: get one
+    if cluster_address(_opts(args)) and wants_gpu(_opts(args)):  # an autoscaling cluster may have no GPU node yet: get one
         return _preflight_on_cluster(args)
     gpus = ray.cluster_resources().get("GPU", 0)
     if not gpus:
@@ -94,10 +101,10 @@ def _preflight_on_cluster(args) -> str:
     """The run's own preflight: ask the autoscaler for one trial's resources, wait for a node, check CUDA there."""
     import ray
 
-    from . import preflight
-    from .cluster import AutoscalerDemand, max_cluster_resources, plan_resources
+    from .driver import preflight
+    from .driver.cluster import AutoscalerDemand, max_cluster_resources, plan_resources
 
-    res = plan_resources(args, ray.cluster_resources(), 1, on_cluster=True, max_resources=max_cluster_resources())
+    res = plan_resources(_opts(args), ray.cluster_resources(), 1, on_cluster=True, max_resources=max_cluster_resources())
     demand = AutoscalerDemand(res, enabled=True)
     demand.update(1)
     try:
@@ -112,14 +119,14 @@ def check_storage(args) -> str | tuple[str, str]:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from . import preflight
-    from .cluster import cluster_address, max_cluster_resources, plan_resources
+    from .driver import preflight
+    from .driver.cluster import cluster_address, max_cluster_resources, plan_resources
 
     if not args.storage:
         return "--", ("no --storage given: checkpoints go to <run folder>/ray on the driver's machine, which a run "
                       "on several nodes refuses")
-    on_cluster = bool(cluster_address(args))
-    res = plan_resources(args, ray.cluster_resources(), 1, on_cluster=on_cluster,
+    on_cluster = bool(cluster_address(_opts(args)))
+    res = plan_resources(_opts(args), ray.cluster_resources(), 1, on_cluster=on_cluster,
                          max_resources=max_cluster_resources() if on_cluster else None)
     pg = placement_group([res.worker_bundle()])
     try:
@@ -198,13 +205,8 @@ def check_micro_run(args, res) -> str:
     cfg = TrialConfig(backbone=args.backbone, pretrained=offline,
                       resolution=args.resolution, train_stages="all", augment="basic", epochs=2, batch_size=64,
                       device=res.device, threads=0 if res.device != "cpu" else int(res.cpus))
-    opts: dict[str, Any] = {"num_cpus": res.cpus}
-    if res.use_gpu:
-        opts["num_gpus"] = res.gpus
-    elif res.gpus:
-        opts["resources"] = {res.gpu_resource: res.gpus}
     t = time.perf_counter()
-    r = ray.get(ray.remote(micro_run).options(**opts).remote(
+    r = ray.get(ray.remote(micro_run).options(**res.ray_options()).remote(
         cfg.to_dict(), {"arrays": s.arrays(), "classes": list(s.classes)}, res.use_gpu), timeout=args.timeout)
     return (f"{cfg.backbone} at {cfg.resolution} px on {r['device']} ({r['node_ip']}): "
             f"{r['images_per_s']:.0f} train images/s, {time.perf_counter() - t:.0f} s in all")
@@ -283,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     if ray_ok and not args.no_micro_run and not c.failures:
         import ray
 
-        from .cluster import plan_resources
+        from .driver.cluster import plan_resources
 
         def micro() -> str:
-            from .cluster import cluster_address
+            from .driver.cluster import cluster_address
 
-            res = plan_resources(args, ray.cluster_resources(), 1, on_cluster=bool(cluster_address(args)))
+            res = plan_resources(_opts(args), ray.cluster_resources(), 1, on_cluster=bool(cluster_address(_opts(args))))
             return check_micro_run(args, res)
 
         c.run("micro run", micro)

@@ -10,7 +10,7 @@ optional ``margin`` in percentage points, and one of three shapes:
 ``claims`` maps ids to claims (a list of claims that each carry an ``id`` is read the same way). A grid that
 ``extends`` another replaces claims by id; ``null`` removes one. A claim about an axis the extending grid
 removes stays, marked ``not_in_grid`` with the reason, so the report lists it as not measured here instead of
-dropping it. The report gives each claim a verdict (``ablations.tables.claims_table``); nothing here chooses or
+dropping it. The report gives each claim a verdict (``ablations.report.tables.claims_table``); nothing here chooses or
 trains anything.
 """
 from __future__ import annotations

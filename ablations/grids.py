@@ -35,11 +35,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.registry import TTA_MODES
 from pipeline.config import DATA_KEYS, ConfigError, TrialConfig, coerce, from_dict
 from pipeline.data import CIFAR10_CLASSES
 from pipeline.errors import UserError, one_line
 from pipeline.ids import ID_SCHEMA
+from pipeline.registry import TTA_MODES
 
 from . import claims as C
 
@@ -67,8 +67,8 @@ LEVEL_LABELS = {
           "froze)",
     "L2": "augmentation, dropout, weight decay (001), AdamW + cosine, last stage unfrozen (002)",
     "L3": "multi-scale fusion head (000); the SE head (002) and the CNN from scratch (001, 003) are arms",
-    "L4": "layer3 + layer4 fine-tuned, backbone at 5e-5, flip TTA (000); MixUp, label smoothing and ensembles "
-          "as arms (planned in 002, not run)",
+    "L4": "L3's model trained on with layer3 + layer4 at half L3's rate, flip TTA (000); MixUp, label smoothing "
+          "and ensembles as arms (planned in 002, not run)",
 }
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_grids"
@@ -383,37 +383,86 @@ def _lineage(name: str, level_specs: dict) -> list[str]:
 
 def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str] | None = None,
            axes: list[str] | None = None, overrides: dict[str, Any] | None = None) -> Plan:
-    """Expand a grid spec into a plan of trial configs (one point per level/axis arm/seed)."""
+    """Expand a grid spec into a plan of trial configs (one point per level/axis arm/seed): the spec checked
+    (``check_spec``), the levels' reference values resolved (``level_values``), evaluation axes folded into their
+    level's TTA, lineage named, then one point per seed of every level reference and axis arm."""
+    levels = levels or spec.get("run_levels")
+    n_seeds = check_spec(name, spec, seeds, levels, axes, overrides or {})
+    level_specs, axis_specs = spec["levels"], spec.get("axes") or {}
+    refs = level_values(name, spec, overrides or {})
+    eval_axes = _widen_for_eval_axes(name, axis_specs, level_specs, refs)
+    wanted_levels = levels or list(level_specs)
+    plan = Plan(grid=name, spec=spec, eval_axes=tuple(eval_axes))
+    # a level that starts from another level's trained model: its configs (and its axes' arms) name the parent
+    # level's reference config; the parent runs first, at the same seed
+    for lv in _lineage(name, level_specs):
+        refs[lv]["init_from"] = _config(refs[level_specs[lv]["init_from"]], f"level {lv!r}").config_id
+    parents_needed = [p for lv in wanted_levels for p in _ancestors(lv, level_specs) if p not in wanted_levels]
+    ref_cfg = {lv: _config(refs[lv], f"level {lv!r}") for lv in (*parents_needed, *wanted_levels)}
+
+    def add(level, axis, arm, cfg: TrialConfig, is_ref: bool, competes: bool = True):
+        for s in range(n_seeds):
+            plan.points.append(Point(level, axis, arm, s, is_ref, cfg.replace(seed=s), competes))
+
+    for lv in (*dict.fromkeys(parents_needed), *wanted_levels):
+        add(lv, "reference", "reference", ref_cfg[lv], True)
+    for ax_name in (axes if axes is not None else list(axis_specs)):
+        if axis_specs[ax_name]["around"] in wanted_levels:
+            for arm, cfg, is_ref, competes in _axis_points(ax_name, axis_specs[ax_name], refs, ref_cfg):
+                add(axis_specs[ax_name]["around"], ax_name, arm, cfg, is_ref, competes)
+    plan.claims = _checked_claims(name, spec, level_specs, axis_specs)
+    settings = {tuple(getattr(c, k) for k in DATA_KEYS) for c in plan.trials().values()}
+    if len(settings) > 1:
+        raise GridError(f"grid {name!r}: all trials of a run must share the data settings {DATA_KEYS}")
+    if not plan.points:
+        raise GridError(f"grid {name!r}: the selection has no trials")
+    return plan
+
+
+def check_spec(name: str, spec: dict, seeds: int | None, levels: list[str] | None, axes: list[str] | None,
+               overrides: dict[str, Any]) -> int:
+    """A spec and a selection that can be expanded (one-line ``GridError`` otherwise); the number of seeds."""
     unknown = set(spec) - SECTIONS
     if unknown:
         raise GridError(f"grid {name!r}: unknown section(s) {sorted(unknown)}")
-    level_specs = spec.get("levels") or {}
-    axis_specs = spec.get("axes") or {}
+    level_specs, axis_specs = spec.get("levels") or {}, spec.get("axes") or {}
     if not isinstance(level_specs, dict) or not level_specs:
         raise GridError(f"grid {name!r}: needs a 'levels' mapping")
     if not isinstance(axis_specs, dict):
         raise GridError(f"grid {name!r}: 'axes' must be a mapping")
     n_seeds = seeds if seeds is not None else int(spec.get("seeds", 1))
-    levels = levels or spec.get("run_levels")
     if n_seeds < 1:
         raise GridError(f"--seeds must be at least 1, got {n_seeds}")
-    if levels:
-        bad = [lv for lv in levels if lv not in level_specs]
-        if bad:
-            raise GridError(f"unknown level(s) {bad}; grid {name!r} has {list(level_specs)}")
-    if axes:
-        bad = [a for a in axes if a not in axis_specs]
-        if bad:
-            raise GridError(f"unknown axis/axes {bad}; grid {name!r} has {list(axis_specs)}")
-    overrides = overrides or {}
+    bad = [lv for lv in levels or [] if lv not in level_specs]
+    if bad:
+        raise GridError(f"unknown level(s) {bad}; grid {name!r} has {list(level_specs)}")
+    bad = [a for a in axes or [] if a not in axis_specs]
+    if bad:
+        raise GridError(f"unknown axis/axes {bad}; grid {name!r} has {list(axis_specs)}")
     if "init_from" in overrides or "init_from" in (spec.get("base") or {}) or any(
             "init_from" in ((ls or {}).get("set") or {}) for ls in level_specs.values() if isinstance(ls, dict)):
         raise GridError("init_from is a level's key (a level with 'init_from: L3' starts from L3's trained "
                         "model), not a config value to set")
-    base = _coerce_all(spec.get("base") or {}, f"grid {name!r} base")
+    for ax_name, ax in axis_specs.items():
+        if not isinstance(ax, dict) or ax.get("around") not in level_specs:
+            raise GridError(f"axis {ax_name!r}: 'around' must name a level of grid {name!r}")
+    for ens_name, ens in (spec.get("ensembles") or {}).items():
+        ok = isinstance(ens, dict) and len(ens) == 1 and (
+            (isinstance(ens.get("axis"), str) and ens["axis"] in axis_specs)
+            or (isinstance(ens.get("levels"), list) and ens["levels"] and set(ens["levels"]) <= set(level_specs)))
+        if not ok:
+            raise GridError(f"ensemble {ens_name!r}: give either 'axis: <axis of this grid>' or "
+                            f"'levels: [<levels of this grid>]'")
+    return n_seeds
 
-    # level reference configs: base + chain of level deltas + user overrides
+
+def level_values(name: str, spec: dict, overrides: dict[str, Any]) -> dict[str, dict]:
+    """Each level's reference values: the base, the chain of level deltas (``from``), a child's lr relative to its
+    parent's (``lr: parent/2``), and the user's overrides on top."""
+    level_specs = spec["levels"]
+    base = _coerce_all(spec.get("base") or {}, f"grid {name!r} base")
     refs: dict[str, dict] = {}
+    relative: dict[str, str] = {}
 
     def resolve(lv: str, seen=()) -> dict:
         if lv in refs:
@@ -426,90 +475,53 @@ def expand(name: str, spec: dict, *, seeds: int | None = None, levels: list[str]
         parent = ls.get("from")
         values = dict(resolve(parent, (*seen, lv))) if parent else dict(base)
         delta = dict(ls.get("set") or {})
-        if _is_relative(delta.get("lr")):  # 'lr: parent/2': resolved below, from the init_from parent's lr
+        if _is_relative(delta.get("lr")):  # resolved below, from the init_from parent's lr
             relative[lv] = delta.pop("lr")
         values.update(_coerce_all(delta, f"level {lv!r}"))
         refs[lv] = values
         return values
 
-    relative: dict[str, str] = {}
     for lv in level_specs:
         resolve(lv)
-    lineage = _lineage(name, level_specs)
-    for lv in lineage:  # parents before children
+    for lv in _lineage(name, level_specs):  # parents before children
         if lv in relative:
             refs[lv]["lr"] = _relative_lr(relative.pop(lv), refs[level_specs[lv]["init_from"]]["lr"], lv)
     if relative:
         lv, text = next(iter(relative.items()))
         raise GridError(f"grid {name!r}: level {lv!r} sets lr={text!r}, relative to a parent, but has no init_from")
-    refs = {lv: {**v, **overrides} for lv, v in refs.items()}
+    return {lv: {**v, **overrides} for lv, v in refs.items()}
 
-    # evaluation axes widen the TTA their level's reference evaluates; they add no trials
+
+def _widen_for_eval_axes(name: str, axis_specs: dict, level_specs: dict, refs: dict[str, dict]) -> list[str]:
+    """Evaluation axes widen the TTA their level's reference evaluates (they add no trials); their names."""
     eval_axes = []
     for ax_name, ax in axis_specs.items():
-        if not isinstance(ax, dict) or ax.get("around") not in level_specs:
-            raise GridError(f"axis {ax_name!r}: 'around' must name a level of grid {name!r}")
-        if ax.get("eval"):
-            if ax.get("key") != "tta":
-                raise GridError(f"axis {ax_name!r}: evaluation axes sweep 'tta' only")
-            order = list(TTA_MODES)
-            vals = [str(v) for v in ax.get("values") or []]
-            if not vals or any(v not in order for v in vals):
-                raise GridError(f"axis {ax_name!r}: tta values must be among {order}")
-            lv = ax["around"]
-            widest = max(vals + [refs[lv].get("tta", "none")], key=order.index)
-            refs[lv]["tta"] = widest
-            eval_axes.append(ax_name)
-
-    wanted_levels = levels or list(level_specs)
-    wanted_axes = axes if axes is not None else list(axis_specs)
-    plan = Plan(grid=name, spec=spec, eval_axes=tuple(eval_axes))
-    # a level that starts from another level's trained model: its configs (and its axes' arms) name the parent
-    # level's reference config; the parent runs first, at the same seed
-    for lv in lineage:
-        refs[lv]["init_from"] = _config(refs[level_specs[lv]["init_from"]], f"level {lv!r}").config_id
-    parents_needed = [p for lv in wanted_levels for p in _ancestors(lv, level_specs) if p not in wanted_levels]
-    ref_cfg = {lv: _config(refs[lv], f"level {lv!r}") for lv in (*parents_needed, *wanted_levels)}
-
-    def add(level, axis, arm, cfg: TrialConfig, is_ref: bool, competes: bool = True):
-        for s in range(n_seeds):
-            plan.points.append(Point(level, axis, arm, s, is_ref, cfg.replace(seed=s), competes))
-
-    for lv in (*dict.fromkeys(parents_needed), *wanted_levels):
-        add(lv, "reference", "reference", ref_cfg[lv], True)
-    for ax_name in wanted_axes:
-        ax = axis_specs[ax_name]
+        if not ax.get("eval"):
+            continue
+        if ax.get("key") != "tta":
+            raise GridError(f"axis {ax_name!r}: evaluation axes sweep 'tta' only")
+        order = list(TTA_MODES)
+        vals = [str(v) for v in ax.get("values") or []]
+        if not vals or any(v not in order for v in vals):
+            raise GridError(f"axis {ax_name!r}: tta values must be among {order}")
         lv = ax["around"]
-        if lv not in wanted_levels:
-            continue
-        ref = ref_cfg[lv]
-        if ax.get("eval"):
-            for v in ax["values"]:
-                add(lv, ax_name, str(v), ref, str(v) == "none")
-            continue
-        arms = _axis_arms(ax_name, ax)
-        cfgs = {arm: _config({**refs[lv], **delta}, f"axis {ax_name!r} arm {arm!r}") for arm, delta in arms.items()}
-        if not any(c.trial_id == ref.trial_id for c in cfgs.values()):
-            cfgs = {"reference": ref, **cfgs}
-        for arm, cfg in cfgs.items():
-            add(lv, ax_name, arm, cfg, cfg.trial_id == ref.trial_id, bool(ax.get("compete", True)))
+        refs[lv]["tta"] = max(vals + [refs[lv].get("tta", "none")], key=order.index)
+        eval_axes.append(ax_name)
+    return eval_axes
 
-    for ens_name, ens in (spec.get("ensembles") or {}).items():
-        ok = isinstance(ens, dict) and len(ens) == 1 and (
-            (isinstance(ens.get("axis"), str) and ens["axis"] in axis_specs)
-            or (isinstance(ens.get("levels"), list) and ens["levels"] and set(ens["levels"]) <= set(level_specs)))
-        if not ok:
-            raise GridError(f"ensemble {ens_name!r}: give either 'axis: <axis of this grid>' or "
-                            f"'levels: [<levels of this grid>]'")
 
-    plan.claims = _checked_claims(name, spec, level_specs, axis_specs)
-
-    settings = {tuple(getattr(c, k) for k in DATA_KEYS) for c in plan.trials().values()}
-    if len(settings) > 1:
-        raise GridError(f"grid {name!r}: all trials of a run must share the data settings {DATA_KEYS}")
-    if not plan.points:
-        raise GridError(f"grid {name!r}: the selection has no trials")
-    return plan
+def _axis_points(ax_name: str, ax: dict, refs: dict[str, dict], ref_cfg: dict[str, TrialConfig]):
+    """(arm, config, is the reference, competes) of every arm of an axis around its level's reference; an
+    evaluation axis's arms are TTA modes of the reference itself."""
+    lv = ax["around"]
+    ref = ref_cfg[lv]
+    if ax.get("eval"):
+        return [(str(v), ref, str(v) == "none", True) for v in ax["values"]]
+    arms = _axis_arms(ax_name, ax)
+    cfgs = {arm: _config({**refs[lv], **delta}, f"axis {ax_name!r} arm {arm!r}") for arm, delta in arms.items()}
+    if not any(c.trial_id == ref.trial_id for c in cfgs.values()):
+        cfgs = {"reference": ref, **cfgs}
+    return [(arm, cfg, cfg.trial_id == ref.trial_id, bool(ax.get("compete", True))) for arm, cfg in cfgs.items()]
 
 
 def axis_arm_names(name: str, axis: dict) -> list[str]:

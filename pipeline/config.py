@@ -10,10 +10,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, fields
-from typing import Any, Collection
+from typing import Any, ClassVar, Collection
 
 from . import registry as R
 from .errors import ConfigError  # noqa: F401  (re-exported)
+from .ids import ID_SCHEMA, trial_id
+
+EXECUTION_KEYS = frozenset(
+    {"device", "amp", "channels_last", "compile", "feature_cache", "eval_batch_size", "threads", "workers"}
+)
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,6 @@ class TrialConfig:
 
     def trial_id_in(self, schema: int) -> str:
         """The id under an id schema (a results folder keeps the schema it was made with)."""
-        from .ids import trial_id
-
         return trial_id(self, schema)
 
     def config_id_in(self, schema: int) -> str:
@@ -92,15 +95,22 @@ class TrialConfig:
 
     @property
     def trial_id(self) -> str:
-        from .ids import ID_SCHEMA
-
         return self.trial_id_in(ID_SCHEMA)
 
     @property
     def config_id(self) -> str:
-        from .ids import ID_SCHEMA
-
         return self.config_id_in(ID_SCHEMA)
+
+    # what pipeline.ids reads of a config (it imports nothing of this module, so there is no import cycle)
+    execution_keys: ClassVar[frozenset] = EXECUTION_KEYS
+
+    @classmethod
+    def field_types(cls) -> dict[str, type]:
+        return {f.name: type(f.default) for f in fields(cls)}
+
+    def normalization(self) -> str:
+        """``normalize`` resolved (``effective_normalization``)."""
+        return effective_normalization(self)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "TrialConfig":
@@ -108,18 +118,15 @@ class TrialConfig:
         return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
 
-EXECUTION_KEYS = frozenset(
-    {"device", "amp", "channels_last", "compile", "feature_cache", "eval_batch_size", "threads", "workers"}
-)
 DATA_KEYS = ("train_per_class", "val_size", "test_per_class", "split_seed")
 
 CHOICES: dict[str, Collection[str]] = {  # the registered ones (pipeline.registry, live) and this module's own
     "backbone": R.BACKBONES.keys(),
-    "head": ("linear", "mlp", "fusion", "se"),
+    "head": R.HEADS.keys(),
     "train_stages": R.TRAIN_STAGES,
     "normalize": ("auto", *R.NORMALIZATION),  # "auto": the backbone's own
-    "optimizer": ("adam", "adamw", "sgd"),
-    "schedule": ("constant", "cosine", "onecycle"),
+    "optimizer": R.OPTIMIZERS.keys(),
+    "schedule": R.SCHEDULES.keys(),
     "augment": R.AUGMENT_PRESETS.keys(),
     "mix": ("none", "mixup", "cutmix"),
     "new_stage_bn": ("batch", "frozen"),

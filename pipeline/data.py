@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError  # noqa: F401  (re-exported)
-from .errors import one_line
+from .errors import (
+    DataError,  # noqa: F401  (re-exported)
+    one_line,
+)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

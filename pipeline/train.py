@@ -25,12 +25,28 @@ import torch
 import torch.nn.functional as F
 
 from . import augment as aug
+from . import registry as R
 from .config import TrialConfig, stages_at
 from .device import Precision, resolve_device
 from .evaluate import summary
-from .models import build_model, count_trainable, set_trainable, train_mode, trained_modules, trained_state
+from .models import (
+    build_model,
+    count_trainable,
+    set_trainable,
+    train_mode,
+    trained_modules,
+    trained_state,
+)
 from .prefix_cache import PrefixCache
-from .sources import CachedPrefix, Inputs, RawImages, Sources, TrialData, load_data, plan_prefix
+from .sources import (
+    CachedPrefix,
+    Inputs,
+    RawImages,
+    Sources,
+    TrialData,
+    load_data,
+    plan_prefix,
+)
 
 
 @dataclass
@@ -88,20 +104,25 @@ def make_optimizer(cfg: TrialConfig, model) -> torch.optim.Optimizer:
     bb = [p for m in trained_modules(model, cfg.train_stages) for p in m.parameters()]
     if bb:
         groups.append({"params": bb, "lr": cfg.lr * cfg.backbone_lr_mult, "name": "backbone"})
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return R.OPTIMIZERS[cfg.optimizer].build(groups, cfg.lr, cfg.weight_decay)
 
 
 def make_schedule(cfg: TrialConfig, opt: torch.optim.Optimizer, total_steps: int):
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                   total_steps=max(total_steps, 1), pct_start=0.25)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    return R.schedule(cfg.schedule)(opt, total_steps)
+
+
+def constant_schedule(opt: torch.optim.Optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps)
+                                                                                  / total_steps)))
+
+
+def onecycle_schedule(opt: torch.optim.Optimizer, total_steps: int):
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                               total_steps=max(total_steps, 1), pct_start=0.25)
 
 
 # ----------------------------------------------------------------------------- where the time goes

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablations import speeds as S  # noqa: E402
 from ablations.estimate import Target, trial_seconds  # noqa: E402
-from ablations.timing import where_the_time_went  # noqa: E402
+from ablations.report.timing import where_the_time_went  # noqa: E402
 from pipeline.config import TrialConfig  # noqa: E402
 
 RUNS = {"gpu1": 1, "gpu4": 4, "nocache": 1}  # run folder: trials per GPU

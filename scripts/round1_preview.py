@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ablations import adaptive as A
-from ablations import sequential as Q
-from ablations.adaptive_report import run_plan
-from ablations.ledger import Ledger
+from ablations.driver import adaptive as A
+from ablations.driver.ledger import Ledger
+from ablations.report.adaptive import run_plan
+from ablations.report.rundata import RunData
 from ablations.results import RunFolder
-from ablations.rundata import RunData
+from ablations.stats import sequential as Q
 
 
 def preview(src: Path) -> None:

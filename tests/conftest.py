@@ -11,11 +11,16 @@ images are decoded once per machine, not once per test session.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from ablations.results import RunFolder
 from pipeline import data as D
 
 SUBSET = Path(__file__).resolve().parent / "data" / "cifar10-subset.tar.gz"
@@ -141,3 +146,54 @@ def s3_keys(env: dict, prefix: str) -> list[str]:
         if not page.get("IsTruncated"):
             return keys
         token = page["NextContinuationToken"]
+
+
+# ----------------------------------------------------------------------------- a run under way
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()  # None or False while waiting; a truthy value or a DataFrame when done
+        if isinstance(value, pd.DataFrame) or (value is not None and bool(value)):
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended before the condition held:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def read_trials(folder: Path) -> pd.DataFrame | None:
+    """The trials table of a run under way, as any reader sees it (trials.parquet with the ledger folded in)."""
+    try:
+        df = RunFolder(folder).read_trials()
+    except (OSError, ValueError):
+        return None
+    return df if len(df) else None
+
+
+def kill_mid_grid(args: list[str], folder: Path, timeout: float = 600) -> tuple:
+    """``python -m ablations.run ARGS`` SIGKILLed once one trial has finished and another has a finished epoch
+    (the worst moment: no ``finally`` runs); (the trials table as it was, the time of the kill)."""
+    import signal
+    import time
+
+    proc = start_cli(*args)
+
+    def mid_grid():
+        df = read_trials(folder)
+        if df is None:
+            return None
+        done = df[df.status == "finished"]
+        under_way = df[(df.status == "running") & (df.epochs_done >= 1)]
+        return df if len(done) >= 1 and len(under_way) >= 1 else None
+
+    before = wait_for(mid_grid, timeout, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return before, time.time()

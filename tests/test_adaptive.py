@@ -1,4 +1,4 @@
-"""``--until-decided`` in the driver and the report (ablations.adaptive, ablations.adaptive_report).
+"""``--until-decided`` in the driver and the report (ablations.driver.adaptive, ablations.report.adaptive).
 
 Without Ray: the round loop on a real results folder (a real grid expansion, the driver's ledger, run.json as the
 driver writes it) whose trials are synthetic: a reference, an arm that cannot learn (lr 1e-8: a large effect), an
@@ -22,19 +22,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import adaptive as A
 from ablations import grids
-from ablations import sequential as Q
-from ablations.ledger import Ledger
+from ablations.driver import adaptive as A
+from ablations.driver.ledger import Ledger
 from ablations.report import write_report
 from ablations.results import RunFolder, RunFolderError
-from ablations.run import main, plan_in_folder
+from ablations.run import main
+from ablations.runfolder import plan_in_folder
+from ablations.stats import sequential as Q
 from pipeline.data import CIFAR10_CLASSES
 from pipeline.errors import ConfigError
 from pipeline.evaluate import summary
 
-from .conftest import GRIDS, run_cli
-from .test_reliability import read_trials, start_cli, wait_for
+from .conftest import GRIDS, read_trials, run_cli, start_cli, wait_for
 from .test_report import correct_set, make_logits
 
 N_VAL = N_TEST = 200

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pipeline import augment as aug
 from pipeline import views
 from pipeline.config import TrialConfig
-from pipeline.models import build_model, count_trainable, set_trainable, train_mode
+from pipeline.models import build_model, count_trainable, train_mode
 from pipeline.sources import Inputs
 from pipeline.train import fit, make_optimizer
 

@@ -22,8 +22,8 @@ import pytest
 
 from ablations import grids
 from ablations.report import main, write_report
+from ablations.report.rundata import best_config_ids
 from ablations.results import RunFolder
-from ablations.rundata import best_config_ids
 from pipeline.evaluate import summary
 
 from .conftest import run_cli

@@ -17,9 +17,17 @@ import time
 import pandas as pd
 import pytest
 
-from .conftest import BUCKET, GRIDS, REPO, run_cli, s3_keys
+from .conftest import (
+    BUCKET,
+    GRIDS,
+    REPO,
+    kill_mid_grid,
+    read_trials,
+    run_cli,
+    s3_keys,
+    wait_for,
+)
 from .fake_cluster import FakeAutoscalingCluster
-from .test_reliability import read_trials, start_cli, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -75,20 +83,7 @@ def test_s3_checkpoints_resume_after_the_driver_is_killed(autoscaling, s3, mini_
     folder = tmp_path / "resume"
     os.environ.update(s3)  # start_cli passes this process's environment on
     try:
-        proc = start_cli(*args)
-
-        def mid_grid():
-            df = read_trials(folder)
-            if df is None:
-                return None
-            done = df[df.status == "finished"]
-            under_way = df[(df.status == "running") & (df.epochs_done >= 1)]
-            return df if len(done) >= 1 and len(under_way) >= 1 else None
-
-        before = wait_for(mid_grid, 600, proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed_at = time.time()
+        before, killed_at = kill_mid_grid(args, folder)
         finished_before = before[before.status == "finished"].set_index("trial_id")
         under_way = before[before.status == "running"].trial_id.tolist()
         assert any(k.endswith(".pt") or "checkpoint" in k for k in s3_keys(s3, "resume/")), "no checkpoint in S3"

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import torch.multiprocessing as mp
 
 from pipeline.config import TrialConfig
@@ -49,7 +48,7 @@ def test_two_processes_equal_one_process_on_whole_batches(small_splits, tmp_path
     data = _data(small_splits)
     single = fit(TrialConfig(**CFG), data)
     results = _two_workers(CFG, data, tmp_path, "node")
-    (l0, h0, _), (l1, h1, _) = results[0], results[1]
+    (l0, h0, _), (l1, _, _) = results[0], results[1]
     assert np.array_equal(l0, l1)  # the workers stayed identical
     # the same training as one process on whole batches, up to float summation order
     assert np.allclose(l0.astype(np.float32), single.logits["test"]["none"].astype(np.float32), atol=0.05)
@@ -82,7 +81,7 @@ def test_trial_with_two_workers_on_ray(ray_cluster, mini_archive, tmp_path):
     assert (df.world_size == 2).all()  # our torch backend set up the process group on both workers
 
 
-@pytest.mark.parametrize("module, name, imports_torch", [("ablations.torch_backend", "LazyTorchConfig", False),
+@pytest.mark.parametrize("module, name, imports_torch", [("ablations.driver.torch_backend", "LazyTorchConfig", False),
                                                          ("ray.train.torch.config", "TorchConfig", True)])
 def test_backend_config_as_the_train_controller_sees_it(module, name, imports_torch):
     """The Train controller unpickles the backend config and its backend: ours must not import torch there
@@ -98,7 +97,7 @@ def test_backend_config_as_the_train_controller_sees_it(module, name, imports_to
 def test_torch_config_falls_back_to_rays_own_when_its_helpers_are_missing(monkeypatch):
     import ray.train.torch.config as ray_torch
 
-    from ablations.torch_backend import LazyTorchConfig, torch_config
+    from ablations.driver.torch_backend import LazyTorchConfig, torch_config
 
     assert type(torch_config("gloo")) is LazyTorchConfig
     monkeypatch.delattr(ray_torch, "_setup_torch_process_group")

@@ -13,12 +13,18 @@ import pandas as pd
 import pytest
 
 from ablations import grids, portable
-from ablations.bench import SCALE_GRID, synthetic_checkpoint
-from ablations.collector import Collector
-from ablations.ledger import Ledger
-from ablations.progress import Eta, Progress, duration, estimate_comparison, labels
+from ablations.bench.sections import SCALE_GRID, synthetic_checkpoint
+from ablations.driver.collector import Collector
+from ablations.driver.ledger import Ledger
+from ablations.driver.progress import (
+    Eta,
+    Progress,
+    duration,
+    estimate_comparison,
+    labels,
+)
+from ablations.driver.session import Session, epoch_row
 from ablations.results import LEDGER, RunFolder
-from ablations.session import Session, epoch_row
 from pipeline.data import CIFAR10_CLASSES
 
 EPOCHS = SCALE_GRID["base"]["epochs"]
@@ -246,7 +252,7 @@ def test_the_committed_example_runs_carry_no_absolute_paths():
 
 
 def test_waiting_for_another_trials_prefix_is_not_counted_as_work():
-    from ablations.timing import USEFUL, where_the_time_went
+    from ablations.report.timing import USEFUL, where_the_time_went
 
     rows = pd.DataFrame([
         {"trial_id": "a", "status": "finished", "prefix_seconds": 100.0, "prefix_wait_seconds": 0.0,

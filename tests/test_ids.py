@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from ablations import grids
+from ablations.driver.ledger import Ledger
 from ablations.results import RunFolder, RunFolderError
-from ablations.ledger import Ledger
-from ablations.run import plan_in_folder, refuse_stale
+from ablations.runfolder import plan_in_folder, refuse_stale
 from pipeline.config import TrialConfig
 from pipeline.errors import ConfigError
 from pipeline.ids import ID_BASELINE, ID_SCHEMA, identity, legacy_trial_id

@@ -122,7 +122,7 @@ def test_ctrl_c_during_the_parents_wave_leaves_the_children_pending(ray_cluster,
     same command then runs both."""
     import signal
 
-    from .test_reliability import read_trials, start_cli, wait_for
+    from .conftest import read_trials, start_cli, wait_for
 
     args = ["--grid", str(GRIDS / "lineage.yaml"), "--data", str(mini_archive), "--results", str(tmp_path),
             "--address", ray_cluster.address, "--keep-models", "none", "--no-report", "--log", "none"]

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from pipeline.config import TrialConfig
 from pipeline.interpret import gradcam
-from pipeline.models import Backbone, Classifier, Head, build_model
+from pipeline.models import Backbone, Classifier, LinearHead, build_model
 from pipeline.train import Inputs
 
 
@@ -20,7 +20,7 @@ def _colour_model() -> Classifier:
         colour.weight[0, 0] = 1.0  # channel 0 <- red
         colour.weight[1, 1] = 1.0  # channel 1 <- green
     stages = [nn.Sequential(colour, nn.ReLU()), nn.AvgPool2d(4)]  # last stage: (N, 2, 8, 8) on 32x32 inputs
-    model = Classifier(Backbone(nn.Identity(), stages, (2, 2)), Head("linear", (2, 2), 2, 0.0, 8))
+    model = Classifier(Backbone(nn.Identity(), stages, (2, 2)), LinearHead((2, 2), 2, 0.0, 8))
     with torch.no_grad():
         model.head.fc.weight.copy_(torch.eye(2))
         model.head.fc.bias.zero_()

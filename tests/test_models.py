@@ -167,3 +167,44 @@ def test_a_new_backbone_is_one_registry_entry(monkeypatch, small_splits):
         assert plan_seconds({"t": c}, 5000, 1000, 1000, target)["t"] > 0
         assert any(n.startswith("tiny: no measured") for n in target.notes), target.notes
     assert check_weights(["tiny"]) == "offline: none"
+
+
+class MaxHead(torch.nn.Module):
+    """A head defined outside the project: max of the pooled stage-3 and stage-4 features after a linear map."""
+
+    def __init__(self, channels, num_classes, dropout, hidden):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(channels[0], num_classes), torch.nn.Linear(channels[1], num_classes)
+
+    def forward(self, p3, p4):
+        return torch.maximum(self.a(p3), self.b(p4))
+
+
+def test_a_new_head_and_optimizer_are_one_registry_entry_each(monkeypatch, small_splits):
+    """A head (its class) and an optimizer (its torch class and options) registered in pipeline.registry are valid
+    config values and train; an unregistered one is refused with the registered choices."""
+    from pipeline import registry as R
+    from pipeline.config import ConfigError
+    from pipeline.train import fit
+
+    with pytest.raises(ConfigError, match="head='max': must be one of linear, mlp, fusion, se"):
+        _cfg(head="max")
+    monkeypatch.setitem(R.HEADS, "max", R.HeadEntry("tests.test_models:MaxHead"))
+    monkeypatch.setitem(R.OPTIMIZERS, "rmsprop", R.OptimizerEntry("torch.optim:RMSprop", (("momentum", 0.5),)))
+    c = _cfg(backbone="small_cnn", pretrained=False, head="max", optimizer="rmsprop", lr=1e-3, resolution=32,
+             train_stages="all", epochs=1, batch_size=50, threads=2)
+    model = build_model(c)
+    assert isinstance(model.head, MaxHead)
+    result = fit(c, small_splits)
+    assert result.metrics["val_acc"] > 0 and result.config["optimizer"] == "rmsprop"
+
+
+def test_resnet_variants_come_from_one_table():
+    """Every ResNet of pipeline.registry.RESNETS builds without name checks: resnet34 (basic blocks) and resnet50
+    (bottlenecks) report their own stage-3 and stage-4 channels."""
+    from pipeline.registry import BACKBONES, RESNETS
+
+    assert {"resnet18", "resnet34", "resnet50"} <= set(RESNETS) <= set(BACKBONES)
+    for name, channels in (("resnet34", (256, 512)), ("resnet50", (1024, 2048))):
+        m = build_model(_cfg(backbone=name, pretrained=False, resolution=32))
+        assert m.backbone.channels == channels

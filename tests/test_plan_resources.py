@@ -1,20 +1,22 @@
-"""Per-trial resources and concurrency (``ablations.cluster.plan_resources``) from flags and cluster resources,
+"""Per-trial resources and concurrency (``ablations.driver.cluster.plan_resources``) from flags and cluster resources,
 without Ray: a local instance is fixed, an existing cluster may grow, impossible requests fail at once."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
-from ablations.cluster import HEAD_MEMORY_SHARE, HEAD_MIB_PER_TRIAL, ResourceError, plan_resources
+from ablations.driver.cluster import (
+    HEAD_MEMORY_SHARE,
+    HEAD_MIB_PER_TRIAL,
+    ClusterOptions,
+    ResourceError,
+    plan_resources,
+)
 from ablations.estimate import Target, packing_gain, trial_seconds
 from pipeline.config import TrialConfig
 
 
-def flags(**kw) -> argparse.Namespace:
-    base = dict(workers=1, gpus_per_trial=None, cpus_per_trial=None, device="auto", gpu_resource="GPU",
-                max_concurrent=None)
-    return argparse.Namespace(**{**base, **kw})
+def flags(**kw) -> ClusterOptions:
+    return ClusterOptions(**kw)
 
 
 def test_local_concurrency_follows_the_machine():

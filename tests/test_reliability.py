@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,35 +15,17 @@ import pytest
 
 from ablations.results import RunFolder
 
-from .conftest import GRIDS, REPO, run_cli
+from .conftest import (
+    GRIDS,
+    REPO,
+    kill_mid_grid,
+    read_trials,
+    run_cli,
+    start_cli,
+    wait_for,
+)
 
 pytestmark = pytest.mark.ray
-
-
-def start_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()  # None or False while waiting; a truthy value or a DataFrame when done
-        if isinstance(value, pd.DataFrame) or (value is not None and bool(value)):
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run ended before the condition held:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
-
-
-def read_trials(folder: Path) -> pd.DataFrame | None:
-    """The trials table of a run under way, as any reader sees it (trials.parquet with the ledger folded in)."""
-    try:
-        df = RunFolder(folder).read_trials()
-    except (OSError, ValueError):
-        return None
-    return df if len(df) else None
 
 
 # ------------------------------------------------------------------ resume after SIGKILL
@@ -64,20 +45,7 @@ def test_driver_killed_mid_grid_resumes_without_rerunning_finished_trials(ray_cl
     args = ["--grid", str(GRIDS / "resume.yaml"), "--seeds", "3", "--data", str(mini_archive),
             "--results", str(tmp_path), "--address", ray_cluster.address, "--no-report"]
     folder = tmp_path / "resume"
-    proc = start_cli(*args)
-
-    def mid_grid():
-        df = read_trials(folder)
-        if df is None:
-            return None
-        done = df[df.status == "finished"]
-        under_way = df[(df.status == "running") & (df.epochs_done >= 1)]
-        return df if len(done) >= 1 and len(under_way) >= 1 else None
-
-    before = wait_for(mid_grid, 400, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = time.time()
+    before, killed_at = kill_mid_grid(args, folder)
     finished_before = before[before.status == "finished"].set_index("trial_id")
     assert (folder / "run.json").exists()
 

@@ -26,8 +26,8 @@ import pytest
 
 from ablations import grids
 from ablations.report import main, write_report
+from ablations.report.rundata import best_config_ids, finished
 from ablations.results import RunFolder
-from ablations.rundata import best_config_ids, finished
 from pipeline import data as D
 from pipeline.evaluate import summary
 
@@ -256,8 +256,10 @@ def test_report_markdown_sections(report_run):
     failed_id = info["ids"][(("L2", "0.01"), 2)]
     pending_id = info["ids"][(("L2", "0.0001"), 2)]
     trials_md = text.split("## Trials")[1]
-    line = next(ln for ln in trials_md.splitlines() if failed_id in ln)
-    assert "failed" in line and "CUDA out of memory \\| tried to allocate" in line
+    line = next(ln for ln in trials_md.splitlines() if failed_id in ln and ln.startswith("|"))
+    note = line.split("[")[1].split("]")[0]  # the error is the row's numbered note, its pipe escaped
+    assert "failed" in line and any(ln.startswith(f"{note}. ") and "CUDA out of memory | tried to allocate" in ln
+                                    for ln in trials_md.splitlines())
     assert "pending" in next(ln for ln in trials_md.splitlines() if pending_id in ln)
     assert "10 finished, 1 failed, 1 pending" in text
     # the saved weights here are random, not the synthetic logits' model: the Grad-CAM check says so
@@ -495,9 +497,26 @@ def test_report_all_pending(report_run, tmp_path):
 def test_the_level_table_compares_every_level_with_the_same_tta_views():
     """The widest TTA mode every level's best config evaluated (modes nest: none < flip < flip_crops); a level
     with no finished config does not narrow it."""
-    from ablations.tables import _common_tta
+    from ablations.report.tables import _common_tta
 
     rows = [{"config_id": "a", "own_tta": "flip"}, {"config_id": "b", "own_tta": "flip_crops"}, {"level": "L9"}]
     assert _common_tta(None, rows) == "flip"
     assert _common_tta(None, [*rows, {"config_id": "c", "own_tta": "none"}]) == "none"
     assert _common_tta(None, []) == "none"
+
+
+def test_report_tables_paste_with_at_most_nine_short_columns_and_prose_as_notes(report_run):
+    """REPORT.md's Markdown tables keep the numbers in at most 9 columns; prose (what a level is, a claim's source,
+    an arm's changes) becomes numbered notes under the table; the CSV and LaTeX keep every column."""
+    from ablations.report.tablespec import MD_MAX_COLUMNS
+
+    path, _ = report_run
+    text = (path / "REPORT.md").read_text()
+    widths = {ln.count("|") - 1 for ln in text.splitlines() if ln.startswith("| ")}
+    assert widths and max(widths) <= MD_MAX_COLUMNS, widths
+    claims_md = (path / "tables" / "claims.md").read_text()
+    assert "| l2_beats_l1 [1] " in claims_md and "1. Says: L2 beats L1; Source: hand-made 001" in claims_md
+    tex = (path / "tables" / "claims.tex").read_text()
+    assert "Source" in tex and "p seeds (t)" in tex  # the LaTeX keeps the prose and every p-value
+    levels_tex = (path / "tables" / "levels.tex").read_text()
+    assert "What" in levels_tex and "Configs done" in levels_tex

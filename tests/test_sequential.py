@@ -1,4 +1,4 @@
-"""Adaptive seeds (ablations.sequential): the e-values against their defining integral, the calibration of the
+"""Adaptive seeds (ablations.stats.sequential): the e-values against their defining integral, the calibration of the
 repeated t-test, confidence sequences, Holm over one-sided hypotheses, the validation decision, the round planner
 (both sides of a comparison, the cap, the budget, failed trials, resume), the reported verdicts and the
 comparisons of a grid. No Ray, no training; simulations of the whole procedure: test_sequential_sim.py."""
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from ablations import sequential as Q
-from ablations import sequential_sim as M
 from ablations import stats as S
+from ablations.stats import sequential as Q
+from ablations.stats import simulation as M
 
 ALPHA = Q.ALPHA
 PATHS = 50_000  # null paths calibrating RepeatedT in these tests (the default is 200,000)

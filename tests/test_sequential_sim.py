@@ -1,4 +1,4 @@
-"""Simulations of the adaptive-seed procedure (ablations.sequential_sim), numpy only, fixed seeds, seconds: false
+"""Simulations of the adaptive-seed procedure (ablations.stats.simulation), numpy only, fixed seeds, seconds: false
 positives under repeated looks (naive repeated t-test against both anytime-valid procedures, one comparison and
 the whole validation-driven loop), seeds needed for a real effect against a fixed design of equal power, and the
 vectorised simulation checked against the real planner."""
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ablations import sequential as Q
-from ablations import sequential_sim as M
+from ablations.stats import sequential as Q
+from ablations.stats import simulation as M
 
 ALPHA = Q.ALPHA
 PATHS = 50_000  # null paths calibrating RepeatedT in these tests (the default is 200,000)

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from ablations.trainable import FINAL_FILES, TrialStore
+from ablations.driver.trainable import FINAL_FILES, TrialStore
 
 from .conftest import BUCKET, s3_keys
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.errors import one_line
 
-from .cluster import Resources, ResourceError, fmt_resources
+from .cluster import ResourceError, Resources, fmt_resources
 
 
 def needed(res: Resources, on_cluster: bool) -> bool:
@@ -116,13 +116,8 @@ def write_marker(storage: str, token: str) -> dict[str, Any]:
 def _remote_options(res: Resources, pg, index: int) -> dict[str, Any]:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    opts: dict[str, Any] = {"num_cpus": res.cpus, "scheduling_strategy":
-                            PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
-    if res.use_gpu:
-        opts["num_gpus"] = res.gpus
-    elif res.gpus:
-        opts["resources"] = {res.gpu_resource: res.gpus}
-    return opts
+    return {**res.ray_options(), "scheduling_strategy": PlacementGroupSchedulingStrategy(
+        pg, placement_group_bundle_index=index)}
 
 
 def cuda_failure(r: dict[str, Any]) -> str:

@@ -10,8 +10,8 @@ stopping it. Choices are made on validation accuracy only; the test set is only 
 
 REPORT.md is the concatenation of ``SECTIONS``: each is a function of the report's ``Context`` that returns its
 markdown lines (a section that fails is reported in its place; the others are still written). Statistics and
-tables are in ``ablations.tables`` (each table one numeric frame plus a column spec, ``ablations.tablespec``),
-figures in ``ablations.figures``, loading the folder in ``ablations.rundata``.
+tables are in ``ablations.report.tables`` (each table one numeric frame plus a column spec, ``ablations.report.tablespec``),
+figures in ``ablations.report.figures``, loading the folder in ``ablations.report.rundata``.
 """
 from __future__ import annotations
 
@@ -25,18 +25,35 @@ from typing import Callable
 
 from pipeline.errors import UserError, one_line
 
-from . import stats as S
+from .. import stats as S
+from ..mirror import is_remote
+from ..results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
 from . import timing
-from .figures import (GRADCAM_PER_CLASS, Skip, fig_axis, fig_confusions, fig_gradcam, fig_learning_curves,
-                      fig_per_class_f1, load_test_images)
-from .adaptive_report import StudyVerdicts
-from .mirror import is_remote
-from .results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
+from .adaptive import StudyVerdicts
+from .figures import (
+    GRADCAM_PER_CLASS,
+    Skip,
+    fig_axis,
+    fig_confusions,
+    fig_gradcam,
+    fig_learning_curves,
+    fig_per_class_f1,
+    load_test_images,
+)
 from .rundata import RunData
-from .tables import (BOOT_SEED, N_BOOT, POWER, ablation_table, claims_table, ensemble_table, level_table,
-                     per_class_tables, trials_table, tta_table)
+from .tables import (
+    BOOT_SEED,
+    N_BOOT,
+    POWER,
+    ablation_table,
+    claims_table,
+    ensemble_table,
+    level_table,
+    per_class_tables,
+    trials_table,
+    tta_table,
+)
 from .tablespec import Col, Table, number, pct, text
-
 
 # ============================================================================ writing
 
@@ -351,7 +368,7 @@ def gradcam_section(ctx: Context) -> list[str]:
 
 
 def time_section(ctx: Context) -> list[str]:
-    """Where the time of the latest session that ran trials went (``ablations.timing``; run.json ``sessions``)."""
+    """Where the time of the latest session that ran trials went (``ablations.report.timing``; run.json ``sessions``)."""
     sessions = [s for s in ctx.run.meta.get("sessions", []) if s.get("time")]
     if not sessions:
         return []
@@ -444,7 +461,7 @@ def report_on_mirror(uri: str, **kw) -> int:
     temporary folder, reported there, and the report (REPORT.md, tables/, figures/) put back beside it."""
     import tempfile
 
-    from .mirror import Mirror, pull
+    from ..mirror import Mirror, pull
 
     with tempfile.TemporaryDirectory() as d:
         local = Path(d) / uri.rstrip("/").rsplit("/", 1)[-1]

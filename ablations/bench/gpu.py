@@ -1,4 +1,4 @@
-"""Benchmark sections that need a CUDA device (``python -m ablations.bench --device cuda``).
+"""Benchmark sections that need a CUDA device (``python -m ablations.bench.sections --device cuda``).
 
 * ``speed``: training images/s of ``fit`` per backbone, resolution and freeze depth, evaluation images/s and
   peak GPU memory, with the precision a GPU trial uses by default (bf16 autocast, channels_last). These rows
@@ -13,7 +13,6 @@ Nothing here needs Ray, so it runs on a GPU machine that has only torch and this
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -95,7 +94,6 @@ def bench_speed(quick: bool = False, batch: int = 64, device: str = "cuda", prog
 def bench_precision(quick: bool = False, variants: tuple[str, ...] = ("fp32", "bf16", "fp16"), device: str = "cuda",
                     progress=None, into: dict | None = None) -> dict:
     """Small real trials in each precision: validation and test accuracy, speed, and the difference to fp32."""
-    import torch
 
     from pipeline.config import TrialConfig
     from pipeline.train import fit
@@ -163,7 +161,7 @@ def bench_packing(quick: bool = False, ks: tuple[int, ...] = (1, 2, 4), device: 
     _splits(images // 10 + 1, 512, 20)  # decode once before the processes start
     out: dict[str, Any] = {"case": PACK_CASE, "images": images, "epochs": epochs, "runs": {}}
     for k in ks:
-        cmd = [sys.executable, "-c", f"import json; from ablations.bench_gpu import pack_worker; "
+        cmd = [sys.executable, "-c", f"import json; from ablations.bench.gpu import pack_worker; "
                                      f"print('PACK' + json.dumps(pack_worker({images}, {epochs}, {device!r})))"]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(k)]
         results = []
@@ -197,3 +195,47 @@ def gpu_machine() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
+
+
+# ----------------------------------------------------------------------------- rendering (BENCH.md)
+
+
+def render(name: str, result) -> list[str]:
+    return {"speed": render_speed, "precision": render_precision, "packing": render_packing}[name](result)
+
+
+def render_speed(rows: list[dict]) -> list[str]:
+    lines = ["## Training and evaluation speed per model (`fit`, batch 64, strong augmentation, images/s)", "",
+             "| model | px | mode (train_stages) | amp | train img/s | eval img/s | peak GPU MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['backbone']} | {r['resolution']} | {r['mode']} ({r['train_stages']}) | {r['amp']} | "
+                     f"{r['train_images_per_s']:.0f} | {r['eval_images_per_s']:.0f} | {r['peak_mib']:.0f} |")
+    return lines + [""]
+
+
+def render_precision(pr: dict) -> list[str]:
+    lines = [f"## Precision: the same trial in fp32, bf16, fp16 and bf16 + torch.compile (train {pr['train']}, "
+             f"val {pr['val']}, test {pr['test']} real images)", "",
+             "| case | variant | val acc | test acc | val − fp32 (pp) | seconds | last-epoch train img/s |",
+             "|---|---|---|---|---|---|---|"]
+    for case, rows in pr["cases"].items():
+        for variant, r in rows.items():
+            if "error" in r or "skipped" in r:
+                why = f"failed: {r['error']}" if "error" in r else r["skipped"]
+                lines.append(f"| {case} | {variant} | {why} | | | | |")
+                continue
+            lines.append(f"| {case} | {variant} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | "
+                         f"{r.get('val_acc_minus_fp32_pp', float('nan')):+.2f} | {r['seconds']:.1f} | "
+                         f"{r['train_images_per_s_last_epoch']:.0f} |")
+    return lines + [""]
+
+
+def render_packing(pk: dict) -> list[str]:
+    lines = [f"## Packing trials on one GPU ({pk['case']['backbone']} {pk['case']['resolution']} px, "
+             f"train_stages {pk['case']['train_stages']})", "", "| processes | aggregate train img/s | vs one |",
+             "|---|---|---|"]
+    for k, r in pk["runs"].items():
+        lines.append(f"| {k} | {r['aggregate_images_per_s']:.0f} | "
+                     f"{pk.get('aggregate_over_single', {}).get(k, float('nan')):.2f}x |")
+    return lines + [""]

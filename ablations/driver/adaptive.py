@@ -1,5 +1,5 @@
 """``--until-decided`` (issue 16): the adaptive rounds of a run, between the driver and the statistical core
-(``ablations.sequential``).
+(``ablations.stats.sequential``).
 
 After the grid's planned seeds have run, each round asks ``sequential.plan_round`` which comparisons (every claim
 and every axis arm of the plan: one Holm family) are still open **on validation accuracy**, and gives each of them
@@ -31,70 +31,13 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
-from . import sequential as Q
-from .grids import Plan
+from ..grids import Plan
+from ..stats import finite
+from ..stats import sequential as Q
+
+# the settings of the procedure (Ray-free, read by the report too) live with it; re-exported here for the CLI
+from ..stats.sequential import DEFAULT_MAX_SEEDS, TESTS, Settings  # noqa: E402,F401
 from .ledger import Ledger
-from .stats import finite
-
-DEFAULT_MAX_SEEDS = 10
-TESTS = {"mixture": "mixture-t", "repeated-t": "repeated-t"}  # --sequential-test -> run.json's ``procedure``
-
-
-@dataclass(frozen=True)
-class Settings:
-    """--until-decided [--max-seeds N] [--budget HOURS] [--sequential-test T], as run.json's ``adaptive`` keeps
-    them. ``test``: 'mixture' (``sequential.MixtureT``, no horizon: valid at any number of seeds, a later run may
-    add more) or 'repeated-t' (``sequential.RepeatedT`` with its horizon at the cap and its first look at
-    ``first_look`` seeds: more power, no guarantee beyond the cap)."""
-
-    max_seeds: int = DEFAULT_MAX_SEEDS
-    budget_hours: float = math.inf
-    test: str = "mixture"
-    first_look: int = 3
-    g: float = Q.PRIOR_G
-    alpha: float = Q.ALPHA
-
-    @property
-    def procedure(self) -> Q.Procedure:
-        if self.test == "repeated-t":
-            return Q.RepeatedT(horizon=self.max_seeds, first_look=self.first_look)
-        return Q.MixtureT(g=self.g)
-
-    @property
-    def horizon(self) -> float:
-        return self.procedure.horizon
-
-    def check(self, planned: int, old: Mapping[str, Any] | None = None) -> None:
-        """Bad input, one line: a cap not above the planned seeds, a budget that is not positive, and, in a folder
-        whose rounds ran under other settings, another test, or another horizon of the repeated t-test (choosing
-        either after seeing the data would void the guarantee; the mixture's cap may change)."""
-        if self.max_seeds <= planned:
-            raise ConfigError(f"--max-seeds {self.max_seeds} must be above the seeds the grid plans ({planned}); "
-                              f"raise it, or lower --seeds")
-        if not self.budget_hours > 0:
-            raise ConfigError(f"--budget must be a positive number of hours, got {self.budget_hours:g}")
-        if old:
-            before = Settings.from_meta(old)
-            if before.test != self.test:
-                raise ConfigError(f"this run's seeds were added with --sequential-test {before.test}; continue with "
-                                  f"it, or start another --name")
-            if self.test == "repeated-t" and (before.max_seeds, before.first_look) != (self.max_seeds,
-                                                                                          self.first_look):
-                raise ConfigError(f"this run's repeated t-test looks at {before.first_look} to {before.max_seeds} "
-                                  f"seeds, fixed when it started; continue with --max-seeds {before.max_seeds} and "
-                                  f"the same --seeds, or start another --name")
-
-    def meta(self) -> dict[str, Any]:
-        out = {"procedure": TESTS[self.test], "alpha": self.alpha, "max_seeds": self.max_seeds,
-               "budget_hours": None if math.isinf(self.budget_hours) else self.budget_hours}
-        return {**out, "g": self.g} if self.test == "mixture" else {**out, "first_look": self.first_look}
-
-    @classmethod
-    def from_meta(cls, d: Mapping[str, Any]) -> "Settings":
-        budget = d.get("budget_hours")
-        test = next(k for k, v in TESTS.items() if v == d.get("procedure", TESTS["mixture"]))
-        return cls(int(d["max_seeds"]), math.inf if budget is None else float(budget), test,
-                   int(d.get("first_look", 3)), float(d.get("g", Q.PRIOR_G)), float(d.get("alpha", Q.ALPHA)))
 
 
 def settings_from_args(args, planned: int) -> Settings | None:

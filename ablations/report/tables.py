@@ -1,5 +1,5 @@
 """The report's tables, built from a loaded run (``RunData``): each builder returns a ``Table`` (one numeric frame
-plus its column spec, see ``ablations.tablespec``), and ``compare``, the paired comparison behind them.
+plus its column spec, see ``ablations.report.tablespec``), and ``compare``, the paired comparison behind them.
 
 How sure a difference is (see ``ablations.stats``): a difference between two configs is measured per seed (the
 same seed trains both) and on the same test images. It is called higher or lower only when it holds across
@@ -18,13 +18,27 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from . import stats as S
-from .claims import Claim, arm_name
+from .. import stats as S
+from ..claims import Claim, arm_name
+from ..stats import finite
 from .rundata import RunData, normalise_trials
-from .stats import finite
-from .tablespec import (EMPTY, Col, Table, adaptive_columns, boot_ci, comparison_columns, fmt_value, number, p_value,
-                        pct, pct_text,
-                        per_seed, per_seed_diff, seed_values, text)
+from .tablespec import (
+    EMPTY,
+    Col,
+    Table,
+    adaptive_columns,
+    boot_ci,
+    comparison_columns,
+    fmt_value,
+    number,
+    p_value,
+    pct,
+    pct_text,
+    per_seed,
+    per_seed_diff,
+    seed_values,
+    text,
+)
 
 N_BOOT = 10000
 BOOT_SEED = 0
@@ -109,7 +123,7 @@ def _with_verdicts(rows: list[dict]) -> list[dict]:
 
 LEVEL_COLUMNS = [
     Col("Level", text("level")),
-    Col("What", text("description")),
+    Col("What", text("description"), note=True),
     Col("Best config (by val)", lambda r: r["best_config"] if isinstance(r.get("best_config"), str)
         else f"no finished trial yet ({r.get('status_counts')})"),
     Col("Seeds", lambda r: str(int(r["seeds"])) if finite(r.get("seeds")) else "0"),
@@ -120,8 +134,8 @@ LEVEL_COLUMNS = [
     Col("Macro-F1", number("macro_f1_mean", ".3f")),
     Col("Trainable params", number("trainable_params", ",.0f")),
     Col("Time/trial (s)", number("seconds_per_trial", ".0f")),
-    Col("Configs done", lambda r: f"{r['configs_finished']}/{r['configs_planned']}"),
-    Col("Seed write-ups reported", text("reported", "")),
+    Col("Configs done", lambda r: f"{r['configs_finished']}/{r['configs_planned']}", md=False),
+    Col("Seed write-ups reported", text("reported", ""), note=True),
 ]
 
 
@@ -168,7 +182,7 @@ def level_table(run: RunData, adaptive=None) -> Table:
             row["adaptive_verdicts"] = adaptive.level_summary(configs)
         return Table("levels", pd.DataFrame(rows),
                      [*columns[:-1], Col("Verdicts around this level (anytime-valid): how their seeds stopped",
-                                         text("adaptive_verdicts")), columns[-1]])
+                                         text("adaptive_verdicts"), note=True), columns[-1]])
     return Table("levels", pd.DataFrame(rows), columns)
 
 
@@ -261,7 +275,7 @@ def ablation_table(run: RunData, axis: str, level: str | None = None, n_boot: in
             if "p_both" in r:
                 adaptive.apply(r, f"{axis}/{r['arm']}")
     columns = [Col("Arm", lambda r: r["arm"] + (" (reference)" if r["is_reference"] else "")),
-               Col("Changes vs reference", text("changes")),
+               Col("Changes vs reference", text("changes"), note=True),
                Col("Seeds", lambda r: f"{r['seeds']}" + (f" ({r['pending']})" if r.get("pending") else "")),
                Col("Val acc %", per_seed("val_acc")), Col("Test acc %", per_seed("test_acc"))]
     if reported:
@@ -309,7 +323,7 @@ def tta_table(run: RunData, n_boot: int = N_BOOT) -> Table:
 
 def ensemble_specs(run: RunData) -> list[tuple[str, list[tuple[str, str]], str]]:
     """[(name, [(level, config_id), ...], why)] from the grid spec's 'ensembles', or all levels' best."""
-    from .grids import ensembles_of
+    from ..grids import ensembles_of
 
     out = []
     for name, e in ensembles_of(run.spec, [lv for lv in run.levels if lv in run.best]).items():
@@ -354,11 +368,12 @@ def _ensemble_gain(r) -> str:
 
 
 ENSEMBLE_COLUMNS = [
-    Col("Ensemble", text("ensemble")), Col("Combination", text("combination")), Col("Members", text("members")),
+    Col("Ensemble", text("ensemble")), Col("Combination", text("combination")),
+    Col("Members", text("members"), note=True),
     Col("Seeds", text("seeds")),
     Col("Ensemble test %", lambda r: f"{pct_text(r['test_acc_mean'])} (one ensemble)" if r.get("one_ensemble")
         else per_seed("test_acc")(r)),
-    Col("Best member (by val)", text("best_member")),
+    Col("Best member (by val)", text("best_member"), note=True),
     Col("Best member test %", per_seed("best_member_test")),
     Col("Gain, pp (over seeds)", _ensemble_gain), *GAIN_COLUMNS[1:]]
 
@@ -496,7 +511,8 @@ TRIAL_METRICS = {"val_acc": Col("val acc %", pct("val_acc")), "test_acc": Col("t
 def trials_table(df: pd.DataFrame) -> Table:
     """One row per trial (not per plan point): where it appears in the plan, status, error, main metrics."""
     df = normalise_trials(df)
-    head = [Col(c, text(c)) for c in ("trial_id", "plan", "seed", "status")]
+    head = [Col("trial_id", text("trial_id")), Col("plan", text("plan"), note=True), Col("seed", text("seed")),
+            Col("status", text("status"))]
     if not len(df):
         return Table("trials", pd.DataFrame(columns=["trial_id", "status"]), head)
     member = (df["level"].astype(str) + "/" + df["axis"].astype(str) + "=" + df["arm"].astype(str))
@@ -509,7 +525,8 @@ def trials_table(df: pd.DataFrame) -> Table:
         if c in first:
             out[c] = first[c].values
     out["error"] = first["error"].values if "error" in first else None
-    columns = head + [col for c, col in TRIAL_METRICS.items() if c in out] + [Col("error", text("error", ""))]
+    columns = head + [col for c, col in TRIAL_METRICS.items() if c in out] + [Col("error", text("error", ""),
+                                                                                    note=True)]
     return Table("trials", out.reset_index(drop=True), columns)
 
 
@@ -596,14 +613,14 @@ def _measure_classes(run: RunData, claim: Claim, n_boot: int, null: float) -> di
 
 
 CLAIM_VERDICTS = {"higher": "confirmed", "lower": "contradicted"}
-CLAIM_COLUMNS = [Col("Claim", lambda r: f"{r['claim']}: {r['says']}"), Col("Source", text("source")),
-                 Col("Measures (better − worse)", text("compared")),
+CLAIM_COLUMNS = [Col("Claim", text("claim")), Col("Says", text("says"), note=True),
+                 Col("Source", text("source"), note=True), Col("Measures (better − worse)", text("compared"), note=True),
                  Col("Δ, pp (over seeds)", per_seed_diff()), Col("95% CI over test images, pp (bootstrap)", boot_ci),
                  Col("p seeds (t)", p_value("p_seed")), Col("p images (bootstrap)", p_value("boot_p")),
                  Col("p Holm", p_value("p_holm")), Col("Verdict", text("verdict"))]
 
 
-ADAPTIVE_CLAIM_COLUMNS = [*CLAIM_COLUMNS[:3], *adaptive_columns("Δ, pp (over seeds)")]
+ADAPTIVE_CLAIM_COLUMNS = [*CLAIM_COLUMNS[:4], *adaptive_columns("Δ, pp (over seeds)")]
 
 
 def claims_table(run: RunData, n_boot: int = N_BOOT, adaptive=None) -> Table:

@@ -1,4 +1,4 @@
-"""``python -m ablations.bench``: our pipeline against the seeds' notebook pipeline, measured side by side.
+"""``python -m ablations.bench.sections``: our pipeline against the seeds' notebook pipeline, measured side by side.
 
 Each comparison runs both sides in this one process, on the same model, resolution, batch size and real
 CIFAR-10 images, alternating the two (A B A B ...) so that a machine that slows down or speeds up during
@@ -25,7 +25,7 @@ the run affects both, and reports medians and the ratio ours / notebook:
 5. the smoke grid's wall time (``python -m ablations.run --grid smoke`` in a subprocess).
 6. how fast bad input fails (``fail_fast``): seconds until the CLI exits with its one-line error, for a bad grid,
    a bad ``--set`` and an unreachable ``--address`` (the tests bound these only against a hang).
-7. ``sequential``: the adaptive-seed decision procedure simulated, no training (``ablations.sequential_sim``):
+7. ``sequential``: the adaptive-seed decision procedure simulated, no training (``ablations.stats.simulation``):
    false positives under repeated looks, naive against anytime-valid, and seeds needed against fixed designs of
    equal power, with two figures (PNG) in the output folder. Use its own ``--out`` (e.g.
    ``--only sequential --out results/bench/sequential``): a run writes only the sections it ran.
@@ -45,16 +45,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-SECTIONS = (
-    "throughput", "feature_cache", "prefix_cache", "overhead", "head_memory", "driver_memory", "driver_scale",
-    "smoke", "fail_fast", "sequential", "runner",
-    "speed", "precision", "packing", "compile")
-GPU_SECTIONS = ("speed", "precision", "packing", "compile")  # ablations/bench_gpu.py; need --device cuda
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
 GPU_THROUGHPUT_CASES = (("resnet18", 224), ("efficientnet_lite0", 224), ("efficientnet_lite0", 96))
 
@@ -115,8 +111,8 @@ def model_alone_steps(cfg, steps: int, batch: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.models import build_model, train_mode
     from pipeline.device import amp_dtype, resolve_device
+    from pipeline.models import build_model, train_mode
 
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
@@ -164,7 +160,7 @@ def machine() -> dict[str, Any]:
     out = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "python": platform.python_version(), "platform": platform.platform()}
     if torch.cuda.is_available():
-        from .bench_gpu import gpu_machine
+        from .gpu import gpu_machine
 
         out.update(gpu_machine())
     return out
@@ -321,7 +317,7 @@ def _note(config: dict, times: dict) -> None:
 
 
 def empty_trial(tune_config: dict, data: dict) -> None:
-    from .trainable import run_trial
+    from ..driver.trainable import run_trial
 
     run_trial(tune_config, data, loop=empty_loop)
     _note(tune_config["trial"]["config"], {"returned": time.time()})
@@ -352,7 +348,7 @@ def empty_trial_stock(tune_config: dict, data: dict) -> None:
     """The same, with Ray's own ``TorchConfig`` (which imports torch in the Train controller)."""
     from ray.train.torch import TorchConfig
 
-    from .trainable import run_trial
+    from ..driver.trainable import run_trial
 
     run_trial(tune_config, data, loop=empty_loop, torch_config=TorchConfig())
 
@@ -363,8 +359,8 @@ def bench_overhead(n_trials: int) -> dict:
 
     from pipeline.config import TrialConfig
 
-    from . import run as R
-    from .cluster import RAY_TRAIN_ENV, Resources
+    from ..driver import tune as R
+    from ..driver.cluster import RAY_TRAIN_ENV, Resources
 
     res = Resources(cpus=1, gpus=0, workers=1, gpu_resource="GPU", concurrency=1)
     out: dict[str, Any] = {"trials": n_trials}
@@ -379,11 +375,11 @@ def bench_overhead(n_trials: int) -> dict:
             with tempfile.TemporaryDirectory() as storage:
                 timeline = Path(storage) / "timeline.jsonl"
                 for conc in (1, cpus):
-                    trials = [R.trial_spec(f"empty{conc}-{i}", TrialConfig(seed=i), res, storage, 0)
+                    trials = [R.TrialSpec.of(f"empty{conc}-{i}", TrialConfig(seed=i), res, storage, 0)
                               for i in range(n_trials)]
                     if conc == 1 and name == "ours":
                         for t in trials:
-                            t["config"]["timeline"] = str(timeline)
+                            t.config["timeline"] = str(timeline)
                     t, t_wall = time.perf_counter(), time.time()
                     R.make_tuner(trainable, {}, trials, conc, storage, [], reuse_actors=reuse).fit()
                     out.setdefault(name, {})[f"seconds_per_trial_concurrency_{conc}"] = \
@@ -410,7 +406,7 @@ def waiting_loop(loop_config: dict) -> None:
 
 
 def waiting_trial(tune_config: dict, data: dict) -> None:
-    from .trainable import run_trial
+    from ..driver.trainable import run_trial
 
     run_trial(tune_config, data, loop=waiting_loop)
 
@@ -458,8 +454,8 @@ def bench_head_memory(concurrency: tuple[int, ...] = (2, 8), hold_s: float = 25.
 
     from pipeline.config import TrialConfig
 
-    from . import run as R
-    from .cluster import RAY_TRAIN_ENV, Resources
+    from ..driver import tune as R
+    from ..driver.cluster import RAY_TRAIN_ENV, Resources
 
     out: dict[str, Any] = {"hold_s": hold_s, "runs": {}}
     n_cpus = max(concurrency)
@@ -476,9 +472,9 @@ def bench_head_memory(concurrency: tuple[int, ...] = (2, 8), hold_s: float = 25.
                     samples.append(_ray_processes())
 
             with tempfile.TemporaryDirectory() as storage:
-                trials = [R.trial_spec(f"hold{n}-{i}", TrialConfig(seed=i), res, storage, 0) for i in range(n)]
+                trials = [R.TrialSpec.of(f"hold{n}-{i}", TrialConfig(seed=i), res, storage, 0) for i in range(n)]
                 for t in trials:
-                    t["config"]["hold_s"] = hold_s
+                    t.config["hold_s"] = hold_s
                 thread = threading.Thread(target=sample, daemon=True)
                 thread.start()
                 R.make_tuner(waiting_trial, {}, trials, n, storage, []).fit()
@@ -547,7 +543,7 @@ SCALE_GRID = {"description": "synthetic trials for the driver_scale section", "s
 
 
 def synthetic_checkpoint(d: Path, classes: tuple[str, ...], n_val: int, n_test: int) -> Path:
-    """A final checkpoint as a worker writes it (``ablations.trainable``): final.json, logits.npz, model.pt."""
+    """A final checkpoint as a worker writes it (``ablations.driver.trainable``): final.json, logits.npz, model.pt."""
     rng = np.random.default_rng(0)
     d.mkdir(parents=True, exist_ok=True)
     np.savez(d / "logits.npz", **{"val/none": rng.normal(size=(n_val, 10)).astype(np.float16),
@@ -566,93 +562,116 @@ def synthetic_checkpoint(d: Path, classes: tuple[str, ...], n_val: int, n_test: 
     return d
 
 
+TUNE_KEYS = {"timestamp": 0, "done": False, "date": "2026-01-01_00-00-00", "time_this_iter_s": 3.0,
+             "time_total_s": 3.0, "pid": 1, "hostname": "bench", "node_ip": "10.0.0.1", "checkpoint_dir_name": None,
+             "time_since_restore": 3.0, "iterations_since_restore": 1}  # what Tune adds to every result
+
+
+class DriverFeed:
+    """A driver session (``ablations.driver.session``: ledger, collector, progress) fed synthetic events, each
+    timed (and, with ``trace_memory``, the traced memory after it); with ``tensorboard_dir`` each result also goes
+    to the TensorBoard callback (``ablations.driver.trackers``), timed apart."""
+
+    def __init__(self, plan, folder_dir: Path, concurrency: int, tensorboard_dir: Path | None, trace_memory: bool):
+        from ..driver.collector import Collector
+        from ..driver.ledger import Ledger
+        from ..driver.progress import Eta, Progress, labels
+        from ..driver.session import Session
+        from ..results import RunFolder
+
+        self.folder = RunFolder(folder_dir)
+        self.folder.path.mkdir(parents=True)
+        self.ledger = Ledger(self.folder, plan)
+        self.ledger.open()
+        self.sink = open(os.devnull, "w")
+        progress = Progress(labels(plan), self.ledger.counts, Eta({t: 35.0 for t in self.ledger.trials}, concurrency),
+                            out=self.sink)
+        self.session = Session(self.ledger, Collector(self.folder, "best"), progress)
+        self.trace_memory = trace_memory
+        self.seconds: list[float] = []
+        self.memory: list[int] = []
+        self.tb, self.tb_trials, self.tb_seconds = None, {}, []
+        if tensorboard_dir is not None:
+            from ..driver.trackers import tensorboard_callback
+
+            self.tb = tensorboard_callback(tensorboard_dir)
+
+    def timed(self, fn, *a):
+        import tracemalloc
+
+        t = time.perf_counter()
+        out = fn(*a)
+        self.seconds.append(time.perf_counter() - t)
+        if self.trace_memory:
+            self.memory.append(tracemalloc.get_traced_memory()[0])
+        return out
+
+    def to_tensorboard(self, tid: str, result: dict) -> None:
+        if self.tb is not None:
+            t = time.perf_counter()
+            self.tb.on_trial_result(iteration=0, trials=[], trial=self.tb_trials[tid], result=result)
+            self.tb_seconds.append(time.perf_counter() - t)
+
+    def start(self, tid: str) -> None:
+        self.timed(self.session.started, tid)
+        if self.tb is not None:
+            from ray.tune.experiment import Trial
+
+            spec = {"trial": {"trial_id": tid, "config": self.ledger.trials[tid].to_dict()}}
+            self.tb_trials[tid] = Trial("run_trial", config=spec, evaluated_params=spec, stub=True)
+
+    def epoch(self, tid: str, e: int) -> None:
+        result = {"kind": "epoch", "trial_id": tid, "epoch": e, "train_loss": 2.0 / e, "train_acc": 0.1 * e,
+                  "val_loss": 2.1 / e, "val_acc": 0.04 * e, "lr": 1e-3, "seconds": 3.0, "training_iteration": e,
+                  **TUNE_KEYS}
+        self.timed(self.session.epoch, tid, result)
+        self.to_tensorboard(tid, result)
+
+    def finish(self, tid: str, checkpoint: Path, epochs: int) -> None:
+        metrics = self.timed(self.session.finished, tid, checkpoint)
+        if self.tb is not None:
+            from ..driver.trackers import final_metrics
+
+            self.to_tensorboard(tid, {"kind": "final", "val_acc": 0.41, "test_acc": 0.40,
+                                      "training_iteration": epochs + 1, "final": final_metrics(metrics), **TUNE_KEYS})
+            self.tb.on_trial_complete(iteration=0, trials=[], trial=self.tb_trials.pop(tid))
+
+
 def feed_driver(n_trials: int, epochs: int, concurrency: int, folder_dir: Path, checkpoint: Path,
                 tensorboard_dir: Path | None = None, trace_memory: bool = False) -> dict:
-    """Feed a driver session (``ablations.session``: ledger, collector, progress) the events of ``n_trials``
-    synthetic trials, ``concurrency`` at a time: a start, ``epochs`` epoch results and a final result each. With
-    ``tensorboard_dir``, each result goes to the TensorBoard callback too (``ablations.trackers``), timed apart.
-    Returns per-event seconds (and traced memory, with ``trace_memory``) in event order."""
+    """The events of ``n_trials`` synthetic trials, ``concurrency`` at a time (a start, ``epochs`` epoch results and
+    a final result each), through a ``DriverFeed``; per-event seconds (and traced memory) in event order, and what
+    reading the live tables and compacting them at the end took."""
     import tracemalloc
 
-    from . import grids
-    from .collector import Collector
-    from .ledger import Ledger
-    from .progress import Eta, Progress, labels
-    from .results import RunFolder
-    from .session import Session
+    from .. import grids
 
     plan = grids.expand("scale", SCALE_GRID, seeds=n_trials)
-    folder = RunFolder(folder_dir)
-    folder.path.mkdir(parents=True)
-    ledger = Ledger(folder, plan)
-    ledger.open()
-    tids = list(ledger.trials)
-    sink = open(os.devnull, "w")
-    progress = Progress(labels(plan), ledger.counts, Eta({t: 35.0 for t in tids}, concurrency), out=sink)
-    session = Session(ledger, Collector(folder, "best"), progress)
-    tb, tb_trials, tb_seconds = None, {}, []
-    if tensorboard_dir is not None:
-        from ray.tune.experiment import Trial
-
-        from .trackers import tensorboard_callback
-
-        tb = tensorboard_callback(tensorboard_dir)
-    seconds: list[float] = []
-    memory: list[int] = []
+    feed = DriverFeed(plan, folder_dir, concurrency, tensorboard_dir, trace_memory)
+    tids = list(feed.ledger.trials)
     if trace_memory:
         tracemalloc.start()
-
-    def timed(fn, *a) -> None:
-        t = time.perf_counter()
-        fn(*a)
-        seconds.append(time.perf_counter() - t)
-        if trace_memory:
-            memory.append(tracemalloc.get_traced_memory()[0])
-
-    def to_tensorboard(tid: str, result: dict) -> None:
-        if tb is not None:
-            t = time.perf_counter()
-            tb.on_trial_result(iteration=0, trials=[], trial=tb_trials[tid], result=result)
-            tb_seconds.append(time.perf_counter() - t)
-
-    tune_keys = {"timestamp": 0, "done": False, "date": "2026-01-01_00-00-00", "time_this_iter_s": 3.0,
-                 "time_total_s": 3.0, "pid": 1, "hostname": "bench", "node_ip": "10.0.0.1",
-                 "checkpoint_dir_name": None, "time_since_restore": 3.0, "iterations_since_restore": 1}
     for i in range(0, len(tids), concurrency):
         wave = tids[i:i + concurrency]
         for tid in wave:
-            timed(session.started, tid)
-            if tb is not None:
-                spec = {"trial": {"trial_id": tid, "config": ledger.trials[tid].to_dict()}}
-                tb_trials[tid] = Trial("run_trial", config=spec, evaluated_params=spec, stub=True)
+            feed.start(tid)
         for e in range(1, epochs + 1):
             for tid in wave:
-                result = {"kind": "epoch", "trial_id": tid, "epoch": e, "train_loss": 2.0 / e, "train_acc": 0.1 * e,
-                          "val_loss": 2.1 / e, "val_acc": 0.04 * e, "lr": 1e-3, "seconds": 3.0,
-                          "training_iteration": e, **tune_keys}
-                timed(session.epoch, tid, result)
-                to_tensorboard(tid, result)
+                feed.epoch(tid, e)
         for tid in wave:
-            metrics: dict = {}
-            timed(lambda t: metrics.update(session.finished(t, checkpoint)), tid)
-            if tb is not None:
-                from .trackers import final_metrics
-
-                to_tensorboard(tid, {"kind": "final", "val_acc": 0.41, "test_acc": 0.40, "training_iteration": epochs + 1,
-                                     "final": final_metrics(metrics), **tune_keys})
-                tb.on_trial_complete(iteration=0, trials=[], trial=tb_trials.pop(tid))
+            feed.finish(tid, checkpoint, epochs)
     if trace_memory:
         tracemalloc.stop()
     t = time.perf_counter()
-    live = folder.read_trials()  # what a report on the running run reads: the tables with the ledger folded in
+    live = feed.folder.read_trials()  # what a report on the running run reads: the tables with the ledger folded in
     read_s = time.perf_counter() - t
     t = time.perf_counter()
-    ledger.close()
+    feed.ledger.close()
     close_s = time.perf_counter() - t
-    sink.close()
-    assert (live.status == "finished").all() and len(folder.read_epochs()) == n_trials * epochs
-    return {"seconds": seconds, "memory": memory, "tensorboard_seconds": tb_seconds, "read_live_s": read_s,
-            "compact_s": close_s}
+    feed.sink.close()
+    assert (live.status == "finished").all() and len(feed.folder.read_epochs()) == n_trials * epochs
+    return {"seconds": feed.seconds, "memory": feed.memory, "tensorboard_seconds": feed.tb_seconds,
+            "read_live_s": read_s, "compact_s": close_s}
 
 
 def bench_driver_scale(n_trials: int = 2000, epochs: int = 10, concurrency: int = 8) -> dict:
@@ -773,162 +792,122 @@ def bench_fail_fast(rounds: int) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- rendering, one function per section
 
 
-def markdown(report: dict) -> str:
-    m = report["machine"]
-    lines = [f"# Benchmark: ours vs the seeds' notebook pipeline", "",
-             f"`{report['command']}` on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, "
-             f"{m['threads']} threads"
-             + (f", GPU {m['gpu']}, driver {m.get('driver', '?')}, CUDA build {m.get('torch_cuda')}" if m.get('gpu') else '')
-             + f"), {report['date']}.", ""]
-    if "throughput" in report:
-        rows = report["throughput"]
-        nb = [k for k in rows[0]["images_per_s"] if k.startswith("notebook")] if rows else []
-        lines += ["## Training throughput (full fine-tuning, batch 64, images/s, median of alternating rounds)", "",
-                  "| model | px | " + " | ".join(f"notebook, {k.split('workers')[1]} loader workers" for k in nb)
-                  + " | ours | model alone | ours / best notebook | ours / model alone |",
-                  "|---|---|" + "---|" * (len(nb) + 4)]
-        for r in rows:
-            ips = r["images_per_s"]
-            lines.append(f"| {r['backbone']} | {r['resolution']} | " + " | ".join(f"{ips[k]:.1f}" for k in nb)
-                         + f" | {ips['ours']:.1f} | {ips['model_alone']:.1f} | **{r['ratio_ours_vs_best_notebook']:.2f}x**"
-                         f" | {r['ours_share_of_model_alone']:.0%} |")
-        lines += ["", "Model alone: forward, backward and optimizer step of the same model and precision on one batch "
-                  "already on the device; the physical limit of any input pipeline.", ""]
-    lines += gpu_markdown(report)
-    if "feature_cache" in report:
-        fc = report["feature_cache"]
-        lines += [f"## Frozen level-1 trial, {fc['epochs']} epochs (EfficientNet-Lite0, 64 px; train {fc['train']}, "
-                  f"val {fc['val']}, test {fc['test']} images)", "",
-                  "| variant | seconds | val acc |", "|---|---|---|"]
-        for k in ("no_cache", "cold_cache", "warm_cache"):
-            lines.append(f"| {k.replace('_', ' ')} | {fc[k]['seconds']:.2f} | {fc[k]['val_acc']:.3f} |")
-        lines += ["", f"Speed-up over no cache: warm **{fc['speedup_warm']:.1f}x**, cold {fc['speedup_cold']:.2f}x.", ""]
-    if "prefix_cache" in report:
-        pc = report["prefix_cache"]
-        lines += [f"## Frozen-prefix cache: an L2-style trial, {pc['epochs']} epochs (EfficientNet-Lite0, 96 px, "
-                  f"top stage fine-tuned, basic augmentation; train {pc['train']}, val {pc['val']}, test "
-                  f"{pc['test']} images)", "",
-                  "| variant | seconds | val acc | train img/s | prefix s | train s | val s | eval s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for k in ("plain", "cold_cache", "warm_cache"):
-            r, b = pc[k], pc[k]["breakdown"]
-            lines.append(f"| {k.replace('_', ' ')} | {r['seconds']:.1f} | {r['val_acc']:.4f} | "
-                         f"{r['train_images_per_second']:.0f} | {b['prefix_seconds']:.1f} | {b['train_seconds']:.1f} | "
-                         f"{b['val_seconds']:.1f} | {b['eval_seconds']:.1f} |")
-        lines += ["", f"Speed-up over plain: warm **{pc['speedup_warm']:.2f}x** (a later trial of the same seed), "
-                  f"cold {pc['speedup_cold']:.2f}x (the trial that computes the views).", ""]
-    if "overhead" in report:
-        o = report["overhead"]
-        lines += [f"## Ray overhead per empty trial ({o['trials']} trials; {o['cpus']} CPUs)", "",
-                  "| setting | seconds/trial, one at a time | seconds/trial, concurrent |", "|---|---|---|"]
-        conc_key = f"seconds_per_trial_concurrency_{o['cpus']}"
-        for k in ("ray_defaults", "ours"):
-            v = o[k]
-            lines.append(f"| {k.replace('_', ' ')} | {v['seconds_per_trial_concurrency_1']:.1f} | {v[conc_key]:.1f} |")
-        r = o["ratio_ours_vs_defaults"]
-        lines += ["", "Ratio ours / defaults: " + ", ".join(f"{k.split('_')[-1]} at once {v:.2f}x" for k, v in r.items()), ""]
-        if "phases_ours_concurrency_1" in o:
-            ph = o["phases_ours_concurrency_1"]
-            lines += ["Where an empty trial's time goes (ours, one at a time, medians): Tune between trials (trial "
-                      f"actor, scheduling) {ph['tune_to_trainable']:.1f} s; the function's Train run until the worker "
-                      f"runs the loop (Train controller, worker group, backend) {ph['trainable_to_loop']:.1f} s; the "
-                      f"loop's report until the function returns (hand-over, worker shut-down) "
-                      f"{ph['loop_to_returned']:.1f} s.", ""]
-    if "runner" in report:
-        lines += runner_markdown(report["runner"])
-    if "head_memory" in report:
-        hm = report["head_memory"]
-        lines += ["## Head-node memory per concurrent trial", "",
-                  "Each running trial keeps a Tune trial actor and a Ray Train controller on the head node. Trials "
-                  f"held open {hm['hold_s']:.0f} s; memory of those processes while all were alive (PSS: shared "
-                  "pages divided among the processes that share them, so the sum is what they take together):", "",
-                  "| trials at once | trial actors MiB | Train controllers MiB | MiB per trial |", "|---|---|---|---|"]
-        for n, r in hm["runs"].items():
-            lines.append(f"| {n} | {r['trial actor_mib']:.0f} | {r['train controller_mib']:.0f} | "
-                         f"**{r['mib_per_trial']:.0f}** |")
-        lines += ["", f"So 100 concurrent trials need about {hm['mib_per_trial'] * 100 / 1024:.0f} GiB on the head "
-                  "beside Ray's own services.", ""]
-    if "driver_memory" in report:
-        dm = report["driver_memory"]
-        lines += ["## Driver memory", "", f"failed: {dm['error']}" if "error" in dm else
-                  (f"`python -m ablations.run` on {dm['trials']} cheap real trials ({dm['seconds']:.0f} s): the "
-                   f"driver's resident memory was {dm['rss_mb_after_first']:.0f} MiB after the first trial and "
-                   f"{dm['rss_mb_after_last']:.0f} MiB after the last; over the second half it grew "
-                   f"**{dm['kib_per_trial_second_half']:.0f} KiB per trial** (least-squares slope)."), ""]
-    if "driver_scale" in report:
-        ds = report["driver_scale"]
-        f, la, tb = ds["first_10pct"], ds["last_10pct"], ds["tensorboard"]
-        lines += [f"## The driver at scale (no Ray: {ds['trials']} synthetic trials x {ds['epochs']} epochs, "
-                  f"{ds['concurrency']} at a time, {ds['events']} events)", "",
-                  "| events | ms per event | KiB per event (traced) |", "|---|---|---|",
-                  f"| first 10% | {f['ms_per_event']:.3f} | {f['kib_per_event']:.2f} |",
-                  f"| last 10% | {la['ms_per_event']:.3f} | {la['kib_per_event']:.2f} |", "",
-                  f"Last over first: **{ds['ratio_last_over_first']:.2f}x** (target ≤ 1.2). All events "
-                  f"{ds['total_s']:.1f} s; reading the live tables (ledger folded in) {ds['read_live_s']:.2f} s; "
-                  f"compacting at the end {ds['compact_s']:.2f} s. The TensorBoard callback adds "
-                  f"{tb['ms_per_event']:.2f} ms per event ({tb['ms_per_trial']:.0f} ms per trial of "
-                  f"{ds['epochs']} epochs).", ""]
-    if "fail_fast" in report:
-        lines += ["## Bad input fails fast (seconds to the one-line error, median)", "",
-                  "| case | seconds | exit code | one line |", "|---|---|---|---|"]
-        for name, r in report["fail_fast"].items():
-            lines.append(f"| {name} | {r['seconds']:.1f} | {r['exit_code']} | {'yes' if r['one_line'] else 'NO'} |")
-        lines.append("")
-    if "smoke" in report:
-        sm = report["smoke"]
-        lines += ["## Smoke grid", "", f"failed: {sm['error']}" if "error" in sm else
-                  (f"`python -m ablations.run --grid smoke`: {sm['seconds']:.0f} s wall for {sm['trials']} trials "
-                   f"(Ray start-up and data loading included); median Ray overhead per trial "
-                   f"{sm['median_ray_overhead_per_trial_s']:.1f} s."), ""]
-    if "sequential" in report:
-        from .sequential_sim import markdown as sequential_markdown
-
-        lines += sequential_markdown(report["sequential"])
-    return "\n".join(lines)
+def render_throughput(rows: list[dict]) -> list[str]:
+    nb = [k for k in rows[0]["images_per_s"] if k.startswith("notebook")] if rows else []
+    lines = ["## Training throughput (full fine-tuning, batch 64, images/s, median of alternating rounds)", "",
+             "| model | px | " + " | ".join(f"notebook, {k.split('workers')[1]} loader workers" for k in nb)
+             + " | ours | model alone | ours / best notebook | ours / model alone |",
+             "|---|---|" + "---|" * (len(nb) + 4)]
+    for r in rows:
+        ips = r["images_per_s"]
+        lines.append(f"| {r['backbone']} | {r['resolution']} | " + " | ".join(f"{ips[k]:.1f}" for k in nb)
+                     + f" | {ips['ours']:.1f} | {ips['model_alone']:.1f} | **{r['ratio_ours_vs_best_notebook']:.2f}x**"
+                     f" | {r['ours_share_of_model_alone']:.0%} |")
+    return lines + ["", "Model alone: forward, backward and optimizer step of the same model and precision on one "
+                    "batch already on the device; the physical limit of any input pipeline.", ""]
 
 
-def gpu_markdown(report: dict) -> list[str]:
-    lines: list[str] = []
-    if "speed" in report:
-        lines += ["## Training and evaluation speed per model (`fit`, batch 64, strong augmentation, images/s)", "",
-                  "| model | px | mode (train_stages) | amp | train img/s | eval img/s | peak GPU MiB |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in report["speed"]:
-            lines.append(f"| {r['backbone']} | {r['resolution']} | {r['mode']} ({r['train_stages']}) | {r['amp']} | "
-                         f"{r['train_images_per_s']:.0f} | {r['eval_images_per_s']:.0f} | {r['peak_mib']:.0f} |")
-        lines.append("")
-    if "precision" in report:
-        pr = report["precision"]
-        lines += [f"## Precision: the same trial in fp32, bf16, fp16 and bf16 + torch.compile (train {pr['train']}, "
-                  f"val {pr['val']}, test {pr['test']} real images)", "",
-                  "| case | variant | val acc | test acc | val − fp32 (pp) | seconds | last-epoch train img/s |",
-                  "|---|---|---|---|---|---|---|"]
-        for case, rows in pr["cases"].items():
-            for variant, r in rows.items():
-                if "error" in r or "skipped" in r:
-                    why = f"failed: {r['error']}" if "error" in r else r["skipped"]
-                    lines.append(f"| {case} | {variant} | {why} | | | | |")
-                    continue
-                lines.append(f"| {case} | {variant} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | "
-                             f"{r.get('val_acc_minus_fp32_pp', float('nan')):+.2f} | {r['seconds']:.1f} | "
-                             f"{r['train_images_per_s_last_epoch']:.0f} |")
-        lines.append("")
-    if "packing" in report:
-        pk = report["packing"]
-        lines += [f"## Packing trials on one GPU ({pk['case']['backbone']} {pk['case']['resolution']} px, "
-                  f"train_stages {pk['case']['train_stages']})", "", "| processes | aggregate train img/s | vs one |",
-                  "|---|---|---|"]
-        for k, r in pk["runs"].items():
-            lines.append(f"| {k} | {r['aggregate_images_per_s']:.0f} | "
-                         f"{pk.get('aggregate_over_single', {}).get(k, float('nan')):.2f}x |")
-        lines.append("")
+def render_feature_cache(fc: dict) -> list[str]:
+    lines = [f"## Frozen level-1 trial, {fc['epochs']} epochs (EfficientNet-Lite0, 64 px; train {fc['train']}, "
+             f"val {fc['val']}, test {fc['test']} images)", "", "| variant | seconds | val acc |", "|---|---|---|"]
+    for k in ("no_cache", "cold_cache", "warm_cache"):
+        lines.append(f"| {k.replace('_', ' ')} | {fc[k]['seconds']:.2f} | {fc[k]['val_acc']:.3f} |")
+    return lines + ["", f"Speed-up over no cache: warm **{fc['speedup_warm']:.1f}x**, cold {fc['speedup_cold']:.2f}x.",
+                    ""]
+
+
+def render_prefix_cache(pc: dict) -> list[str]:
+    lines = [f"## Frozen-prefix cache: an L2-style trial, {pc['epochs']} epochs (EfficientNet-Lite0, 96 px, top "
+             f"stage fine-tuned, basic augmentation; train {pc['train']}, val {pc['val']}, test {pc['test']} images)",
+             "", "| variant | seconds | val acc | train img/s | prefix s | train s | val s | eval s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k in ("plain", "cold_cache", "warm_cache"):
+        r, b = pc[k], pc[k]["breakdown"]
+        lines.append(f"| {k.replace('_', ' ')} | {r['seconds']:.1f} | {r['val_acc']:.4f} | "
+                     f"{r['train_images_per_second']:.0f} | {b['prefix_seconds']:.1f} | {b['train_seconds']:.1f} | "
+                     f"{b['val_seconds']:.1f} | {b['eval_seconds']:.1f} |")
+    return lines + ["", f"Speed-up over plain: warm **{pc['speedup_warm']:.2f}x** (a later trial of the same seed), "
+                    f"cold {pc['speedup_cold']:.2f}x (the trial that computes the views).", ""]
+
+
+def render_overhead(o: dict) -> list[str]:
+    lines = [f"## Ray overhead per empty trial ({o['trials']} trials; {o['cpus']} CPUs)", "",
+             "| setting | seconds/trial, one at a time | seconds/trial, concurrent |", "|---|---|---|"]
+    conc_key = f"seconds_per_trial_concurrency_{o['cpus']}"
+    for k in ("ray_defaults", "ours"):
+        v = o[k]
+        lines.append(f"| {k.replace('_', ' ')} | {v['seconds_per_trial_concurrency_1']:.1f} | {v[conc_key]:.1f} |")
+    r = o["ratio_ours_vs_defaults"]
+    lines += ["", "Ratio ours / defaults: " + ", ".join(f"{k.split('_')[-1]} at once {v:.2f}x" for k, v in r.items()),
+              ""]
+    if "phases_ours_concurrency_1" in o:
+        ph = o["phases_ours_concurrency_1"]
+        lines += ["Where an empty trial's time goes (ours, one at a time, medians): Tune between trials (trial actor, "
+                  f"scheduling) {ph['tune_to_trainable']:.1f} s; the function's Train run until the worker runs the "
+                  f"loop (Train controller, worker group, backend) {ph['trainable_to_loop']:.1f} s; the loop's report "
+                  f"until the function returns (hand-over, worker shut-down) {ph['loop_to_returned']:.1f} s.", ""]
     return lines
 
 
-def runner_markdown(r: dict) -> list[str]:
+def render_head_memory(hm: dict) -> list[str]:
+    lines = ["## Head-node memory per concurrent trial", "",
+             "Each running trial keeps a Tune trial actor and a Ray Train controller on the head node. Trials held "
+             f"open {hm['hold_s']:.0f} s; memory of those processes while all were alive (PSS: shared pages divided "
+             "among the processes that share them, so the sum is what they take together):", "",
+             "| trials at once | trial actors MiB | Train controllers MiB | MiB per trial |", "|---|---|---|---|"]
+    for n, r in hm["runs"].items():
+        lines.append(f"| {n} | {r['trial actor_mib']:.0f} | {r['train controller_mib']:.0f} | "
+                     f"**{r['mib_per_trial']:.0f}** |")
+    return lines + ["", f"So 100 concurrent trials need about {hm['mib_per_trial'] * 100 / 1024:.0f} GiB on the head "
+                    "beside Ray's own services.", ""]
+
+
+def render_driver_memory(dm: dict) -> list[str]:
+    return ["## Driver memory", "", f"failed: {dm['error']}" if "error" in dm else
+            (f"`python -m ablations.run` on {dm['trials']} cheap real trials ({dm['seconds']:.0f} s): the driver's "
+             f"resident memory was {dm['rss_mb_after_first']:.0f} MiB after the first trial and "
+             f"{dm['rss_mb_after_last']:.0f} MiB after the last; over the second half it grew "
+             f"**{dm['kib_per_trial_second_half']:.0f} KiB per trial** (least-squares slope)."), ""]
+
+
+def render_driver_scale(ds: dict) -> list[str]:
+    f, la, tb = ds["first_10pct"], ds["last_10pct"], ds["tensorboard"]
+    return [f"## The driver at scale (no Ray: {ds['trials']} synthetic trials x {ds['epochs']} epochs, "
+            f"{ds['concurrency']} at a time, {ds['events']} events)", "",
+            "| events | ms per event | KiB per event (traced) |", "|---|---|---|",
+            f"| first 10% | {f['ms_per_event']:.3f} | {f['kib_per_event']:.2f} |",
+            f"| last 10% | {la['ms_per_event']:.3f} | {la['kib_per_event']:.2f} |", "",
+            f"Last over first: **{ds['ratio_last_over_first']:.2f}x** (target ≤ 1.2). All events {ds['total_s']:.1f} s; "
+            f"reading the live tables (ledger folded in) {ds['read_live_s']:.2f} s; compacting at the end "
+            f"{ds['compact_s']:.2f} s. The TensorBoard callback adds {tb['ms_per_event']:.2f} ms per event "
+            f"({tb['ms_per_trial']:.0f} ms per trial of {ds['epochs']} epochs).", ""]
+
+
+def render_fail_fast(ff: dict) -> list[str]:
+    lines = ["## Bad input fails fast (seconds to the one-line error, median)", "",
+             "| case | seconds | exit code | one line |", "|---|---|---|---|"]
+    for name, r in ff.items():
+        lines.append(f"| {name} | {r['seconds']:.1f} | {r['exit_code']} | {'yes' if r['one_line'] else 'NO'} |")
+    return lines + [""]
+
+
+def render_smoke(sm: dict) -> list[str]:
+    return ["## Smoke grid", "", f"failed: {sm['error']}" if "error" in sm else
+            (f"`python -m ablations.run --grid smoke`: {sm['seconds']:.0f} s wall for {sm['trials']} trials (Ray "
+             f"start-up and data loading included); median Ray overhead per trial "
+             f"{sm['median_ray_overhead_per_trial_s']:.1f} s."), ""]
+
+
+def render_sequential(sq: dict) -> list[str]:
+    from ..stats.simulation import markdown as sequential_markdown
+
+    return sequential_markdown(sq)
+
+
+def render_runner(r: dict) -> list[str]:
     lines = [f"## Trial runners: {r['trials']} identical small real trials, one at a time ({r['device']})", "",
              "| runner | wall s per trial | slot s per trial | of it work s | not work s (median) | not work s, "
              "first trial | not work s, later trials | model build s |", "|---|---|---|---|---|---|---|---|"]
@@ -947,8 +926,103 @@ def runner_markdown(r: dict) -> list[str]:
     return [*lines, ""]
 
 
+# ----------------------------------------------------------------------------- the sections: measure + render
+
+
+@dataclass
+class Context:
+    """What a section's measurement reads: the flags, the device, the output folder and the report so far (with
+    ``save``, so that a long GPU section keeps what it measured)."""
+
+    quick: bool
+    device: str
+    out: Path
+    report: dict
+    save: Callable[[], None]
+
+    def progress(self, key: str) -> Callable[[Any], None]:
+        def f(partial):
+            self.report[key] = partial
+            self.save()
+        return f
+
+
+@dataclass(frozen=True)
+class Section:
+    measure: Callable[[Context], Any]
+    render: Callable[[Any], list[str]]
+    gpu: bool = False  # needs --device cuda
+    key: str = ""  # where in the report its result goes (default: its name)
+
+
+def _throughput(c: Context) -> list[dict]:
+    steps, rounds = (2, 1) if c.quick else ((30, 2) if c.device == "cuda" else (12, 3))
+    cases = THROUGHPUT_CASES if c.device == "cpu" else GPU_THROUGHPUT_CASES
+    return [bench_throughput(b, r, steps, rounds, device=c.device) for b, r in (cases[:1] if c.quick else cases)]
+
+
+def _gpu(name: str) -> Callable[[Context], Any]:
+    def measure(c: Context):
+        from . import gpu
+
+        if name == "compile":  # rows beside the precision section's, compared with its fp32
+            return gpu.bench_compile(c.quick, progress=c.progress("precision"), into=c.report.get("precision"))
+        return getattr(gpu, f"bench_{name}")(quick=c.quick, progress=c.progress(name))
+    return measure
+
+
+def _sequential(c: Context) -> dict:
+    from ..stats.simulation import bench_sequential
+
+    return bench_sequential(c.out, quick=c.quick)
+
+
+# in the order of BENCH.md; GPU sections render in gpu.py
+SECTIONS: dict[str, Section] = {
+    "throughput": Section(_throughput, render_throughput),
+    "speed": Section(_gpu("speed"), lambda r: gpu_render("speed", r), gpu=True),
+    "precision": Section(_gpu("precision"), lambda r: gpu_render("precision", r), gpu=True),
+    "packing": Section(_gpu("packing"), lambda r: gpu_render("packing", r), gpu=True),
+    "compile": Section(_gpu("compile"), lambda r: [], gpu=True, key="precision"),
+    "feature_cache": Section(lambda c: bench_feature_cache(20 if c.quick else 150, 2 if c.quick else 5),
+                             render_feature_cache),
+    "prefix_cache": Section(lambda c: bench_prefix_cache(10, 2, val_size=100, test_per_class=10) if c.quick
+                            else bench_prefix_cache(1000, 4), render_prefix_cache),
+    "overhead": Section(lambda c: bench_overhead(2 if c.quick else 6), render_overhead),
+    "runner": Section(lambda c: bench_runner(2 if c.quick else (3 if c.device == "cuda" else 6), c.device),
+                      render_runner),
+    "head_memory": Section(lambda c: bench_head_memory((2,) if c.quick else (2, 8), 8.0 if c.quick else 25.0),
+                           render_head_memory),
+    "driver_memory": Section(lambda c: bench_driver_memory(4 if c.quick else 40), render_driver_memory),
+    "driver_scale": Section(lambda c: bench_driver_scale(200 if c.quick else 2000), render_driver_scale),
+    "fail_fast": Section(lambda c: bench_fail_fast(1 if c.quick else 3), render_fail_fast),
+    "smoke": Section(lambda c: bench_smoke(), render_smoke),
+    "sequential": Section(_sequential, render_sequential),
+}
+GPU_SECTIONS = tuple(k for k, s in SECTIONS.items() if s.gpu)
+GPU_DEFAULT = ("speed", "precision", "throughput", "packing", "compile", "runner")
+
+
+def gpu_render(name: str, result) -> list[str]:
+    from .gpu import render
+
+    return render(name, result)
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = ["# Benchmark: ours vs the seeds' notebook pipeline", "",
+             f"`{report['command']}` on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, {m['threads']} threads"
+             + (f", GPU {m['gpu']}, driver {m.get('driver', '?')}, CUDA build {m.get('torch_cuda')}" if m.get("gpu")
+                else "") + f"), {report['date']}.", ""]
+    for name, section in SECTIONS.items():
+        if name in report and not section.key:
+            lines += section.render(report[name])
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ablations.bench.sections", description=__doc__.split("\n")[0])
     p.add_argument("--only", help=f"comma-separated sections ({', '.join(SECTIONS)})")
     p.add_argument("--quick", action="store_true", help="tiny measurements (for tests); numbers are not meaningful")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -959,25 +1033,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
-        return 2
-    default = ([s for s in SECTIONS if s not in GPU_SECTIONS] if device == "cpu"
-               else ["speed", "precision", "throughput", "packing", "compile"])
-    sections = args.only.split(",") if args.only else default
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad:
-        print(f"error: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
-        return 2
-    if device == "cpu" and set(sections) & set(GPU_SECTIONS):
-        print(f"error: sections {', '.join(GPU_SECTIONS)} need --device cuda", file=sys.stderr)
+    sections = args.only.split(",") if args.only else (
+        [k for k, s in SECTIONS.items() if not s.gpu] if device == "cpu" else list(GPU_DEFAULT))
+    error = _bad_request(device, sections, torch.cuda.is_available())
+    if error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     else:
         torch.backends.cudnn.benchmark = True
     out = Path(args.out or ("results/bench" if device == "cpu" else "results/bench/gpu"))
-    report: dict[str, Any] = {"command": "python -m ablations.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report: dict[str, Any] = {"command": "python -m ablations.bench.sections " + " ".join(argv if argv is not None else sys.argv[1:]),
                               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "device": device}
 
     def save() -> None:  # after every section, so that a run cut short keeps what it measured
@@ -985,52 +1052,23 @@ def main(argv: list[str] | None = None) -> int:
         (out / "bench.json").write_text(json.dumps(report, indent=1, default=float))
         (out / "BENCH.md").write_text(markdown(report) + "\n")
 
-    steps, rounds = (2, 1) if args.quick else ((30, 2) if device == "cuda" else (12, 3))
-    for section in sections:
-        print(f"{section} ...", flush=True)
-        if section == "throughput":
-            cases = THROUGHPUT_CASES if device == "cpu" else GPU_THROUGHPUT_CASES
-            report["throughput"] = [bench_throughput(b, r, steps, rounds, device=device)
-                                    for b, r in (cases[:1] if args.quick else cases)]
-        elif section == "feature_cache":
-            report["feature_cache"] = bench_feature_cache(20 if args.quick else 150, 2 if args.quick else 5)
-        elif section == "prefix_cache":
-            report["prefix_cache"] = (bench_prefix_cache(10, 2, val_size=100, test_per_class=10) if args.quick
-                                      else bench_prefix_cache(1000, 4))
-        elif section == "overhead":
-            report["overhead"] = bench_overhead(2 if args.quick else 6)
-        elif section == "head_memory":
-            report["head_memory"] = bench_head_memory((2,) if args.quick else (2, 8), 8.0 if args.quick else 25.0)
-        elif section == "driver_memory":
-            report["driver_memory"] = bench_driver_memory(4 if args.quick else 40)
-        elif section == "driver_scale":
-            report["driver_scale"] = bench_driver_scale(200 if args.quick else 2000)
-        elif section == "smoke":
-            report["smoke"] = bench_smoke()
-        elif section == "runner":
-            report["runner"] = bench_runner(2 if args.quick else (3 if device == "cuda" else 6), device)
-        elif section == "fail_fast":
-            report["fail_fast"] = bench_fail_fast(1 if args.quick else 3)
-        elif section == "sequential":
-            from .sequential_sim import bench_sequential
-
-            report["sequential"] = bench_sequential(out, quick=args.quick)
-        else:
-            from . import bench_gpu
-
-            def progress(partial, section=section):
-                report[section] = partial
-                save()
-
-            if section == "compile":  # rows beside the precision section's, compared with its fp32
-                report["precision"] = bench_gpu.bench_compile(args.quick, progress=lambda p: progress(p, "precision"),
-                                                              into=report.get("precision"))
-            else:
-                report[section] = getattr(bench_gpu, f"bench_{section}")(quick=args.quick, progress=progress)
+    ctx = Context(args.quick, device, out, report, save)
+    for name in sections:
+        print(f"{name} ...", flush=True)
+        section = SECTIONS[name]
+        report[section.key or name] = section.measure(ctx)
         save()
     print(markdown(report))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _bad_request(device: str, sections: list[str], cuda: bool) -> str:
+    """Why the sections cannot run here (one line), or ''."""
+    if device == "cuda" and not cuda:
+        return "--device cuda but torch sees no CUDA device"
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        return f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}"
+    if device == "cpu" and set(sections) & set(GPU_SECTIONS):
+        return f"sections {', '.join(GPU_SECTIONS)} need --device cuda"
+    return ""

@@ -5,7 +5,7 @@ Two kinds of cluster:
     request it can never satisfy (GPUs on a machine without any) fails at once.
   * an existing cluster (``--address``), possibly autoscaling. Ray has no public API that says whether a
     cluster can grow, so trials queue: the driver asks the autoscaler for the resources of the trials it will
-    run (``AutoscalerDemand``), and ``ablations.preflight`` fails with one line if no node that can run a trial
+    run (``AutoscalerDemand``), and ``ablations.driver.preflight`` fails with one line if no node that can run a trial
     joins within ``--wait-for-resources``. Where Ray does publish the autoscaler's node types (the same
     private call Ray Train makes, guarded), a request no node type can ever satisfy fails at once.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.errors import UserError, one_line
 
-# Ray Train settings for many short trials (measured by ``python -m ablations.bench``): the controller polls
+# Ray Train settings for many short trials (measured by ``python -m ablations.bench.sections``): the controller polls
 # its workers every 0.25 s instead of 2 s (a finished trial is noticed sooner), per-run helper actors we do
 # not need (preemption watcher, metrics) are not started, and workers stay in the directory they start in.
 RAY_TRAIN_ENV = {
@@ -36,7 +36,7 @@ RAY_TRAIN_ENV = {
 DEFAULT_CLUSTER_WAIT_S = 1200.0
 
 # Head-node memory one concurrent trial holds: its Tune trial actor and its Ray Train controller, both pinned
-# to the head, neither importing torch (``python -m ablations.bench --only head_memory``: 241-252 MiB PSS per
+# to the head, neither importing torch (``python -m ablations.bench.sections --only head_memory``: 241-252 MiB PSS per
 # trial with 2 and 8 at once; examples/bench/BENCH.md).
 HEAD_MIB_PER_TRIAL = 260.0
 # Share of the head node's memory that trial actors and controllers may take (the rest: GCS, dashboard,
@@ -75,10 +75,21 @@ class Resources:
         return bool(self.gpus) and self.gpu_resource == "GPU"
 
     def worker_bundle(self) -> dict[str, float]:
+        """One trial worker's resources as a placement-group bundle or Tune/Train resource dict."""
         bundle = {"CPU": self.cpus}
         if self.gpus:
             bundle[self.gpu_resource] = self.gpus
         return bundle
+
+    def ray_options(self) -> dict[str, Any]:
+        """One trial worker's resources as options of a Ray task or actor (``.options(**...)``): GPUs as Ray's
+        ``num_gpus`` (Ray then assigns the device), a custom --gpu-resource as a plain resource."""
+        opts: dict[str, Any] = {"num_cpus": self.cpus}
+        if self.use_gpu:
+            opts["num_gpus"] = self.gpus
+        elif self.gpus:
+            opts["resources"] = {self.gpu_resource: self.gpus}
+        return opts
 
     def describe_device(self) -> str:
         if self.device == "auto":
@@ -96,8 +107,31 @@ class Resources:
                 f"up to {self.concurrency} trials at once{queue}, {self.describe_device()}")
 
 
-def wants_gpu(args) -> bool:
-    return args.device == "cuda" or (args.gpus_per_trial or 0) > 0
+@dataclass(frozen=True)
+class ClusterOptions:
+    """The flags that say where and how trials run (``ablations.run``'s and ``ablations.check``'s), read once from
+    the command line; the functions of this module take it instead of the whole argparse namespace."""
+
+    address: str | None = None
+    device: str = "auto"
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    workers: int = 1
+    max_concurrent: int | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    gpu_resource: str = "GPU"
+    trial_runner: str = "auto"
+    verbose: bool = False
+    wait_for_resources: float | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "ClusterOptions":
+        return cls(**{f: getattr(args, f) for f in cls.__dataclass_fields__ if hasattr(args, f)})
+
+
+def wants_gpu(opts: ClusterOptions) -> bool:
+    return opts.device == "cuda" or (opts.gpus_per_trial or 0) > 0
 
 
 def fmt_resources(cluster: dict[str, float]) -> str:
@@ -105,18 +139,18 @@ def fmt_resources(cluster: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(keep.items())) or "none"
 
 
-def _check_flags(args) -> None:
-    if args.workers < 1:
+def _check_flags(opts: ClusterOptions) -> None:
+    if opts.workers < 1:
         raise ResourceError("--workers must be at least 1")
-    gpus = args.gpus_per_trial or 0
+    gpus = opts.gpus_per_trial or 0
     if gpus < 0:
         raise ResourceError(f"--gpus-per-trial must be 0 or more, got {gpus:g}")
-    if args.device == "cpu" and gpus:
+    if opts.device == "cpu" and gpus:
         raise ResourceError("--device cpu cannot be combined with --gpus-per-trial")
     if gpus > 1 and not float(gpus).is_integer():
         raise ResourceError(f"--gpus-per-trial {gpus:g}: above 1 it must be a whole number")
-    if args.workers > 1 and 0 < gpus < 1:
-        raise ResourceError(f"--workers {args.workers} with --gpus-per-trial {gpus:g} would put several NCCL ranks "
+    if opts.workers > 1 and 0 < gpus < 1:
+        raise ResourceError(f"--workers {opts.workers} with --gpus-per-trial {gpus:g} would put several NCCL ranks "
                             f"of one trial on one GPU; give each worker a whole GPU (--gpus-per-trial 1), or use "
                             f"--workers 1 to pack trials")
 
@@ -147,7 +181,7 @@ def max_cluster_resources() -> dict[str, float] | None:
     return {k: float(v) for k, v in found.items()} if found else None
 
 
-def plan_resources(args, cluster: dict[str, float], n_trials: int, *, on_cluster: bool = False,
+def plan_resources(opts: ClusterOptions, cluster: dict[str, float], n_trials: int, *, on_cluster: bool = False,
                    head_memory_mib: float | None = None, max_resources: dict[str, float] | None = None) -> Resources:
     """Per-trial resources and concurrency from the flags and the cluster; impossible requests fail at once.
 
@@ -155,31 +189,31 @@ def plan_resources(args, cluster: dict[str, float], n_trials: int, *, on_cluster
     cluster (``on_cluster``) nodes may join later: what is absent now is checked against ``max_resources``
     (what the autoscaler's node types can provide, when known), and concurrency is not tied to the nodes
     present, only to ``--max-concurrent`` and the head node's memory (``head_memory_mib``)."""
-    _check_flags(args)
+    _check_flags(opts)
     total_cpus = cluster.get("CPU", 0.0)
-    present_gpus = cluster.get(args.gpu_resource, 0.0)
+    present_gpus = cluster.get(opts.gpu_resource, 0.0)
     reachable = dict(cluster)
     if on_cluster and max_resources:
         reachable = {k: max(cluster.get(k, 0.0), max_resources.get(k, 0.0)) for k in {*cluster, *max_resources}}
     may_grow = on_cluster and max_resources is None
-    if args.device == "cpu":
+    if opts.device == "cpu":
         gpus = 0.0
-    elif args.gpus_per_trial is not None:
-        gpus = float(args.gpus_per_trial)
+    elif opts.gpus_per_trial is not None:
+        gpus = float(opts.gpus_per_trial)
     else:
-        gpus = 1.0 if (args.device == "cuda" or reachable.get(args.gpu_resource, 0.0) > 0) else 0.0
-    cpus = args.cpus_per_trial or (1.0 if gpus or total_cpus < 8 else 2.0)
-    res = Resources(cpus=cpus, gpus=gpus, workers=args.workers, gpu_resource=args.gpu_resource, concurrency=1,
-                    device_choice=args.device, cluster=on_cluster)
-    res.runner = trial_runner(getattr(args, "trial_runner", "auto"), res)
+        gpus = 1.0 if (opts.device == "cuda" or reachable.get(opts.gpu_resource, 0.0) > 0) else 0.0
+    cpus = opts.cpus_per_trial or (1.0 if gpus or total_cpus < 8 else 2.0)
+    res = Resources(cpus=cpus, gpus=gpus, workers=opts.workers, gpu_resource=opts.gpu_resource, concurrency=1,
+                    device_choice=opts.device, cluster=on_cluster)
+    res.runner = trial_runner(opts.trial_runner, res)
     if not may_grow:
         for name, amount in res.worker_bundle().items():
             have = reachable.get(name, 0.0)
-            if amount * args.workers > have + 1e-9:
+            if amount * opts.workers > have + 1e-9:
                 where = "can ever have (its autoscaler's node types)" if on_cluster and max_resources else "has"
-                fix = "use --device cpu, or a cluster with GPUs" if name == args.gpu_resource else \
+                fix = "use --device cpu, or a cluster with GPUs" if name == opts.gpu_resource else \
                     "lower --cpus-per-trial or --workers"
-                raise ResourceError(f"trials ask for {amount * args.workers:g} {name} but the Ray cluster {where} "
+                raise ResourceError(f"trials ask for {amount * opts.workers:g} {name} but the Ray cluster {where} "
                                     f"{have:g} (resources: {fmt_resources(reachable)}); {fix}")
     if on_cluster:
         conc = n_trials
@@ -188,31 +222,31 @@ def plan_resources(args, cluster: dict[str, float], n_trials: int, *, on_cluster
         if max_resources:  # no more at once than the largest cluster can hold
             for name, amount in res.worker_bundle().items():
                 if amount > 0 and name in max_resources:
-                    conc = min(conc, max(1, int(max_resources[name] // (amount * args.workers) + 1e-9)))
+                    conc = min(conc, max(1, int(max_resources[name] // (amount * opts.workers) + 1e-9)))
     else:
-        conc = int(total_cpus // (cpus * args.workers))
+        conc = int(total_cpus // (cpus * opts.workers))
         if gpus:
-            conc = min(conc, int(present_gpus // (gpus * args.workers) + 1e-9))
-    if args.max_concurrent:
-        conc = min(conc, args.max_concurrent)
+            conc = min(conc, int(present_gpus // (gpus * opts.workers) + 1e-9))
+    if opts.max_concurrent:
+        conc = min(conc, opts.max_concurrent)
     res.concurrency = max(1, min(conc, n_trials))
     return res
 
 
-def local_resources(args) -> tuple[dict[str, float], str]:
+def local_resources(opts: ClusterOptions) -> tuple[dict[str, float], str]:
     """What a dry run plans for (no Ray started): this machine, or the GPUs asked for when it has none."""
-    cpus = float(args.num_cpus or os.cpu_count() or 1)
-    if args.num_gpus is not None:
-        gpus = float(args.num_gpus)
+    cpus = float(opts.num_cpus or os.cpu_count() or 1)
+    if opts.num_gpus is not None:
+        gpus = float(opts.num_gpus)
     else:
         import torch
 
         gpus = float(torch.cuda.device_count())
     note = ""
-    if wants_gpu(args) and gpus == 0:
-        gpus = float(max(1, math.ceil((args.gpus_per_trial or 1) * args.workers)))
+    if wants_gpu(opts) and gpus == 0:
+        gpus = float(max(1, math.ceil((opts.gpus_per_trial or 1) * opts.workers)))
         note = f" (this machine has no GPU: planned for {gpus:g}; set --num-gpus)"
-    return {"CPU": cpus, args.gpu_resource: gpus}, note
+    return {"CPU": cpus, opts.gpu_resource: gpus}, note
 
 
 def head_memory_mib() -> float | None:
@@ -242,33 +276,33 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
         raise ResourceError(f"cannot reach a Ray cluster at {address} ({e.strerror or e})") from None
 
 
-def cluster_address(args) -> str | None:
+def cluster_address(opts: ClusterOptions) -> str | None:
     """The existing cluster this run joins: ``--address``, else ``$RAY_ADDRESS`` (set for a driver submitted with
     ``ray job submit``), else None: a new local instance."""
-    return args.address or os.environ.get("RAY_ADDRESS") or None
+    return opts.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def connect(args, env_vars: dict[str, str] | None = None) -> None:
+def connect(opts: ClusterOptions, env_vars: dict[str, str] | None = None) -> None:
     """``ray.init``: the existing cluster (``cluster_address``), or a new local instance (with ``--num-cpus`` and
     ``--num-gpus``). ``env_vars`` reach every Ray worker process."""
     import ray
 
-    check_address(args.address)
+    check_address(opts.address)
     local_extra: dict[str, Any] = {}
-    if not cluster_address(args):
-        local_extra = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
-        if not args.verbose:  # Ray's notice that a new local instance uses token authentication (its default)
+    if not cluster_address(opts):
+        local_extra = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus}
+        if not opts.verbose:  # Ray's notice that a new local instance uses token authentication (its default)
             logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     try:
         # "local": a new instance, even where `ray start` left one running (which plain ray.init() would join)
-        ray.init(address=args.address or (None if cluster_address(args) else "local"), include_dashboard=False,
-                 log_to_driver=args.verbose, configure_logging=args.verbose,
-                 logging_level="INFO" if args.verbose else "ERROR",
+        ray.init(address=opts.address or (None if cluster_address(opts) else "local"), include_dashboard=False,
+                 log_to_driver=opts.verbose, configure_logging=opts.verbose,
+                 logging_level="INFO" if opts.verbose else "ERROR",
                  runtime_env={"env_vars": {**RAY_TRAIN_ENV, **(env_vars or {})}}, **local_extra)
     except (ConnectionError, RuntimeError, ValueError) as e:
         hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, or the "
-                "token in ~/.ray/auth_token)" if cluster_address(args) else "")
-        raise ResourceError(f"cannot connect to Ray at {cluster_address(args) or 'a new local instance'}: "
+                "token in ~/.ray/auth_token)" if cluster_address(opts) else "")
+        raise ResourceError(f"cannot connect to Ray at {cluster_address(opts) or 'a new local instance'}: "
                             f"{one_line(e)}{hint}") from None
 
 

@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from . import stats as S
-from .stats import finite
+from .. import stats as S
+from ..stats import finite
 
 Row = Mapping[str, Any]
 Formatter = Callable[[Row], str]
@@ -139,10 +139,10 @@ def comparison_columns(diff_label: str = "Δ vs ref, pp (over seeds)",
     both p-values, Holm's adjusted p, the per-seed McNemar tests and the verdict."""
     return [Col(diff_label, per_seed_diff(reference_text)),
             Col("95% CI over test images, pp (bootstrap)", boot_ci),
-            Col("p seeds (t)", p_value("p_seed")),
-            Col("p images (bootstrap)", p_value("boot_p")),
+            Col("p seeds (t)", p_value("p_seed"), md=False),
+            Col("p images (bootstrap)", p_value("boot_p"), md=False),
             Col("p Holm", p_value("p_holm")),
-            Col("McNemar p per seed (won:lost)", mcnemar),
+            Col("McNemar p per seed (won:lost)", mcnemar, md=False),
             Col("Verdict", text("verdict"))]
 
 
@@ -165,12 +165,12 @@ def seeds_status(r: Row) -> str:
 def adaptive_columns(diff_label: str = "Δ vs ref, pp (over seeds)",
                      reference_text: Formatter | None = None) -> list["Col"]:
     """The columns of a comparison judged by the anytime-valid procedure of an --until-decided run
-    (``ablations.adaptive_report``): the difference over its seeds, the confidence sequence, the one-sided
+    (``ablations.report.adaptive``): the difference over its seeds, the confidence sequence, the one-sided
     p-values of seeds and images, Holm over the whole study, the verdict, and its seeds and how they stopped."""
     return [Col(diff_label, per_seed_diff(reference_text)),
             Col("95% confidence sequence, pp", confidence_sequence),
-            Col("p seeds (anytime-valid)", p_value("p_seed_anytime")),
-            Col("p images (bootstrap)", p_value("p_image_one_sided")),
+            Col("p seeds (anytime-valid)", p_value("p_seed_anytime"), md=False),
+            Col("p images (bootstrap)", p_value("p_image_one_sided"), md=False),
             Col("p Holm (whole study)", p_value("p_holm")),
             Col("Verdict", text("verdict")),
             Col("Seeds: how they stopped", seeds_status)]
@@ -181,8 +181,17 @@ def adaptive_columns(diff_label: str = "Δ vs ref, pp (over seeds)",
 
 @dataclass(frozen=True)
 class Col:
+    """A shown column. ``md=False``: in the CSV and LaTeX only, not in Markdown (REPORT.md keeps at most
+    ``MD_MAX_COLUMNS`` short columns, to paste). ``note=True``: prose; in Markdown it leaves the table and becomes a
+    numbered note under it, its row marked [n]."""
+
     label: str
     fmt: Formatter
+    md: bool = True
+    note: bool = False
+
+
+MD_MAX_COLUMNS = 9
 
 
 @dataclass
@@ -204,14 +213,29 @@ class Table:
                             columns=[c.label for c in self.columns])
 
     def markdown(self) -> str:
+        """The paste-ready table: the short columns, and the prose of each row as a numbered note under it."""
         if not len(self.frame):
             return "_(empty)_"
         if self.group is None:
-            return markdown(self.display())
+            return self._markdown_part(self.frame)
         parts = []
         for value, sub in self.frame.groupby(self.group, sort=False):
-            parts += [f"### {value}", "", markdown(self.display(sub)), ""]
+            parts += [f"### {value}", "", self._markdown_part(sub), ""]
         return "\n".join(parts).rstrip()
+
+    def _markdown_part(self, frame: pd.DataFrame) -> str:
+        shown = [c for c in self.columns if c.md and not c.note]
+        prose = [c for c in self.columns if c.md and c.note]
+        cells, notes = [], []
+        for r in (_plain(r) for r in frame.to_dict("records")):
+            row = [c.fmt(r) for c in shown]
+            text = "; ".join(f"{c.label}: {t}" for c in prose for t in [c.fmt(r)] if t not in ("", EMPTY))
+            if text:
+                notes.append(f"{len(notes) + 1}. {text}")
+                row[0] = f"{row[0]} [{len(notes)}]"
+            cells.append(row)
+        table = markdown(pd.DataFrame(cells, columns=[c.label for c in shown]))
+        return table + ("\n\n" + "\n".join(notes) if notes else "")
 
     def latex(self) -> str:
         """A booktabs ``tabular`` (pandas ``Styler.to_latex``); grouped tables get the group as first column."""

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
-from .grids import Plan
+from ..grids import Plan
 
 
 def labels(plan: Plan) -> dict[str, str]:

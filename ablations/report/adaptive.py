@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from . import grids
-from . import sequential as Q
-from . import stats as S
-from .adaptive import Settings
+from .. import grids
+from .. import stats as S
+from ..stats import sequential as Q
+from ..stats.sequential import Settings
 from .rundata import RunData
 from .tables import BOOT_SEED, CONFIDENCE, NotMeasured, class_claim_data
 

@@ -25,7 +25,7 @@ F_n the Student t distribution function with n degrees of freedom (``log_e_value
 mixture of Rouder et al. 2009 at fixed g; E_1^{+-} = 2 F_1(+-sqrt g)). It is the likelihood ratio of the data's
 maximal scale invariant, so under mu = c it is a nonnegative martingale with mean 1 in the filtration of that
 invariant, whatever sigma is. g = ``PRIOR_G`` = 4 (prior SD of delta: 2 seed SDs) was fixed from simulation
-before any study (``ablations.sequential_sim``), as a compromise between decisions at 4 seeds for large effects
+before any study (``ablations.stats.simulation``), as a compromise between decisions at 4 seeds for large effects
 and power at 10 seeds for effects of one seed SD.
 
 *Guarantee.* By Ville's inequality, for every sigma: P(E_n^+(c) >= 1/a for some n >= 1) <= a when mu <= c
@@ -45,7 +45,7 @@ running minimum and its p-value is calibrated on simulated null paths, exact bec
 has the same distribution for every sigma (Armitage, McPherson & Rowe 1969; Jennison & Turnbull 2000, ch. 11).
 Same guarantee for every N <= horizon (the event is contained in "some look of the full path crosses"); none
 beyond. At 10 seeds with one comparison it needs |t| >= 3.15 against the mixture's 3.97 (a fixed single look:
-2.26). ``ablations.sequential_sim`` measures both.
+2.26). ``ablations.stats.simulation`` measures both.
 
 *Decisions.* "higher" rejects mu <= margin (p^+ at c_hi = margin, 0 for an axis arm); "lower" rejects mu >= 0 (p^-
 at c_lo = 0); neither: "open". **Multiple comparisons: Holm's step-down method over the 2K one-sided hypotheses
@@ -99,16 +99,18 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import optimize as _opt
 from scipy import stats as _st
 
-from . import stats as S
+from pipeline.errors import ConfigError
+
+from .. import stats as S
 
 if TYPE_CHECKING:  # grids imports torch; the core here needs only numpy and scipy
-    from .grids import Plan
+    from ..grids import Plan
 
 ALPHA = S.ALPHA
 PRIOR_G = 4.0  # variance of the standardised effect under the alternative's prior (its SD: 2 seed SDs)
@@ -704,3 +706,66 @@ def method_lines(procedure: Procedure = MixtureT(), alpha: float = ALPHA, family
         f"n would need {fixed}. Status per verdict, with the seeds it used: decided early (a call below the cap), "
         "decided at the cap, open at the cap, open at the budget, or open on test though decided on validation.",
     ]
+
+
+# ============================================================================ the settings of --until-decided
+
+DEFAULT_MAX_SEEDS = 10
+TESTS = {"mixture": "mixture-t", "repeated-t": "repeated-t"}  # --sequential-test -> run.json's ``procedure``
+
+
+@dataclass(frozen=True)
+class Settings:
+    """--until-decided [--max-seeds N] [--budget HOURS] [--sequential-test T], as run.json's ``adaptive`` keeps
+    them. ``test``: 'mixture' (``sequential.MixtureT``, no horizon: valid at any number of seeds, a later run may
+    add more) or 'repeated-t' (``sequential.RepeatedT`` with its horizon at the cap and its first look at
+    ``first_look`` seeds: more power, no guarantee beyond the cap)."""
+
+    max_seeds: int = DEFAULT_MAX_SEEDS
+    budget_hours: float = math.inf
+    test: str = "mixture"
+    first_look: int = 3
+    g: float = PRIOR_G
+    alpha: float = ALPHA
+
+    @property
+    def procedure(self) -> Procedure:
+        if self.test == "repeated-t":
+            return RepeatedT(horizon=self.max_seeds, first_look=self.first_look)
+        return MixtureT(g=self.g)
+
+    @property
+    def horizon(self) -> float:
+        return self.procedure.horizon
+
+    def check(self, planned: int, old: Mapping[str, Any] | None = None) -> None:
+        """Bad input, one line: a cap not above the planned seeds, a budget that is not positive, and, in a folder
+        whose rounds ran under other settings, another test, or another horizon of the repeated t-test (choosing
+        either after seeing the data would void the guarantee; the mixture's cap may change)."""
+        if self.max_seeds <= planned:
+            raise ConfigError(f"--max-seeds {self.max_seeds} must be above the seeds the grid plans ({planned}); "
+                              f"raise it, or lower --seeds")
+        if not self.budget_hours > 0:
+            raise ConfigError(f"--budget must be a positive number of hours, got {self.budget_hours:g}")
+        if old:
+            before = Settings.from_meta(old)
+            if before.test != self.test:
+                raise ConfigError(f"this run's seeds were added with --sequential-test {before.test}; continue with "
+                                  f"it, or start another --name")
+            if self.test == "repeated-t" and (before.max_seeds, before.first_look) != (self.max_seeds,
+                                                                                          self.first_look):
+                raise ConfigError(f"this run's repeated t-test looks at {before.first_look} to {before.max_seeds} "
+                                  f"seeds, fixed when it started; continue with --max-seeds {before.max_seeds} and "
+                                  f"the same --seeds, or start another --name")
+
+    def meta(self) -> dict[str, Any]:
+        out = {"procedure": TESTS[self.test], "alpha": self.alpha, "max_seeds": self.max_seeds,
+               "budget_hours": None if math.isinf(self.budget_hours) else self.budget_hours}
+        return {**out, "g": self.g} if self.test == "mixture" else {**out, "first_look": self.first_look}
+
+    @classmethod
+    def from_meta(cls, d: Mapping[str, Any]) -> "Settings":
+        budget = d.get("budget_hours")
+        test = next(k for k, v in TESTS.items() if v == d.get("procedure", TESTS["mixture"]))
+        return cls(int(d["max_seeds"]), math.inf if budget is None else float(budget), test,
+                   int(d.get("first_look", 3)), float(d.get("g", PRIOR_G)), float(d.get("alpha", ALPHA)))

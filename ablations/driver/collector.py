@@ -1,7 +1,7 @@
 """The collector: a finished trial's final checkpoint into the results folder.
 
 The worker's final checkpoint holds ``final.json`` (metrics and per-epoch history), ``logits.npz`` and
-``model.pt`` (``ablations.trainable``). The collector copies the logits and (unless ``--keep-models none``) the
+``model.pt`` (``ablations.driver.trainable``). The collector copies the logits and (unless ``--keep-models none``) the
 weights into the run folder, atomically, and returns the trial's row metrics: the worker's, where its wall time
 went (driver and worker clocks), and the driver's memory. At the end of a complete run ``prune_models`` keeps
 only the weights the report needs (``--keep-models best``).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .results import RunFolder, atomic_write
+from ..results import RunFolder, atomic_write
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Collector:
             return
         import pandas as pd
 
-        from .rundata import best_config_ids
+        from ..report.rundata import best_config_ids
 
         keep_cfg = set(best_config_ids(pd.DataFrame(rows)).values())
         keep = {r["trial_id"] for r in rows if r["config_id"] in keep_cfg} | self.parents

@@ -13,7 +13,7 @@ Two ways to run one trial (``Resources.runner``):
 
 Either way every epoch is reported as ``{"kind": "epoch", ...}`` and the end as ``{"kind": "final",
 "checkpoint_path": ...}``, a directory in storage holding ``final.json``, ``logits.npz`` and ``model.pt``, which
-the driver copies into the results folder (``ablations.session``).
+the driver copies into the results folder (``ablations.driver.session``).
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .spec import TrialSpec
 
 FINAL_FILES = ("final.json", "logits.npz", "model.pt")
 
@@ -157,22 +159,21 @@ def run_trial_in_actor(tune_config: dict[str, Any], data: dict[str, Any]) -> Non
     import time
 
     t_start = time.time()
-    config = tune_config["trial"]
+    spec = TrialSpec.from_tune(tune_config["trial"])
     import ray
     import torch
     from ray import tune
 
     from pipeline.train import resolve_device
 
-    store = TrialStore(config["storage"], config["trial_id"])
+    store = TrialStore(spec.storage, spec.trial_id)
     if not store.has_final():
-        res = config["resources"]
         # Ray assigns GPUs (CUDA_VISIBLE_DEVICES) only for the 'GPU' resource; with a custom --gpu-resource the
         # config's device decides (auto: this node's GPU if it has one)
-        use_gpu = bool(res["gpus"]) and res["gpu_resource"] == "GPU" and bool(ray.get_gpu_ids())
-        device = torch.device("cuda", 0) if use_gpu else resolve_device(config["config"]["device"])
+        use_gpu = spec.resources.use_gpu and bool(ray.get_gpu_ids())
+        device = torch.device("cuda", 0) if use_gpu else resolve_device(spec.config["device"])
         try:
-            _fit_into_store(config, data, device, store, t_start)
+            _fit_into_store(spec, data, device, store, t_start)
         finally:  # the actor runs the next trial: give back what this one held on the GPU
             if device.type == "cuda":
                 import gc
@@ -185,17 +186,17 @@ def run_trial_in_actor(tune_config: dict[str, Any], data: dict[str, Any]) -> Non
         tune.report({**final_report(Path(d)), "checkpoint_path": store.final})
 
 
-def _fit_into_store(config: dict[str, Any], data: dict[str, Any], device, store: TrialStore, t_start: float) -> None:
+def _fit_into_store(spec: TrialSpec, data: dict[str, Any], device, store: TrialStore, t_start: float) -> None:
     """Fit the trial from its newest epoch state in ``store`` (if any), reporting every epoch, and put its final
     artifacts into ``store``."""
     from ray import tune
 
     def on_epoch(row: dict, make_checkpoint) -> None:
         store.save_state(int(row["epoch"]), make_checkpoint())
-        tune.report({"kind": "epoch", "trial_id": config["trial_id"], **row})
+        tune.report({"kind": "epoch", "trial_id": spec.trial_id, **row})
 
-    loop_config = {"config": config["config"], "trial_id": config["trial_id"], "data": data,
-                   "t_trainable_start": t_start, "t_worker_start": t_start, "init": config.get("init")}
+    loop_config = {"config": spec.config, "trial_id": spec.trial_id, "data": data,
+                   "t_trainable_start": t_start, "t_worker_start": t_start, "init": spec.init}
     result = fit_trial(loop_config, device, store.load_state(), on_epoch)
     with tempfile.TemporaryDirectory() as d:
         write_final_files(result, Path(d))
@@ -267,28 +268,24 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
     import time
 
     t_start = time.time()
-    config = tune_config["trial"]
+    spec = TrialSpec.from_tune(tune_config["trial"])
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .torch_backend import make_trainer
 
-    res = config["resources"]
-    per_worker = {"CPU": res["cpus"]}
-    if res["gpus"]:
-        per_worker[res["gpu_resource"]] = res["gpus"]
-    use_gpu = bool(res["gpus"]) and res["gpu_resource"] == "GPU"
+    res = spec.resources
     trainer = make_trainer(
-        loop, use_gpu=use_gpu, lazy=config.get("lazy_backend", False) and torch_config is None,
-        torch_config=torch_config,
-        train_loop_config={"config": config["config"], "trial_id": config["trial_id"], "data": data,
-                           "use_gpu": use_gpu, "t_trainable_start": t_start, "init": config.get("init")},
-        scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker),
+        loop, use_gpu=res.use_gpu, lazy=spec.lazy_backend and torch_config is None, torch_config=torch_config,
+        train_loop_config={"config": spec.config, "trial_id": spec.trial_id, "data": data, "use_gpu": res.use_gpu,
+                           "t_trainable_start": t_start, "init": spec.init},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,
+                                     resources_per_worker=res.worker_bundle()),
         run_config=RunConfig(
-            name=config["trial_id"],
-            storage_path=config["storage"],
+            name=spec.trial_id,
+            storage_path=spec.storage,
             callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=config.get("retries", 0)),
+            failure_config=FailureConfig(max_failures=spec.retries),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -326,7 +323,6 @@ def wait_for_tune_to_take_the_last_result(timeout_s: float = 3600.0, poll_s: flo
 def fetch_checkpoint(storage: str, checkpoint_path: str, dest: Path) -> Path:
     """Copy a checkpoint directory (local or cloud storage) into ``dest``."""
     import pyarrow.fs
-
     from ray.train import Checkpoint
 
     fs, _ = pyarrow.fs.FileSystem.from_uri(storage) if "://" in storage else (pyarrow.fs.LocalFileSystem(), None)

@@ -1,4 +1,4 @@
-"""Simulations of the adaptive-seed procedure of ``ablations.sequential``, with no training: synthetic studies with
+"""Simulations of the adaptive-seed procedure of ``ablations.stats.sequential``, with no training: synthetic studies with
 known per-seed effects and seed-to-seed noise, vectorised over studies (numpy and scipy; seconds).
 
 * ``looks_fpr``: one comparison under the null, one look per added seed. The chance that *some* look calls a
@@ -9,7 +9,7 @@ known per-seed effects and seed-to-seed noise, vectorised over studies (numpy an
   cap, verdicts on test. Family-wise error of the test verdicts over the arms without an effect.
 * ``adaptive_one`` / ``design_matched``: how many seeds the rule needs for a real effect, against a fixed design
   of equal power (see ``design_matched`` for how power is matched).
-* ``bench_sequential``: all of it at a larger scale, with figures (``python -m ablations.bench --only sequential``).
+* ``bench_sequential``: all of it at a larger scale, with figures (``python -m ablations.bench.sections --only sequential``).
 
 Effects are in units of the SD of a per-seed difference (delta = mu / sigma).
 """
@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
+from ..stats import ALPHA, t_test_power
 from . import sequential as Q
-from .stats import ALPHA, t_test_power
-
 
 # ============================================================================ building blocks
 

@@ -21,8 +21,8 @@ from typing import IO, Any
 
 from pipeline.config import EXECUTION_KEYS
 
-from .grids import Plan
-from .results import RunFolder
+from ..grids import Plan
+from ..results import RunFolder
 
 
 @dataclass

@@ -6,7 +6,7 @@ resources and storage beside), its per-epoch metrics (``epoch``, ``train_loss``,
 Tune's iteration: epoch k is step k) and its final metrics under ``final/`` (every number of its trials.parquet
 row: test accuracy per TTA view and per class, macro-F1, timings, ...; the last step). The driver's Tune callback
 (``ablations.run``) puts the final metrics into the trial's last result before these callbacks see it: only the
-headline numbers travel through Tune itself (``ablations.trainable``). Where the trackers write:
+headline numbers travel through Tune itself (``ablations.driver.trainable``). Where the trackers write:
 
   tensorboard  <run>/logs/tensorboard/<trial_id>/ (``TBXLoggerCallback``, pointed into the run folder; its
                hparams view holds each trial's config with its final metrics), and <run>/logs/tensorboard/report/
@@ -18,7 +18,7 @@ headline numbers travel through Tune itself (``ablations.trainable``). Where the
                holds REPORT.md, tables/ and figures/ as an artifact and the figures as images
 
 TensorBoard is on by default: Ray Tune writes the same event files for every trial anyway (into its own
-trial folders) unless told not to, and ``python -m ablations.bench --only driver_scale`` measures what the
+trial folders) unless told not to, and ``python -m ablations.bench.sections --only driver_scale`` measures what the
 callback costs the driver per event (README, "Measured here").
 """
 from __future__ import annotations

@@ -1,0 +1,5 @@
+import sys
+
+from .sections import main
+
+sys.exit(main())

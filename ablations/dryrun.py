@@ -1,0 +1,157 @@
+"""The plan as ``--dry-run`` prints it, and the time estimates a run and its dry run share.
+
+``print_dry_run``: trials per level and axis, lineage, claims, ensembles, resources and the estimated time (the
+trials' estimated seconds, ``ablations.estimate``, over the concurrency the resources allow), and with
+``--until-decided`` the rounds' plan and worst case. Starts no Ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from typing import Any
+
+from . import grids
+from .driver import adaptive as A
+from .driver.cluster import Resources
+from .driver.spec import with_execution
+from .estimate import Target, plan_seconds, trial_seconds
+from .speeds import DEFAULT_GPU, GPU_NAMES
+from .stats import sequential as Q
+
+GpuChoice = tuple[float, "str | None"]  # (--gpu-speed, --gpu-model) for the estimate
+
+
+def data_sizes(plan: grids.Plan) -> tuple[int, int, int]:
+    s = plan.data_settings()
+    n_classes = 10
+    n_train = s["train_per_class"] * n_classes if s["train_per_class"] else 50000 - s["val_size"]
+    n_test = s["test_per_class"] * n_classes if s["test_per_class"] else 10000
+    return n_train, s["val_size"], n_test
+
+
+def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "", gpu: GpuChoice = (1.0, None),
+                  adaptive: A.Settings | None = None) -> None:
+    trials = plan.trials()
+    if as_json:
+        cfgs = {tid: with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
+        rows = [{**p.row(), **cfgs[p.trial_id]} for p in plan.points]
+        out = {"grid": plan.grid, "resources": res.__dict__, "points": rows,
+               "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan),
+               "lineage": grids.describe_lineage(plan)}
+        if adaptive is not None:
+            out["until_decided"] = until_decided_plan(plan, adaptive, res, gpu)
+        print(json.dumps(out, indent=1))
+        return
+    from tabulate import tabulate
+
+    n_train, n_val, n_test = data_sizes(plan)
+    seeds = len({p.seed for p in plan.points})
+    print(f"grid {plan.grid}: {len(trials)} trials ({len(plan.points)} plan points), {seeds} seed(s) each")
+    print(f"data: train {n_train}, val {n_val}, test {n_test} images (CIFAR-10 sizes assumed)")
+    print(tabulate(grids.summarize(plan), headers="keys", tablefmt="github"))
+    if plan.eval_axes:
+        print(f"evaluation-only axes (computed from stored logits, no extra trials): {', '.join(plan.eval_axes)}")
+    for title, lines in (("init_from (trained models carried from one level to the next)", grids.describe_lineage(plan)),
+                         ("claims (verdicts in REPORT.md)", grids.describe_claims(plan)),
+                         ("ensembles (formed by the report from stored logits)", grids.describe_ensembles(plan))):
+        print(f"{title}:" + "".join(f"\n  {line}" for line in lines) if lines else f"{title}: none")
+    print(f"resources: {res.describe()}{note}")
+    print(estimate_line(trials, res, (n_train, n_val, n_test), gpu))
+    if adaptive is not None:
+        print("\n".join(until_decided_lines(plan, adaptive, res, gpu)))
+
+
+def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources,
+                       gpu: GpuChoice = (1.0, None)) -> dict:
+    """--dry-run --until-decided: the planned seeds, the comparisons that drive the rounds, and the worst case
+    (every compared config at --max-seeds) with its estimated time."""
+    comps = Q.comparisons_from_plan(plan)
+    planned = A.planned_seeds(plan)
+    worst = Q.worst_case(comps, planned, settings.max_seeds)
+    # its added time: the whole worst-case plan's estimate less the planned one's (on CPUs, prefix-cache entries
+    # the added seeds share are paid once, as in the dry run's own estimate line)
+    sizes = data_sizes(plan)
+    added_s = (sum(trial_estimates(A.worst_case_plan(plan, comps, settings.max_seeds).trials(), res, sizes,
+                                   gpu).values()) - sum(trial_estimates(plan.trials(), res, sizes, gpu).values()))
+    worst = dataclasses.replace(worst, hours=max(added_s, 0.0) / res.concurrency / 3600)
+    family = 2 * max(len(comps), 1)
+    earliest = next((n for n in range(2, settings.max_seeds + 1)
+                     if math.isfinite(settings.procedure.critical_t(n, settings.alpha / family))), None)
+    return {**settings.meta(), "planned_seeds": sorted(set(planned.values())),
+            "comparisons": [c.id for c in comps], "compared_configs": len(A.compared_configs(comps)),
+            "earliest_decision_seeds": earliest, "worst_case_trials": worst.trials,
+            "worst_case_added_trials": worst.added_trials, "worst_case_added_hours": worst.hours,
+            "worst_case_line": worst.line()}
+
+
+def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources,
+                        gpu: GpuChoice = (1.0, None)) -> list[str]:
+    u = until_decided_plan(plan, settings, res, gpu)
+    comps = Q.comparisons_from_plan(plan)
+    n_claims = sum(c.kind == "claim" for c in comps)
+    seeds = "/".join(str(n) for n in u["planned_seeds"])
+    budget = f", or until --budget {settings.budget_hours:g} h is spent" if math.isfinite(settings.budget_hours) else ""
+    earliest = (f"the earliest call is at {u['earliest_decision_seeds']} seeds" if u["earliest_decision_seeds"]
+                else f"no call is possible within {settings.max_seeds} seeds")
+    worst = A.worst_case_plan(plan, comps, settings.max_seeds)
+    return [f"--until-decided: planned {seeds} seed(s) per config first; then rounds add one seed to both configs of "
+            f"every comparison still open on validation ({len(comps)} comparisons: {n_claims} claims, "
+            f"{len(comps) - n_claims} axis arms, over {u['compared_configs']} configs), until decided or "
+            f"{settings.max_seeds} seeds{budget}",
+            f"  verdicts: {settings.procedure.name}, Holm over the {len(comps)} comparisons at {settings.alpha:g}; "
+            f"{earliest}",
+            f"  {u['worst_case_line']}",
+            f"  worst case {estimate_line(worst.trials(), res, data_sizes(plan), gpu)}"]
+
+
+def estimate_target(res: Resources, gpu: GpuChoice = (1.0, None)) -> Target:
+    """What the estimate is for: the resources' device, trials per GPU, CPUs and runner, and the GPU model (given,
+    else this machine's GPU where a speed table names it, else the default)."""
+    on_gpu = res.device == "cuda"
+    per_gpu = min(round(1 / res.gpus), res.concurrency) if on_gpu and res.gpus < 1 else 1  # trials sharing a GPU
+    speed, model = gpu
+    return Target(gpu=on_gpu, gpu_model=model or local_gpu_model(), gpu_speed=speed, per_gpu=per_gpu,
+                  cpus=res.cpus, runner=res.runner)
+
+
+@functools.cache
+def local_gpu_model() -> str:
+    try:
+        import torch
+
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    except Exception:  # noqa: BLE001 - no usable CUDA: the default table
+        name = ""
+    return next((model for model, prefix in GPU_NAMES.items() if name.startswith(prefix)), DEFAULT_GPU)
+
+
+def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu: GpuChoice = (1.0, None)):
+    """config -> its estimated seconds alone (``ablations.estimate.trial_seconds``: it pays for every prefix-cache
+    entry it reads, so a round of added seeds is costed on the safe side)."""
+    target = estimate_target(res, gpu)
+    return lambda c: trial_seconds(c, *sizes, target)
+
+
+def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
+                    gpu: GpuChoice = (1.0, None), target: Target | None = None) -> dict[str, float]:
+    """Each trial's estimated seconds (``ablations.estimate.plan_seconds``): measured speeds, on CPUs the prefix
+    cache's entries paid for once, packed GPU trials slowed by their measured sharing of a GPU."""
+    return plan_seconds(configs, *sizes, target or estimate_target(res, gpu))
+
+
+def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
+                  gpu: GpuChoice = (1.0, None)) -> str:
+    """The dry run's time estimate: the trials' estimated seconds over the concurrency the resources allow, and
+    what in it is not a measurement."""
+    target = estimate_target(res, gpu)
+    total = sum(trial_estimates(configs, res, sizes, target=target).values())
+    wall = total / res.concurrency
+    basis = target.describe()
+    if target.gpu:
+        gpus_used = max(1.0, res.concurrency * res.gpus * res.workers)
+        basis += f", {res.concurrency} trials on {gpus_used:g} GPU(s); {wall / 3600 * gpus_used:.2f} GPU-hours"
+    line = (f"estimated time: {total / 60:.1f} trial-minutes, about {wall / 60:.1f} min wall with "
+            f"{res.concurrency} concurrent ({basis}; rough)")
+    return line + "".join(f"\n  estimate note: {n}" for n in sorted(target.notes))

@@ -1,0 +1,5 @@
+import sys
+
+from .writer import main
+
+sys.exit(main())
