@@ -23,10 +23,16 @@ def is_remote(storage: str | None) -> bool:
     return bool(storage) and "://" in str(storage) and not str(storage).startswith("file://")
 
 
-def filesystem(uri: str):
+def filesystem(storage: str):
+    """(pyarrow filesystem, root path) of a storage URI (``s3://``, ``gs://``, ``file://``) or a local path: the
+    one way every part of the project (trials, the preflight, the driver, this mirror) reads and writes storage."""
+    import os
+
     import pyarrow.fs as pafs
 
-    return pafs.FileSystem.from_uri(uri)
+    if "://" in storage:
+        return pafs.FileSystem.from_uri(storage)
+    return pafs.LocalFileSystem(), os.path.abspath(storage)
 
 
 class Mirror:

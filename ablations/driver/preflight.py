@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.errors import one_line
 
+from ..mirror import filesystem
 from .cluster import ResourceError, Resources, fmt_resources
 
 
@@ -88,20 +89,11 @@ class _Rank:
             dist.destroy_process_group()
 
 
-def storage_filesystem(storage: str):
-    """(pyarrow filesystem, root path) of a storage URI or local path."""
-    import pyarrow.fs as pafs
-
-    if "://" in storage:
-        return pafs.FileSystem.from_uri(storage)
-    return pafs.LocalFileSystem(), os.path.abspath(storage)
-
-
 def write_marker(storage: str, token: str) -> dict[str, Any]:
     """On a trial's node: write a small marker file under the storage (what a trial's checkpoint write does)."""
     import ray
 
-    fs, root = storage_filesystem(storage)
+    fs, root = filesystem(storage)
     path = f"{root.rstrip('/')}/.ablations-probe/{token}"
     payload = f"{token} written on {ray.util.get_node_ip_address()}".encode()
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -189,7 +181,7 @@ def check_storage(res: Resources, pg, storage: str, given: bool = True) -> str:
     except Exception as e:
         raise ResourceError(f"{what}: a trial's node cannot write there ({one_line(getattr(e, 'cause', None) or e)});"
                             f" {fix}") from None
-    fs, _ = storage_filesystem(storage)
+    fs, _ = filesystem(storage)
     try:
         with fs.open_input_stream(wrote["path"]) as f:
             back = f.read().decode()

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..mirror import filesystem
 from .spec import TrialSpec
 
 FINAL_FILES = ("final.json", "logits.npz", "model.pt")
@@ -83,12 +84,7 @@ class TrialStore:
     reader never sees half a file."""
 
     def __init__(self, storage: str, trial_id: str):
-        import pyarrow.fs as pafs
-
-        if "://" in storage:
-            self.fs, root = pafs.FileSystem.from_uri(storage)
-        else:
-            self.fs, root = pafs.LocalFileSystem(), str(Path(storage).resolve())
+        self.fs, root = filesystem(storage)
         self.root = f"{root.rstrip('/')}/{trial_id}/actor"
 
     def _exists(self, path: str) -> bool:
@@ -322,10 +318,9 @@ def wait_for_tune_to_take_the_last_result(timeout_s: float = 3600.0, poll_s: flo
 
 def fetch_checkpoint(storage: str, checkpoint_path: str, dest: Path) -> Path:
     """Copy a checkpoint directory (local or cloud storage) into ``dest``."""
-    import pyarrow.fs
     from ray.train import Checkpoint
 
-    fs, _ = pyarrow.fs.FileSystem.from_uri(storage) if "://" in storage else (pyarrow.fs.LocalFileSystem(), None)
+    fs, _ = filesystem(storage)
     dest.mkdir(parents=True, exist_ok=True)
     Checkpoint(path=checkpoint_path, filesystem=fs).to_directory(str(dest))
     return dest
