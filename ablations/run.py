@@ -170,6 +170,7 @@ def run(args) -> int:
 
 
 def dry_run(args) -> int:
+    parse_log(args.log)  # an unknown tracker is bad input here too
     plan = make_plan(args)
     settings = A.settings_from_args(args, min(A.planned_seeds(plan).values()))
     if settings is not None:

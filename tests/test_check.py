@@ -32,7 +32,7 @@ def test_every_check_passes_on_a_working_setup(mini_archive, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = {line.split()[1]: line for line in proc.stdout.splitlines() if line[:4] in ("ok  ", "--  ", "FAIL")}
     assert set(lines) >= {"torch", "ray", "gpus", "storage", "data", "weights", "micro"}
-    assert lines["storage"].startswith("ok") and "read back and deleted from a worker" in lines["storage"]
+    assert lines["storage"].startswith("ok") and "storage written on " in lines["storage"] and "read back here" in lines["storage"]
     assert lines["weights"].startswith("ok") and "efficientnet_lite0" in lines["weights"]
     assert "train images/s" in lines["micro"] and "on cpu" in lines["micro"]
     assert not [p for p in (tmp_path / "storage").rglob("*") if p.is_file()]  # the probe file was deleted

@@ -243,7 +243,7 @@ def test_a_damaged_entry_is_computed_again(damage, tmp_path):
 
 
 def test_bench_prefix_cache_section_runs_quick(tmp_path):
-    """``python -m ablations.bench.sections --quick --only prefix_cache``: plain, cold and warm runs of the L2-style trial.
+    """``python -m ablations.bench --quick --only prefix_cache``: plain, cold and warm runs of the L2-style trial.
     The warm trial reads what the cold one stored, so the two compute the same numbers."""
     import subprocess
     import sys
@@ -252,7 +252,7 @@ def test_bench_prefix_cache_section_runs_quick(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "ABLATIONS_DATA": str(SUBSET)}  # the shipped subset: runs without the whole data set
-    proc = subprocess.run([sys.executable, "-m", "ablations.bench.sections", "--quick", "--only", "prefix_cache", "--out",
+    proc = subprocess.run([sys.executable, "-m", "ablations.bench", "--quick", "--only", "prefix_cache", "--out",
                            str(tmp_path)], cwd=repo, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pc = json.loads((tmp_path / "bench.json").read_text())["prefix_cache"]

@@ -38,7 +38,7 @@ def test_gpus_asked_for_but_absent_fail_after_the_wait_with_one_line(ray_cluster
     """On an existing cluster GPU nodes may still join (Ray cannot tell whether it autoscales): trials wait, for
     --wait-for-resources seconds, then the run fails with one line and writes nothing. A hang is the failure
     under test, hence a generous bound (the CLI's timeout: TimeoutExpired fails the test); how long it takes is
-    measured by ``python -m ablations.bench.sections --only fail_fast``."""
+    measured by ``python -m ablations.bench --only fail_fast``."""
     proc = run_cli("--grid", str(GRIDS / "cnn.yaml"), "--data", str(mini_archive), "--results", str(tmp_path),
                    "--address", ray_cluster.address, "--wait-for-resources", "3", *flags, timeout=240)
     assert proc.returncode == 2, proc.stdout + proc.stderr
