@@ -7,7 +7,7 @@
   ``train_mult`` from the cpu grids' trials (examples/cpu).
 * ``GPU``: per GPU model, per backbone and resolution: ``fit``'s training images/s per mode ("frozen",
   "partial" = train_stages 1, "partial2" = 2..4, "all") and evaluation images/s of one trial alone (bf16
-  autocast, channels_last, batch 64, strong augmentation). H100: ``python -m ablations.bench.sections --device cuda``
+  autocast, channels_last, batch 64, strong augmentation). H100: ``python -m ablations.bench --device cuda``
   (examples/bench/gpu, Ray-free). H200: trials run through Ray by ``scripts/gpu_ray_check.sh`` (examples/gpu; the
   second epoch, after cuDNN's autotuning); what that run did not measure is the H100 number scaled by the measured
   H200 / H100 ratio, and ``GPU_NOTES`` says so.
@@ -99,7 +99,7 @@ PACKING_GAIN: dict[str, dict[int, float]] = {"H100": {1: 1.0, 2: 1.44, 4: 2.64},
 # seconds a trial costs besides its work, per (device kind, runner).
 # cpu/train: median in examples/cpu (two trials sharing the 2 cores; an empty trial alone costs 7.4 s,
 #   examples/bench/BENCH.md), so estimates lean long.
-# cpu/actor: python -m ablations.bench.sections --only runner (examples/bench/runner): 6 small trials one at a time on the
+# cpu/actor: python -m ablations.bench --only runner (examples/bench/runner): 6 small trials one at a time on the
 #   2-core machine, wall time per trial less its work: 2.9 s in the reused actor (0.2 s of the slot, the rest Tune
 #   between trials and Ray's start shared out), 14.1 s as Ray Train runs.
 # cuda/train: H200 through Ray (examples/gpu/gpu1): Ray's start of the trial 16.4 s (median), the new process's CUDA

@@ -1,7 +1,8 @@
 """What `--until-decided` would add to a finished fixed run: the plan of its first round, decided on the run's
-validation numbers (never test), for the default mixture (cap 10) and the repeated t-test (cap 6). Works on a
-copy of the folder (it needs the run's logits and labels.npz, which stay on the machine that ran it); changes
-nothing.
+validation numbers (never test), for the default mixture (cap 10) and the repeated t-test (cap 6). A round's
+hours are the run's own measured trial times (one more seed of a config costs what its first seed took, plus its
+``init_from`` parent's), one trial at a time. Works on a copy of the folder (it needs the run's logits and
+labels.npz, which stay on the machine that ran it); changes nothing.
 
     python scripts/round1_preview.py examples/cpu
 """
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ablations.driver import adaptive as A
 from ablations.driver.ledger import Ledger
@@ -20,6 +22,7 @@ from ablations.report.adaptive import run_plan
 from ablations.report.rundata import RunData
 from ablations.results import RunFolder
 from ablations.stats import sequential as Q
+from pipeline.ids import trial_id
 
 
 def preview(src: Path) -> None:
@@ -32,11 +35,14 @@ def preview(src: Path) -> None:
         classes = [str(c) for c in labels["classes"]]
         recall = A.recall_from_logits(lambda t: folder.read_logits(t) if folder.logits_path(t).exists() else None,
                                       labels["val"], len(classes))
+        rows = pd.read_parquet(dst / "trials.parquet")
+        measured = dict(zip(rows.trial_id, rows.trial_seconds))
+        hours = lambda p: A.config_hours(p, lambda cfg: measured.get(trial_id(cfg), 0.0), 1 / 3600)  # noqa: E731
         for settings in (A.Settings(), A.Settings(max_seeds=6, test="repeated-t", first_look=3)):
             ledger = Ledger(folder, plan)
             ledger.open()
             rounds = A.Rounds(ledger, settings, A.planned_seeds(plan), Q.comparisons_from_plan(plan),
-                              class_recall=recall, classes=classes)
+                              class_recall=recall, classes=classes, cost_hours=hours)
             rp = rounds.next()
             print(f"{settings.test}, cap {settings.max_seeds}: {rp.line()}")
             print(f"  decided on validation: {', '.join(rp.decided) or 'none'}")

@@ -520,3 +520,21 @@ def test_report_tables_paste_with_at_most_nine_short_columns_and_prose_as_notes(
     assert "Source" in tex and "p seeds (t)" in tex  # the LaTeX keeps the prose and every p-value
     levels_tex = (path / "tables" / "levels.tex").read_text()
     assert "What" in levels_tex and "Configs done" in levels_tex
+
+
+def test_grad_cam_finds_the_data_of_a_folder_that_moved(monkeypatch, tmp_path):
+    """A committed or rsync'd folder's relative data path points nowhere; the report then uses the data
+    ``--data auto`` finds here, but only when its content is the run's (same fingerprint)."""
+    from ablations.report.figures import Skip, _data_here
+    from pipeline import data as D
+
+    from .conftest import SUBSET
+
+    monkeypatch.setenv("ABLATIONS_DATA", str(SUBSET))
+    moved = str(tmp_path / "../../elsewhere/cifar.tar.gz")
+    assert _data_here(moved, D.fingerprint(str(SUBSET))) == str(SUBSET)
+    assert _data_here(str(SUBSET), "anything") == str(SUBSET)  # where it was recorded, when it is there
+    with pytest.raises(Skip, match="is not on this machine"):
+        _data_here(moved, "0123456789abcdef")  # other data here: never silently used
+    with pytest.raises(Skip, match="is not on this machine"):
+        _data_here(moved, None)

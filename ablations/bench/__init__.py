@@ -1,2 +1,2 @@
-"""``python -m ablations.bench.sections``: measurements side by side in one run (``sections``: the sections and their
+"""``python -m ablations.bench``: measurements side by side in one run (``sections``: the sections and their
 Markdown; ``gpu``: the sections that need a GPU)."""

@@ -1,4 +1,4 @@
-"""Benchmark sections that need a CUDA device (``python -m ablations.bench.sections --device cuda``).
+"""Benchmark sections that need a CUDA device (``python -m ablations.bench --device cuda``).
 
 * ``speed``: training images/s of ``fit`` per backbone, resolution and freeze depth, evaluation images/s and
   peak GPU memory, with the precision a GPU trial uses by default (bf16 autocast, channels_last). These rows

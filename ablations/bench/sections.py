@@ -1,4 +1,4 @@
-"""``python -m ablations.bench.sections``: our pipeline against the seeds' notebook pipeline, measured side by side.
+"""``python -m ablations.bench``: our pipeline against the seeds' notebook pipeline, measured side by side.
 
 Each comparison runs both sides in this one process, on the same model, resolution, batch size and real
 CIFAR-10 images, alternating the two (A B A B ...) so that a machine that slows down or speeds up during
@@ -1022,7 +1022,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ablations.bench.sections", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ablations.bench", description=__doc__.split("\n")[0])
     p.add_argument("--only", help=f"comma-separated sections ({', '.join(SECTIONS)})")
     p.add_argument("--quick", action="store_true", help="tiny measurements (for tests); numbers are not meaningful")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -1044,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         torch.backends.cudnn.benchmark = True
     out = Path(args.out or ("results/bench" if device == "cpu" else "results/bench/gpu"))
-    report: dict[str, Any] = {"command": "python -m ablations.bench.sections " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report: dict[str, Any] = {"command": "python -m ablations.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "device": device}
 
     def save() -> None:  # after every section, so that a run cut short keeps what it measured

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.errors import UserError, one_line
 
-# Ray Train settings for many short trials (measured by ``python -m ablations.bench.sections``): the controller polls
+# Ray Train settings for many short trials (measured by ``python -m ablations.bench``): the controller polls
 # its workers every 0.25 s instead of 2 s (a finished trial is noticed sooner), per-run helper actors we do
 # not need (preemption watcher, metrics) are not started, and workers stay in the directory they start in.
 RAY_TRAIN_ENV = {
@@ -36,7 +36,7 @@ RAY_TRAIN_ENV = {
 DEFAULT_CLUSTER_WAIT_S = 1200.0
 
 # Head-node memory one concurrent trial holds: its Tune trial actor and its Ray Train controller, both pinned
-# to the head, neither importing torch (``python -m ablations.bench.sections --only head_memory``: 241-252 MiB PSS per
+# to the head, neither importing torch (``python -m ablations.bench --only head_memory``: 241-252 MiB PSS per
 # trial with 2 and 8 at once; examples/bench/BENCH.md).
 HEAD_MIB_PER_TRIAL = 260.0
 # Share of the head node's memory that trial actors and controllers may take (the rest: GCS, dashboard,

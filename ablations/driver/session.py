@@ -1,7 +1,7 @@
 """One session of a run in the driver: Tune's events in, the ledger, the collector and the progress printer out.
 
 ``Session`` knows nothing of Ray: ``make_recorder`` is the Tune callback that feeds it (and fetches final
-checkpoints from Tune's storage), and ``python -m ablations.bench.sections --only driver_scale`` feeds it synthetic
+checkpoints from Tune's storage), and ``python -m ablations.bench --only driver_scale`` feeds it synthetic
 events to show that the cost of an event does not grow with the number of trials.
 """
 from __future__ import annotations

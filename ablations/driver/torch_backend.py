@@ -4,7 +4,7 @@ Ray Train pickles the backend (``TorchConfig`` and its ``_TorchBackend``) into e
 and unpickling them imports ``ray.train.torch.config``, which imports torch: 1.5-3 s of a fresh process per
 trial on a 2-core machine, for a process that never touches a tensor. ``LazyTorchConfig`` sets up the same
 process group with the same Ray functions, but imports them on the workers only, where torch is loaded anyway.
-``python -m ablations.bench.sections --only overhead`` measures an empty trial with our settings (this among them)
+``python -m ablations.bench --only overhead`` measures an empty trial with our settings (this among them)
 against Ray's defaults (stock config): 7.4 s against 8.9 s with our settings before this module.
 
 A one-worker trial sets up no process group at all (nothing to synchronise; no NCCL init that could fail).

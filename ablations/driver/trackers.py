@@ -18,7 +18,7 @@ headline numbers travel through Tune itself (``ablations.driver.trainable``). Wh
                holds REPORT.md, tables/ and figures/ as an artifact and the figures as images
 
 TensorBoard is on by default: Ray Tune writes the same event files for every trial anyway (into its own
-trial folders) unless told not to, and ``python -m ablations.bench.sections --only driver_scale`` measures what the
+trial folders) unless told not to, and ``python -m ablations.bench --only driver_scale`` measures what the
 callback costs the driver per event (README, "Measured here").
 """
 from __future__ import annotations

@@ -220,11 +220,7 @@ def load_test_images(run: RunData):
     d = run.meta.get("data") or {}
     if not d.get("source"):
         raise Skip("run.json names no data source")
-    source = resolve(d["source"], run.folder.path)  # recorded relative to the run folder
-    if source == "torchvision" and not D.was_cached(source):
-        raise Skip("the torchvision CIFAR-10 cache is absent on this machine (the report does not download)")
-    if source != "torchvision" and not Path(source).exists() and not D.was_cached(source):
-        raise Skip(f"data source {source} is not on this machine")
+    source = _data_here(resolve(d["source"], run.folder.path), d.get("fingerprint"))
     try:
         ds = D.load(source)
         splits = D.make_splits(ds, val_size=int(d.get("val_size", 5000)), split_seed=int(d.get("split_seed", 0)),
@@ -237,6 +233,24 @@ def load_test_images(run: RunData):
     if not np.array_equal(splits.test_y, run.labels["test"]):
         raise Skip("the test images rebuilt from run.json do not match labels.npz")
     return splits.test_x, splits.test_y
+
+
+def _data_here(source: str, fingerprint: str | None) -> str:
+    """The run's data on this machine: where run.json recorded it (relative to the run folder), else, for a folder
+    that moved (a commit, ``rsync-down``), the data ``--data auto`` finds here if its content is the same."""
+    from pipeline import data as D
+
+    def available(s: str) -> bool:
+        return D.was_cached(s) if s == "torchvision" else Path(s).exists()
+
+    if available(source):
+        return source
+    here = D.resolve_source("auto")
+    if fingerprint and here != source and available(here) and D.fingerprint(here) == fingerprint:
+        return here
+    if source == "torchvision":
+        raise Skip("the torchvision CIFAR-10 cache is absent on this machine (the report does not download)")
+    raise Skip(f"data source {source} is not on this machine")
 
 
 class Skip(Exception):

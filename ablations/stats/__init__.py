@@ -4,7 +4,7 @@
   verdicts, minimum detectable effects); its names are re-exported here (``from ablations import stats as S``).
 * ``sequential``: the anytime-valid procedures of ``--until-decided`` (mixture e-process, repeated t-tests), the
   comparisons a plan holds, and their settings (``Settings``).
-* ``simulation``: their error rates and seed counts under simulated studies (``python -m ablations.bench.sections --only
+* ``simulation``: their error rates and seed counts under simulated studies (``python -m ablations.bench --only
   sequential``).
 """
 from .paired import (  # noqa: F401

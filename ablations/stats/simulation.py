@@ -9,7 +9,7 @@ known per-seed effects and seed-to-seed noise, vectorised over studies (numpy an
   cap, verdicts on test. Family-wise error of the test verdicts over the arms without an effect.
 * ``adaptive_one`` / ``design_matched``: how many seeds the rule needs for a real effect, against a fixed design
   of equal power (see ``design_matched`` for how power is matched).
-* ``bench_sequential``: all of it at a larger scale, with figures (``python -m ablations.bench.sections --only sequential``).
+* ``bench_sequential``: all of it at a larger scale, with figures (``python -m ablations.bench --only sequential``).
 
 Effects are in units of the SD of a per-seed difference (delta = mu / sigma).
 """
