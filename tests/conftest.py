@@ -177,9 +177,12 @@ def read_trials(folder: Path) -> pd.DataFrame | None:
     return df if len(df) else None
 
 
-def kill_mid_grid(args: list[str], folder: Path, timeout: float = 600) -> tuple:
-    """``python -m ablations.run ARGS`` SIGKILLed once one trial has finished and another has a finished epoch
-    (the worst moment: no ``finally`` runs); (the trials table as it was, the time of the kill)."""
+def kill_mid_grid(args: list[str], folder: Path, timeout: float = 600, finished: int = 1) -> tuple:
+    """``python -m ablations.run ARGS`` SIGKILLed (the worst moment: no ``finally`` runs) once ``finished`` trials
+    have finished and another is early in its run, 1 or 2 of tests/grids/resume.yaml's 4 epochs done: the table
+    the driver writes can lag its trials by an epoch or more, so a trial seen near its end may already have
+    finished in storage, and its re-collection would not show a resume. (The trials table as it was, the time
+    of the kill.)"""
     import signal
     import time
 
@@ -190,8 +193,8 @@ def kill_mid_grid(args: list[str], folder: Path, timeout: float = 600) -> tuple:
         if df is None:
             return None
         done = df[df.status == "finished"]
-        under_way = df[(df.status == "running") & (df.epochs_done >= 1)]
-        return df if len(done) >= 1 and len(under_way) >= 1 else None
+        under_way = df[(df.status == "running") & df.epochs_done.between(1, 2)]
+        return df if len(done) >= finished and len(under_way) >= 1 else None
 
     before = wait_for(mid_grid, timeout, proc)
     proc.send_signal(signal.SIGKILL)

@@ -42,8 +42,9 @@ def uninterrupted(ray_cluster, mini_archive, tmp_path_factory):
 
 def test_driver_killed_mid_grid_resumes_without_rerunning_finished_trials(ray_cluster, mini_archive, tmp_path,
                                                                           uninterrupted):
+    # two trials at a time, so the third is early in its run when the first has finished
     args = ["--grid", str(GRIDS / "resume.yaml"), "--seeds", "3", "--data", str(mini_archive),
-            "--results", str(tmp_path), "--address", ray_cluster.address, "--no-report"]
+            "--results", str(tmp_path), "--address", ray_cluster.address, "--no-report", "--max-concurrent", "2"]
     folder = tmp_path / "resume"
     before, killed_at = kill_mid_grid(args, folder)
     finished_before = before[before.status == "finished"].set_index("trial_id")
