@@ -9,7 +9,8 @@ every final evaluation view.
 
 ``plan_prefix`` decides per trial which source it uses and records why (``PrefixPlan``, columns ``prefix_*``).
 A cache entry is named by everything that determines it: backbone, its starting weights, resolution,
-normalization, precision, memory format, device type, storage dtype, cut depth, the images (a hash of their
+normalization, precision, memory format, device type, storage dtype, cut depth, the batch size it was computed in
+(oneDNN can round an image's outputs differently in batches of another size), the images (a hash of their
 pixels, and for training views of their dataset positions) and the view.
 """
 from __future__ import annotations
@@ -243,7 +244,7 @@ def key_base(cfg: TrialConfig, precision: Precision, cache: PrefixCache, cut: in
     return {"format": PREFIX_FORMAT, "backbone": cfg.backbone, "weights": weights,
             "resolution": cfg.resolution, "normalize": effective_normalization(cfg), "precision": str(precision.dtype),
             "channels_last": cfg.channels_last, "device": precision.device.type, "storage": cache.dtype.str,
-            "cut": cut}
+            "cut": cut, "batch": eval_batch(cfg, precision.device)}
 
 
 # ----------------------------------------------------------------------------- which source a trial uses
