@@ -122,11 +122,23 @@ def test_no_node_for_a_trial_fails_with_one_line_after_the_wait(autoscaling, min
 # ----------------------------------------------------------------------------- issue 19: a dead run holds no GPUs
 
 
+def ray_status(address: str) -> str:
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    return subprocess.run([ray, "status", "--address", address], capture_output=True, text=True, timeout=120).stdout
+
+
 def requested(address: str) -> bool:
     """Whether `ray status` shows a request to the autoscaler (request_resources) in force."""
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    out = subprocess.run([ray, "status", "--address", address], capture_output=True, text=True, timeout=120)
-    return "from request_resources()" in out.stdout
+    return "from request_resources()" in ray_status(address)
+
+
+def actors_alive(address: str) -> str:
+    """The actors still alive, one line each (class, state, node), asked from a separate process."""
+    code = ("import ray; from ray.util.state import list_actors; ray.init(address=%r, logging_level='ERROR', "
+            "log_to_driver=False); print('\\n'.join(f'{a.class_name} {a.state} {a.node_id} {a.ray_namespace}' "
+            "for a in list_actors(filters=[('state', '!=', 'DEAD')])))" % address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return out.stdout + out.stderr[-1000:]
 
 
 def test_a_killed_driver_leaves_no_demand_and_the_cluster_shrinks(autoscaling, s3, mini_archive, tmp_path):
@@ -146,7 +158,11 @@ def test_a_killed_driver_leaves_no_demand_and_the_cluster_shrinks(autoscaling, s
     killed = time.monotonic()
     wait_for(lambda: not requested(autoscaling.address), 150, every=5)
     withdrawn = time.monotonic() - killed
-    wait_for(lambda: worker_nodes(autoscaling.address) == 0, 240, every=5)  # idle timeout 12 s
+    try:
+        wait_for(lambda: worker_nodes(autoscaling.address) == 0, 240, every=5)  # idle timeout 12 s
+    except AssertionError:
+        raise AssertionError(f"worker nodes still up 240 s after the demand went:\n{ray_status(autoscaling.address)}"
+                             f"\nactors alive:\n{actors_alive(autoscaling.address)}") from None
     assert withdrawn <= 150
 
 
