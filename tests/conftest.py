@@ -177,10 +177,25 @@ def read_trials(folder: Path) -> pd.DataFrame | None:
     return df if len(df) else None
 
 
+def in_cluster(address: str, body: str):
+    """Python ``body`` run in a separate process connected to the Ray cluster at ``address`` (the test process
+    stays out of that cluster); the finished process, with its output as text."""
+    import subprocess
+    import sys
+
+    code = f"import ray\nray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n{body}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def early_in_run(df: pd.DataFrame) -> pd.DataFrame:
+    """The running trials 1 or 2 of tests/grids/resume.yaml's 4 epochs in: far enough from their end that the
+    driver's table, which can lag its trials by an epoch or more, has not missed their finishing in storage."""
+    return df[(df.status == "running") & df.epochs_done.between(1, 2)]
+
+
 def kill_mid_grid(args: list[str], folder: Path, timeout: float = 600, finished: int = 1) -> tuple:
     """``python -m ablations.run ARGS`` SIGKILLed (the worst moment: no ``finally`` runs) once ``finished`` trials
-    have finished and another is early in its run, 1 or 2 of tests/grids/resume.yaml's 4 epochs done: the table
-    the driver writes can lag its trials by an epoch or more, so a trial seen near its end may already have
+    have finished and another is early in its run (``early_in_run``): a trial seen near its end may already have
     finished in storage, and its re-collection would not show a resume. (The trials table as it was, the time
     of the kill.)"""
     import signal
@@ -193,8 +208,7 @@ def kill_mid_grid(args: list[str], folder: Path, timeout: float = 600, finished:
         if df is None:
             return None
         done = df[df.status == "finished"]
-        under_way = df[(df.status == "running") & df.epochs_done.between(1, 2)]
-        return df if len(done) >= finished and len(under_way) >= 1 else None
+        return df if len(done) >= finished and len(early_in_run(df)) >= 1 else None
 
     before = wait_for(mid_grid, timeout, proc)
     proc.send_signal(signal.SIGKILL)

@@ -21,6 +21,8 @@ from .conftest import (
     BUCKET,
     GRIDS,
     REPO,
+    early_in_run,
+    in_cluster,
     kill_mid_grid,
     read_trials,
     run_cli,
@@ -47,9 +49,7 @@ def autoscaling(s3, tmp_path_factory):
 
 def worker_nodes(address: str) -> int:
     """Alive nodes with an accel, asked from a separate process (this one stays out of that cluster)."""
-    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-            "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('accel'))))" % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = in_cluster(address, "print(sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('accel')))")
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -86,7 +86,7 @@ def test_s3_checkpoints_resume_after_the_driver_is_killed(autoscaling, s3, mini_
         # the 3 trials run at once (one per worker node), so none has finished while another is early in its run
         before, killed_at = kill_mid_grid(args, folder, finished=0)
         finished_before = before[before.status == "finished"].set_index("trial_id")
-        early = before[(before.status == "running") & before.epochs_done.between(1, 2)].trial_id.tolist()
+        early = early_in_run(before).trial_id.tolist()
         assert any(k.endswith(".pt") or "checkpoint" in k for k in s3_keys(s3, "resume/")), "no checkpoint in S3"
 
         again = run_cli(*args, env=s3, timeout=900)
@@ -133,11 +133,10 @@ def requested(address: str) -> bool:
 
 
 def actors_alive(address: str) -> str:
-    """The actors still alive, one line each (class, state, node), asked from a separate process."""
-    code = ("import ray; from ray.util.state import list_actors; ray.init(address=%r, logging_level='ERROR', "
-            "log_to_driver=False); print('\\n'.join(f'{a.class_name} {a.state} {a.node_id} {a.ray_namespace}' "
-            "for a in list_actors(filters=[('state', '!=', 'DEAD')])))" % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    """The actors still alive, one line each (class, state, node, namespace)."""
+    out = in_cluster(address, "from ray.util.state import list_actors\n"
+                              "for a in list_actors(filters=[('state', '!=', 'DEAD')]):\n"
+                              "    print(a.class_name, a.state, a.node_id, a.ray_namespace)")
     return out.stdout + out.stderr[-1000:]
 
 

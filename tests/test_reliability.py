@@ -18,6 +18,7 @@ from ablations.results import RunFolder
 from .conftest import (
     GRIDS,
     REPO,
+    in_cluster,
     kill_mid_grid,
     read_trials,
     run_cli,
@@ -148,9 +149,7 @@ def test_a_run_whose_storage_the_trials_node_does_not_share_is_refused(ray_clust
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         def joined():
-            code = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
-                    "print(ray.cluster_resources().get('elsewhere', 0))" % ray_cluster.address)
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            out = in_cluster(ray_cluster.address, "print(ray.cluster_resources().get('elsewhere', 0))")
             return out.stdout.strip().endswith("1.0")
 
         wait_for(joined, 120, node, every=2)
