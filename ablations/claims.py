@@ -1,7 +1,11 @@
 """The study's hypotheses as data: a grid's ``claims`` section, parsed and checked against the grid.
 
 Each claim has ``says`` (the hypothesis in words), ``source`` (which seed write-up says it, and where), an
-optional ``margin`` in percentage points, and one of three shapes:
+optional ``margin`` in percentage points, an optional ``equivalence`` bound (the smallest effect of interest, in
+pp, default ``DEFAULT_EQUIVALENCE_PP``, the margin for a claim with one: a difference whose 90% interval lies
+inside +-bound is reported as "no effect >= bound"), a ``group`` (``seeds``: a seed write-up's claim, the default; ``grid``: a question of the grid
+itself, such as a control), an optional ``seed_setting`` (what the seed measured it on: ``backbone``,
+``resolution``, ``train_images``, ``epochs``, each a value or text such as "not stated"), and one of three shapes:
 
     finetune_beats_frozen: {better: L2, worse: L1}                         level vs level (their reference configs)
     augment_helps: {axis: augment, better: strong, worse: none}            arm vs arm within one axis
@@ -20,7 +24,11 @@ from typing import Any, Iterable, Mapping
 
 from pipeline.errors import UserError
 
-KEYS = {"id", "says", "source", "better", "worse", "axis", "level", "margin", "not_in_grid"}
+KEYS = {"id", "says", "source", "better", "worse", "axis", "level", "margin", "not_in_grid", "equivalence", "group",
+        "seed_setting"}
+GROUPS = {"seeds": "the seed write-ups' claims", "grid": "this grid's own questions (no seed made them)"}
+DEFAULT_EQUIVALENCE_PP = 1.0  # the smallest effect of interest when a claim declares none
+SETTING_KEYS = ("backbone", "resolution", "train_images", "epochs")
 
 
 class ClaimError(UserError, ValueError):
@@ -38,6 +46,9 @@ class Claim:
     level: str | None = None
     margin: float = 0.0  # percentage points
     not_in_grid: str = ""  # why this grid cannot measure it (an axis a grid that extends another removed)
+    equivalence: float = DEFAULT_EQUIVALENCE_PP  # pp: smaller true differences are "no effect"
+    group: str = "seeds"  # a key of GROUPS
+    seed_setting: tuple[tuple[str, str], ...] = ()  # (key, value) in SETTING_KEYS order: what the seed ran
 
     @property
     def kind(self) -> str:
@@ -105,8 +116,15 @@ def _parse_one(cid: str, c: Any) -> Claim:
     absent = c.get("not_in_grid", "")
     if not isinstance(absent, str):
         raise ClaimError(f"{where}: 'not_in_grid' is a reason, in words")
+    bound = c.get("equivalence", DEFAULT_EQUIVALENCE_PP)
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < 100:
+        raise ClaimError(f"{where}: 'equivalence' must be a number of percentage points in (0, 100)")
+    group = c.get("group", "seeds")
+    if group not in GROUPS:
+        raise ClaimError(f"{where}: 'group' must be one of {sorted(GROUPS)}, got {group!r}")
     common = dict(id=cid, says=c["says"].strip(), source=c["source"].strip(), margin=float(margin),
-                  not_in_grid=absent.strip())
+                  not_in_grid=absent.strip(), equivalence=float(bound), group=group,
+                  seed_setting=_seed_setting(where, c.get("seed_setting")))
     if isinstance(better, list) or isinstance(worse, list):
         if not (isinstance(better, list) and isinstance(worse, list) and better and worse):
             raise ClaimError(f"{where}: a class claim gives non-empty lists of classes for both 'better' and 'worse'")
@@ -125,6 +143,14 @@ def _parse_one(cid: str, c: Any) -> Claim:
     if b == w:
         raise ClaimError(f"{where}: 'better' and 'worse' are both {b!r}")
     return Claim(better=b, worse=w, axis=axis, **common)
+
+
+def _seed_setting(where: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or set(value) - set(SETTING_KEYS):
+        raise ClaimError(f"{where}: 'seed_setting' is a mapping with some of {list(SETTING_KEYS)}")
+    return tuple((k, str(value[k]).strip()) for k in SETTING_KEYS if k in value)
 
 
 def check(claims: Iterable[Claim], levels: Iterable[str], axis_arms: Mapping[str, Iterable[str]],

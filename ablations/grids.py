@@ -602,16 +602,18 @@ def describe_ensembles(plan: Plan) -> list[str]:
 
 
 def describe_claims(plan: Plan) -> list[str]:
-    """The plan's claims, one line each, marked where this selection cannot measure them."""
+    """The plan's claims, one line each, the seeds' first and then the grid's own questions (Holm runs within each
+    group; the latter marked so), marked where this selection cannot measure them."""
     levels = {p.level for p in plan.points}
     axes = {p.axis for p in plan.points}
     out = []
-    for c in plan.claims:
+    for c in sorted(plan.claims, key=lambda c: list(C.GROUPS).index(c.group)):
+        group = "" if c.group == "seeds" else "(the grid's own question) "
         need_levels = {c.level} if c.kind == "classes" else ({c.better, c.worse} if c.kind == "levels" else set())
         missing = sorted(need_levels - levels) + ([c.axis] if c.kind == "arms" and c.axis not in axes else [])
         note = (f" [not in this grid: {c.not_in_grid}]" if c.not_in_grid else
                 f" [not in this selection: {', '.join(missing)}]" if missing else "")
-        out.append(f"{c.id}: {c.says} -- measures {c.compared()}; source: {c.source}{note}")
+        out.append(f"{c.id}: {group}{c.says} -- measures {c.compared()}; source: {c.source}{note}")
     return out
 
 

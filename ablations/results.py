@@ -104,7 +104,9 @@ def environment() -> dict[str, Any]:
             machine["gpu_driver"] = _nvidia_driver()
     except Exception:
         pass
-    return {"versions": versions, "machine": machine}
+    from pipeline.provenance import code_version
+
+    return {"code_version": code_version(), "versions": versions, "machine": machine}
 
 
 def _nvidia_driver() -> str | None:

@@ -360,8 +360,10 @@ class Command:
     def _session_times(self, wall: float) -> dict:
         """This command's entry in run.json's ``sessions``: its wall time against the dry run's estimate, and
         where the time of the trials it ran went."""
+        from pipeline.provenance import code_version
+
         out = {"started": now(), "wall_s": round(wall, 1), "estimated_wall_s": round(self.estimated_wall, 1),
-               "trials_run": len(self.ran), "interrupted": self.interrupted}
+               "trials_run": len(self.ran), "interrupted": self.interrupted, "code_version": code_version()}
         if self.ran:
             import pandas as pd
 

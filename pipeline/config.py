@@ -58,12 +58,11 @@ class TrialConfig:
     # --- lineage: the config id of the trial whose trained model this one starts from (at the same seed); set
     # by a grid level's ``init_from``. Part of the id, so a child's id follows its parent's.
     init_from: str = ""
-    # --- a child's BatchNorm in the stages it trains that its parent kept frozen: "frozen" (eval mode: the running
-    # statistics the parent was trained on; weights and affine parameters still train) or "batch" (train mode:
-    # batch statistics, running statistics updated; what children did before this key). No effect (and not part of
-    # the id) without init_from. Default chosen on validation (examples/bn_pilot: 75.4% against 75.1% over 3 seeds,
-    # a tie within the noise: +1.7 / -1.2 / +0.4 pp per seed).
-    new_stage_bn: str = "frozen"
+    # --- a child's BatchNorm in the stages it trains that its parent kept frozen: "batch" (train mode: batch
+    # statistics, running statistics updated: what a plain ``model.train()`` loop does, so what the seed notebooks
+    # did) or "frozen" (eval mode: the running statistics the parent was trained on; weights and affine parameters
+    # still train). No effect (and not part of the id) without init_from.
+    new_stage_bn: str = "batch"
     # --- execution: not part of the trial id
     device: str = "auto"
     amp: str = "auto"

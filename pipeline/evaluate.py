@@ -23,13 +23,25 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((scores.argmax(1) == labels).mean())
 
 
-def combine_views(view_logits: dict[str, np.ndarray], mode: str) -> np.ndarray:
-    """Average the class probabilities of the views that make up a TTA mode."""
+# How a TTA mode combines its views: "logits" averages the views' logits (what seed 000 did: "the logits from
+# both passes were averaged"), "probs" their softmax probabilities (the rule of runs that record none). Every
+# result row records the rule it was computed with (``tta_combine``); the report recombines stored views by it.
+TTA_COMBINE = "logits"
+TTA_COMBINES = ("logits", "probs")
+
+
+def combine_views(view_logits: dict[str, np.ndarray], mode: str, combine: str = TTA_COMBINE) -> np.ndarray:
+    """The class probabilities of a TTA mode: the softmax of the views' mean logits (``combine="logits"``) or
+    the mean of the views' softmax probabilities (``"probs"``)."""
     views = TTA_MODES[mode]
     missing = [v for v in views if v not in view_logits]
     if missing:
         raise KeyError(f"TTA mode {mode!r} needs views {missing} that were not evaluated")
-    return np.mean([softmax(view_logits[v]) for v in views], axis=0)
+    if combine == "logits":
+        return softmax(np.mean([view_logits[v].astype(np.float64) for v in views], axis=0))
+    if combine == "probs":
+        return np.mean([softmax(view_logits[v]) for v in views], axis=0)
+    raise ValueError(f"TTA combine {combine!r}: expected one of {TTA_COMBINES}")
 
 
 def available_modes(view_logits: dict[str, np.ndarray]) -> list[str]:
@@ -77,6 +89,7 @@ def summary(view_logits: dict[str, dict[str, np.ndarray]], labels: dict[str, np.
         out[f"test_acc_{mode}"] = accuracy(combine_views(test, mode), labels["test"])
         if mode in available_modes(val):
             out[f"val_acc_{mode}"] = accuracy(combine_views(val, mode), labels["val"])
+    out["tta_combine"] = TTA_COMBINE
     out["macro_f1"] = macro_f1(test["none"], labels["test"], len(classes))
     recall = per_class(test["none"], labels["test"], classes)["recall"]
     for cls, r in zip(classes, recall):

@@ -38,6 +38,7 @@ from .models import (
     trained_state,
 )
 from .prefix_cache import PrefixCache
+from .provenance import code_version
 from .sources import (
     CachedPrefix,
     Inputs,
@@ -468,6 +469,7 @@ def _result(cfg: TrialConfig, model, data: TrialData, state: TrainState, logits,
         "amp_dtype": str(Precision(cfg, clock.device).dtype or "off").replace("torch.", ""),  # autocast as it ran
         "compiled": bool(cfg.compile),
         "world_size": world()[1],  # torch.distributed's, so a process group that was not set up shows as 1
+        "code_version": code_version(),  # the code this trial ran (pipeline.provenance)
     })
     return TrialResult(config=cfg.to_dict(), history=state.rows(), logits=logits, metrics=metrics,
                        state=trained_state(model, cfg.train_stages))

@@ -435,7 +435,7 @@ def test_report_of_an_adaptive_run_gives_each_verdict_its_seeds_and_how_they_sto
 def test_report_of_a_fixed_run_is_unchanged(reports):
     path, fixed = reports
     text = (fixed / "REPORT.md").read_text()
-    assert "anytime" not in text and "Adaptive seeds" not in text and "p seeds (t)" in text
+    assert "anytime" not in text and "Adaptive seeds" not in text and "95% CI, pp (seeds and test images)" in text
     assert "seeds_used" not in _csv(fixed, "ablation_probe") and "adaptive_verdicts" not in _csv(fixed, "levels")
     assert "Minimum detectable effect" in text
 

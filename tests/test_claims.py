@@ -100,7 +100,14 @@ def test_builtin_grids_declare_the_seeds_claims():
     assert set(claims) == {"finetune_beats_frozen", "transfer_beats_scratch", "flip_tta_helps",
                            "deeper_finetune_from_imagenet", "continuation_helps", "augment_helps_finetuning",
                            "fusion_head_helps", "se_head_helps", "label_smoothing_helps", "mixup_helps",
-                           "rigid_beat_organic"}
+                           "rigid_beat_organic", "augment_helps_frozen", "unfreezing_beats_more_epochs",
+                           "augment_helps_finetuning_longer"}
+    # the grid's own questions (controls, a question no seed asked) are a group apart from the seeds' claims
+    assert {k for k, c in claims.items() if c.group == "grid"} == {
+        "deeper_finetune_from_imagenet", "unfreezing_beats_more_epochs", "augment_helps_finetuning_longer"}
+    # every seed claim that a seed ran says at what setting; the proxy's verdicts are worded for their own
+    assert all(dict(c.seed_setting).get("backbone") for c in claims.values()
+               if c.group == "seeds" and "not run" not in c.source)
     # a claim per level step, as its seed ran it: L1 -> L2, L2 -> L3 (the same recipe, another head), L3 -> L4 (the
     # continuation of each seed's own L3 model), and TTA on L4
     steps = {k: (c.kind, c.better, c.worse) for k, c in claims.items()}
@@ -227,14 +234,14 @@ def _correct_sets(seed: int, y: np.ndarray) -> dict[str, np.ndarray]:
     return sets
 
 
-def build_verdict_run(root: Path) -> Path:
+def build_verdict_run(root: Path, spec: dict = SPEC) -> Path:
     y = np.repeat(np.arange(len(CLASSES)), PER_CLASS)
     yv = np.repeat(np.arange(len(CLASSES)), 10)
     labels = {"val": yv, "test": y}
-    plan = grids.expand("verdicts", SPEC)
+    plan = grids.expand("verdicts", spec)
     folder = RunFolder(root / "run")
     folder.path.mkdir(parents=True)
-    folder.write_meta({"grid": "verdicts", "grid_spec": SPEC, "eval_axes": [], "plan": plan.to_json(),
+    folder.write_meta({"grid": "verdicts", "grid_spec": spec, "eval_axes": [], "plan": plan.to_json(),
                        "trial_ids": sorted(plan.trials()),
                        "data": {"source": "synthetic", **plan.data_settings(), "classes": list(CLASSES),
                                 "sizes": {"train": 80, "val": 40, "test": y.size}},
@@ -270,28 +277,54 @@ def _csv(path: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(path / "tables" / f"{name}.csv", dtype={"arm": str, "claim": str})
 
 
-def test_seed_aware_verdicts_in_the_ablation_table(verdict_run):
-    ab = _csv(verdict_run, "ablation_lr").set_index("arm")
+@pytest.fixture(scope="module")
+def exploratory_run(tmp_path_factory):
+    """The same trials without claims: the ablation table is an exploratory family of its own."""
+    path = build_verdict_run(tmp_path_factory.mktemp("exploratory"), {k: v for k, v in SPEC.items() if k != "claims"})
+    write_report(path, figures=False, n_boot=2000)
+    return path
+
+
+def test_seed_aware_verdicts_in_the_ablation_table(exploratory_run):
+    ab = _csv(exploratory_run, "ablation_lr").set_index("arm")
     wobbly, steady = ab.loc["0.0001"], ab.loc["0.01"]
     # wobbly: +4, -3, +5 pp; every seed's McNemar test and the seed-averaged image bootstrap reject 0 ...
     assert [wobbly[f"diff_seed{s}"] for s in range(3)] == pytest.approx([0.04, -0.03, 0.05])
     assert all(wobbly[f"mcnemar_seed{s}_p"] < 1e-10 for s in range(3)) and wobbly["boot_lo"] > 0
-    # ... but the seeds disagree: no verdict
+    # ... but the seeds disagree: no verdict, and the headline interval (seeds and images) covers 0
     assert wobbly["p_seed"] > 0.3 and wobbly["verdict"] == "inconclusive"
+    assert wobbly["ci_lo"] < 0 < wobbly["ci_hi"]
     # steady: +2.0 .. +2.2 pp on 5 seeds: higher
     assert steady["diff"] == pytest.approx(0.0204) and steady["paired_seeds"] == 5
-    assert steady["verdict"] == "higher" and steady["p_holm"] < 0.05
+    assert steady["verdict"] == "higher" and steady["p_holm"] < 0.05 and steady["ci_lo"] > 0
     # Holm over the two arms, by hand from the table's own p_both: the smaller doubled, the larger at least that
     small, large = sorted([wobbly["p_both"], steady["p_both"]])
     assert steady["p_holm"] == pytest.approx(2 * small) and wobbly["p_holm"] == pytest.approx(max(2 * small, large))
-    md = (verdict_run / "tables" / "ablation_lr.md").read_text()
+    text = (exploratory_run / "REPORT.md").read_text()
+    assert "Exploratory: Holm over the 2 arms compared with the reference of this table." in text
+    md = (exploratory_run / "tables" / "ablation_lr.md").read_text()
     assert "| 0.01 " in md and "(n=5)" in md and "± 0.0 " not in md
     # a write-up's number for an arm ('reported') stands beside ours
     assert ab.loc["0.01", "reported_test_acc"] == pytest.approx(0.9354)
     assert math.isnan(ab.loc["0.001", "reported_test_acc"])
     assert "Write-up's test acc % (their single run)" in md and "| 93.54 " in md
-    text = (verdict_run / "REPORT.md").read_text()
+    text = (exploratory_run / "REPORT.md").read_text()
     assert "Minimum detectable effect" in text and "at n = 5 seeds" in text
+
+
+def test_a_comparison_that_is_a_claim_has_the_claims_verdict_everywhere(verdict_run):
+    """One comparison, one verdict: the ablation rows that compare the same two configs as a claim show the
+    claim's verdict and Holm-adjusted p (the claims' family), and are not counted in the table's own family."""
+    ab = _csv(verdict_run, "ablation_lr").set_index("arm")
+    cl = _csv(verdict_run, "claims").set_index("claim")
+    wobbly, steady = ab.loc["0.0001"], ab.loc["0.01"]
+    assert wobbly["verdict"] == "inconclusive (claim wobbly_helps)"
+    assert wobbly["p_holm"] == pytest.approx(cl.loc["wobbly_helps", "p_holm"])
+    # three claims measure 0.01 against 0.001 (two ways round, one with a margin): the row shows all three
+    assert steady["verdict"] == ("confirmed (claim steady_helps); no effect ≥ 5 pp (claim steady_by_5pp); "
+                                 "contradicted (claim ref_beats_steady)")
+    text = (verdict_run / "REPORT.md").read_text()
+    assert "Exploratory: Holm over the 0 arms compared with the reference of this table; 4 row(s) make" in text
 
 
 def test_claim_verdicts(verdict_run):
@@ -299,9 +332,15 @@ def test_claim_verdicts(verdict_run):
     assert cl.loc["l2_beats_l1", "diff"] == pytest.approx(np.mean(L1_BREAKS) / 2000)
     assert cl.loc["l2_beats_l1", "null_pp"] == 5  # beyond the margin: tested against it, not against 0
     assert cl.loc["rigid", "diff"] == pytest.approx(0.20)  # 80% - 60% recall, every seed
+    # +2.0 pp (5 seeds), claimed to be 5 pp or more: not beyond the margin, and its 90% interval over seeds and
+    # images lies inside +-5 pp: the claim is refuted as "no effect >= 5 pp" (two one-sided tests at 5%)
+    by5 = cl.loc["steady_by_5pp"]
+    assert by5["equivalence_pp"] == 5 and -0.05 < by5["ci90_lo"] < by5["ci90_hi"] < 0.05 and by5["p_tost"] < 0.05
+    # wobbly (+4, -3, +5 pp): its 90% interval reaches beyond +-1 pp (the default bound): inconclusive
+    assert cl.loc["wobbly_helps", "equivalence_pp"] == 1 and cl.loc["wobbly_helps", "p_tost"] > 0.05
     assert cl["verdict"].to_dict() == {
         "l2_beats_l1": "confirmed", "steady_helps": "confirmed",
-        "steady_by_5pp": "inconclusive (higher, not beyond the 5 pp margin)", "ref_beats_steady": "contradicted",
+        "steady_by_5pp": "no effect ≥ 5 pp", "ref_beats_steady": "contradicted",
         "wobbly_helps": "inconclusive", "rigid": "confirmed"}
     # Holm over the six claims, from their p_both
     p = cl["p_both"].to_numpy()
@@ -331,10 +370,11 @@ def test_latex_tables_carry_the_csv_numbers(verdict_run):
     mean, half = (float(x) for x in re.findall(r"[\d.]+", cell))
     assert mean == pytest.approx(round(ab.loc["0.01", "test_acc_mean"] * 100, 1))
     assert half == pytest.approx(round(ab.loc["0.01", "test_acc_ci"] * 100, 1))
-    assert rows["0.0001"][-1] == "inconclusive" and rows["0.01"][-1] == "higher"
+    assert rows["0.0001"][-1] == "inconclusive (claim wobbly\\_helps)"
+    assert rows["0.01"][-1].startswith("confirmed (claim steady\\_helps)")
     lv = {r[0]: r for r in _tex_rows(verdict_run / "tables" / "levels.tex")}
     levels = _csv(verdict_run, "levels").set_index("level")
-    assert lv["L1"][5].startswith(f"{levels.loc['L1', 'test_acc_mean'] * 100:.1f} ")
+    assert lv["L1"][6].startswith(f"{levels.loc['L1', 'test_acc_mean'] * 100:.1f} ")  # Level, What, Best, Configs, Seeds, Val, Test
     for name in ("claims", "per_class", "trials", "ensembles"):
         assert (verdict_run / "tables" / f"{name}.tex").exists(), name
 
@@ -350,8 +390,9 @@ def test_committed_examples_show_per_seed_values_and_no_verdicts(tmp_path, examp
     text = (run / "REPORT.md").read_text()
     assert [ln for ln in text.splitlines() if ln.startswith("## ")][:2] == ["## Claims", "## Level comparison"]
     claims = _csv(run, "claims")
-    assert len(claims) and set(claims["verdict"]) - {"needs ≥ 3 seeds"} <= {
-        "not in this grid (its axis 'loss' is not in this grid)"}  # cpu's grid has no loss axis
+    # cpu's grid has no loss axis; an old run predates the claims of axes added since (read from today's grid)
+    assert len(claims) and all(v == "needs ≥ 3 seeds" or v == "not in this grid (its axis 'loss' is not in this grid)"
+                               or v.startswith("not measured: axis ") for v in claims["verdict"]), claims["verdict"]
     assert (claims["verdict"] == "needs ≥ 3 seeds").any()
     table_lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     assert not [ln for ln in table_lines if "±" in ln or re.search(r"\| (higher|lower|inconclusive) ", ln)]

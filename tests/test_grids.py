@@ -109,14 +109,18 @@ def test_builtin_grids_expand_and_per_level_grids_select_one_level():
         assert {p.level for p in plan.points} - {lv} == ({"L3"} if lv == "L4" else set())
         assert all(p.axis == "reference" for p in extra) and set(plan.parents().values()) >= {p.trial_id for p in extra}
     cpu, extended = _plan("cpu"), _plan("cpu-extended")
-    # cpu: every level, the study's four design axes, the scratch CNN; 3 seeds, the full test set, 5,000 val
+    # cpu: every level, the axes its claims need (with their controls), the scratch CNN; 3 seeds, the full test
+    # set, 5,000 val
     assert {p.level for p in cpu.points} == {"L1", "L2", "L3", "L4"}
-    assert {p.axis for p in cpu.points} == {"reference", "augment", "freeze_depth", "lr", "tta", "architecture",
-                                           "head"}
+    assert {p.axis for p in cpu.points} == {"reference", "augment", "freeze_depth", "augment_x_finetune", "tta",
+                                           "architecture", "head", "augment_2x_epochs", "continuation"}
     assert {p.seed for p in cpu.points} == {0, 1, 2}
     assert cpu.data_settings() == {"train_per_class": 1000, "val_size": 5000, "test_per_class": 0, "split_seed": 0}
-    # equal budgets: every trained arm of cpu's wave 1 runs 3 epochs (L4 continues L3's model for 2 more)
-    assert {p.config.epochs for p in cpu.points if p.level != "L4"} == {3}
+    # equal budgets: every trained arm of cpu's wave 1 runs 3 epochs (L4 continues L3's model for 2 more), but the
+    # budget pair at twice that, which does not compete for L2's best config
+    assert {p.config.epochs for p in cpu.points if p.level != "L4" and p.axis != "augment_2x_epochs"} == {3}
+    assert {p.config.epochs for p in cpu.points if p.axis == "augment_2x_epochs" and not p.is_reference} == {6}
+    assert not any(p.competes for p in cpu.points if p.axis in ("augment_2x_epochs", "continuation"))
     # cpu-extended: everything cpu runs, and every other axis of full but the seed recipes (ResNet ImageNet
     # weights, not offline)
     assert set(cpu.trials()) <= set(extended.trials())
@@ -200,7 +204,7 @@ def test_dry_run_prints_counts_resources_and_estimate():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "grid cpu:" in out and "trials" in out and "resources:" in out and "estimated time" in out
-    for axis in ("freeze_depth", "augment", "lr", "tta", "architecture"):
+    for axis in ("freeze_depth", "augment", "augment_x_finetune", "continuation", "tta", "architecture"):
         assert axis in out
     proc = run_cli("--grid", "full", "--dry-run", "--gpus-per-trial", "0.25", "--num-gpus", "1", "--num-cpus", "8")
     assert "0.25 GPU" in proc.stdout and "up to 4 trials at once" in proc.stdout, proc.stdout + proc.stderr

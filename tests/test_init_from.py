@@ -258,4 +258,24 @@ def test_the_builtin_grids_continue_l3_at_half_its_rate_as_000_did():
         l3 = next(p.config for p in plan.points if p.level == "L3" and p.axis == "reference")
         l4 = next(p.config for p in plan.points if p.level == "L4" and p.axis == "reference")
         assert l4.lr == pytest.approx(l3.lr / 2) and l4.init_from == l3.config_id
-        assert l4.new_stage_bn == "frozen"
+        assert l4.new_stage_bn == "batch"  # what a plain model.train() loop does to the stage it unfreezes
+
+
+def test_the_continuation_control_is_the_parent_recipe_plus_the_same_epochs_without_a_new_stage():
+    """continuation_helps (L4 against its L3 parent) changes two things at once: more epochs and a newly unfrozen
+    stage. Its control continues the same parent for the same extra epochs at the same learning-rate restart, and
+    trains the parent's own stages only: it differs from L4 in the stages alone."""
+    from pipeline.ids import identity
+
+    for grid in ("full", "cpu"):
+        plan = plan_of(grid)
+        l3 = next(p.config for p in plan.points if p.level == "L3" and p.axis == "reference")
+        l4 = next(p.config for p in plan.points if p.level == "L4" and p.axis == "reference")
+        control = next(p.config for p in plan.points if p.axis == "continuation" and p.arm == "same_stages")
+        assert control.init_from == l3.config_id == l4.init_from  # the same parent
+        assert control.epochs == l4.epochs and control.lr == pytest.approx(l4.lr) == pytest.approx(l3.lr / 2)
+        assert control.train_stages == l3.train_stages != l4.train_stages  # no stage beyond the parent's
+        a, b = identity(control), identity(l4)
+        assert {k for k in a if a[k] != b[k]} == {"train_stages"}, grid
+        # the control is a control, not a candidate for L4's best config
+        assert not any(p.competes for p in plan.points if p.axis == "continuation")

@@ -248,8 +248,8 @@ def test_report_markdown_sections(report_run):
     assert "L2 lr=0.0001" in text  # the validation winner names the L2 row
     assert "99.9% (hand-made write-up)" in text  # the spec's 'reported' overrides the seeds' numbers
     assert "(n=1, no CI)" not in (path / "tables" / "levels.md").read_text()  # every level has >= 2 seeds
-    # the rule is stated: both tests, Holm within each table, no verdict below 3 seeds
-    assert "holds across seeds *and* test images" in text and "Holm's step-down method within each table" in text
+    # the rule is stated: both sources of noise in one test, Holm within each family, no verdict below 3 seeds
+    assert "SE² = s²/n + SE_images²" in text and "Holm's step-down correction within its family" in text
     assert "needs ≥ 3 seeds" in text and "Minimum detectable effect" in text
     assert "± 0.0" not in text
     # failed and pending trials are listed, the error with its pipe escaped for markdown
@@ -295,6 +295,12 @@ def test_level_csv_numbers(report_run):
     assert lv.loc["L2", "own_tta"] == "flip" and lv.loc["L1", "own_tta"] == "none"
     assert "test_acc_tta_mean" not in lv.columns and "TTA (every level)" not in md.splitlines()[0]
     assert lv.loc["L2", "configs_finished"] == 3 and lv.loc["L2", "configs_planned"] == 3
+    assert lv.loc["L1", "configs_finished"] == 1  # the level table says how many configs each best was chosen from
+    # L2's best is not its reference recipe: the recipe's own row stands beneath it
+    ref = lv.loc["L2 (reference)"]
+    assert ref["best_config"] == "L2 reference" and ref["role"] == "reference recipe"
+    assert ref["test_acc_mean"] == pytest.approx(0.81) and "L1 (reference)" not in lv.index
+    assert "| L2 (reference) " in md and re.search(r"\| Configs searched +\|", md)
     assert lv.loc["L1", "reported"] == "99.9% (hand-made write-up)"
     assert lv.loc["L2", "reported"] == grids.SEED_REPORTED["L2"]
 
@@ -325,7 +331,8 @@ def test_ablation_csv_numbers_and_significance(report_run):
     assert (high["mcnemar_seed0_n01"], high["mcnemar_seed0_n10"]) == (0, 20)
     assert high["mcnemar_seed0_p"] == pytest.approx(2 * 0.5 ** 20)
     assert high["boot_lo"] > 0
-    assert list(ab["verdict"]) == ["needs ≥ 3 seeds", "reference", "needs ≥ 3 seeds"]
+    # lr=0.0001 against the reference is also the claim low_lr_helps: the row shows the claim's verdict
+    assert list(ab["verdict"]) == ["needs ≥ 3 seeds (claim low_lr_helps)", "reference", "needs ≥ 3 seeds"]
     md = (path / "tables" / "ablation_lr.md").read_text()
     line = next(ln for ln in md.splitlines() if ln.startswith("| 0.01 "))
     assert "needs ≥ 3 seeds" in line and "+10.0 / +11.0 (n=2)" in line and "±" not in line
@@ -344,16 +351,22 @@ def test_tta_tables(report_run):
     from scipy.stats import t as student_t
 
     assert ref["p_seed"] == pytest.approx(2 * student_t.sf(0.05 / (0.01 / math.sqrt(3)), 2), rel=1e-6)
-    assert ref["p_both"] == pytest.approx(max(ref["p_seed"], ref["boot_p"]))
-    assert ref["p_holm"] == pytest.approx(ref["p_both"])  # the only comparison of the table with 3 seeds
-    assert ref["verdict"] == "higher"
+    # seeds and images together: SE^2 = (0.01^2 / 3) + boot_se^2, the seeds' 2 df
+    se = math.sqrt(0.01 ** 2 / 3 + ref["boot_se"] ** 2)
+    assert ref["se_both"] == pytest.approx(se, rel=1e-6) and ref["df_both"] == 2
+    assert ref["p_both"] == pytest.approx(2 * student_t.sf(0.05 / se, 2), rel=1e-6)
+    assert ref["p_both"] >= ref["p_seed"]  # the images' noise only adds
+    # flip on L2's reference is the claim flip_helps: the TTA table shows the claim's verdict and Holm p
+    cl = _csv(path, "claims").set_index("claim")
+    assert ref["verdict"] == "confirmed (claim flip_helps)"
+    assert ref["p_holm"] == pytest.approx(cl.loc["flip_helps", "p_holm"])
     others = tta[tta["config"] != "L2 reference"]
     assert len(others) and (others["verdict"] == "needs ≥ 3 seeds").all()
     # the evaluation-only axis compares TTA modes of the same trials
     ax = _csv(path, "ablation_tta").set_index("arm")
     assert ax.loc["flip", "test_acc_mean"] == pytest.approx(0.86)
     assert ax.loc["flip", "diff"] == pytest.approx(0.05)
-    assert bool(ax.loc["none", "is_reference"]) and ax.loc["flip", "verdict"] == "higher"
+    assert bool(ax.loc["none", "is_reference"]) and ax.loc["flip", "verdict"] == "confirmed (claim flip_helps)"
 
 
 def test_claims_table(report_run):
@@ -519,7 +532,7 @@ def test_report_tables_paste_with_at_most_nine_short_columns_and_prose_as_notes(
     tex = (path / "tables" / "claims.tex").read_text()
     assert "Source" in tex and "p seeds (t)" in tex  # the LaTeX keeps the prose and every p-value
     levels_tex = (path / "tables" / "levels.tex").read_text()
-    assert "What" in levels_tex and "Configs done" in levels_tex
+    assert "What" in levels_tex and "Configs searched" in levels_tex and "Trainable params" in levels_tex
 
 
 def test_grad_cam_finds_the_data_of_a_folder_that_moved(monkeypatch, tmp_path):
@@ -538,3 +551,43 @@ def test_grad_cam_finds_the_data_of_a_folder_that_moved(monkeypatch, tmp_path):
         _data_here(moved, "0123456789abcdef")  # other data here: never silently used
     with pytest.raises(Skip, match="is not on this machine"):
         _data_here(moved, None)
+
+
+def test_a_folder_of_trials_from_two_code_versions_says_so_in_one_line(report_run, tmp_path):
+    """Trials made by different code (a run resumed or extended after a code change) are told apart by their rows'
+    code_version; the report's header says so in one line, and says nothing when they share one."""
+    import shutil
+
+    from ablations.report.writer import code_versions_line
+
+    path, _ = report_run
+    run = tmp_path / "mixed"
+    shutil.copytree(path, run)
+    df = pd.read_parquet(run / "trials.parquet")
+    tids = sorted(set(df.loc[df.status == "finished", "trial_id"]))
+    df["code_version"] = ["git:aaaaaaaaaaaa" if t == tids[0] else "git:bbbbbbbbbbbb+dirty" for t in df["trial_id"]]
+    df.to_parquet(run / "trials.parquet")
+    write_report(run, figures=False, n_boot=200)
+    lines = [ln for ln in (run / "REPORT.md").read_text().splitlines() if "code versions" in ln]
+    assert lines == [f"**The finished trials come from 2 code versions**: git:bbbbbbbbbbbb+dirty ({len(tids) - 1} "
+                     f"trials), git:aaaaaaaaaaaa (1 trial)."]
+    df["code_version"] = "git:aaaaaaaaaaaa"
+    assert code_versions_line(df[df.status == "finished"]) == ""
+
+
+def test_code_version_of_a_copy_outside_a_checkout_is_the_package_version(tmp_path):
+    """Run from a copy that is not this project's git checkout (as an installed wheel is), the code version is
+    the installed package's."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "__init__.py").write_text("")
+    shutil.copy(REPO / "pipeline" / "provenance.py", tmp_path / "pipeline" / "provenance.py")
+    out = subprocess.run([sys.executable, "-c", "from pipeline.provenance import code_version; print(code_version())"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    import importlib.metadata as md
+
+    assert out.stdout.strip() == f"package:{md.version('cifar-ablations')}", out.stderr

@@ -105,6 +105,13 @@ def test_trials_parquet_reads_back(tiny_run):
     assert per_class == pytest.approx(l1["test_acc"], abs=1e-9)
     # the config is printed into every row, and the execution keys say how it ran
     assert (df["device"] == "cpu").all()
+    # every row names the code that made it (this checkout: its commit, +dirty with uncommitted code) and how its
+    # TTA views were combined; run.json names the code of the last command
+    from pipeline.provenance import code_version
+
+    assert (df["code_version"] == code_version()).all() and code_version().startswith("git:")
+    assert json.loads((folder / "run.json").read_text())["code_version"] == code_version()
+    assert (df["tta_combine"] == "logits").all()
 
 
 def test_epochs_logits_labels_and_report(tiny_run):
@@ -127,7 +134,9 @@ def test_epochs_logits_labels_and_report(tiny_run):
     assert meta["grid"] == "tiny" and meta["finished"]
     assert meta["data"]["sizes"] == {"train": 300, "val": 100, "test": 200}
     assert meta["versions"]["torch"] and meta["versions"]["ray"]
+    assert meta["sessions"][-1]["code_version"] == meta["code_version"]
     assert (folder / "REPORT.md").read_text().startswith("# ")
+    assert f"code {meta['code_version']} (its last command)" in (folder / "REPORT.md").read_text()
     # --keep-models best (the default): each level's best config keeps its weights (one config per level here)
     assert {p.stem for p in (folder / "models").glob("*.pt")} == set(df.trial_id)
 

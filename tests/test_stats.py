@@ -171,22 +171,59 @@ def test_holm_by_hand():
     assert list(S.holm([0.04])) == [0.04]  # one comparison: no correction
 
 
-def test_family_verdicts_by_hand():
-    """p_both is the larger of the seed and image p-values; Holm runs over the rows with >= 3 seeds."""
-    def row(d, p_images, seeds=3):
-        diffs = {s: d + 0.001 * (s - 1) for s in range(seeds)}  # seeds agree closely: p_seed < 0.001
-        return S.seed_image_test(diffs, (d, d - 0.01, d + 0.01, p_images))
+def test_both_sources_interval_and_test_by_hand():
+    """Seeds 1, 2, 3 pp apart from 0 and an image bootstrap SE of 0.5 pp, worked by hand:
+    s^2/n = 1/3 pp^2, SE^2 = 1/3 + 1/4 = 7/12 -> SE = 0.7638 pp, df = n - 1 = 2; t_{0.975, 2} = 4.3027 ->
+    95% CI 2 -+ 3.2862 = [-1.286, +5.286] pp; t = 2 / 0.7638 = 2.619 -> two-sided p = 0.1201.
+    The seeds alone (s/sqrt(3) = 0.577) give [-0.48, +4.48] and p = 0.074; the images alone about [1.0, 3.0]: the
+    headline interval holds both."""
+    mean, se, df = S.both_sources([0.01, 0.02, 0.03], 0.005)
+    assert (mean, se, df) == pytest.approx((0.02, 0.0076376, 2.0), rel=1e-4)
+    row = S.seed_image_test({0: 0.01, 1: 0.02, 2: 0.03}, S.Bootstrap(0.02, 0.0102, 0.0298, 0.0001, 0.005), 3)
+    assert (row["ci_lo"], row["ci_hi"]) == pytest.approx((-0.012862, 0.052862), rel=1e-4)
+    assert row["p_both"] == pytest.approx(0.12012, rel=1e-3)
+    assert row["p_seed"] == pytest.approx(0.0742, abs=1e-3)  # the seed t-test alone
+    assert row["ci_lo"] <= row["diff"] - row["diff_ci"] and row["ci_lo"] < row["boot_lo"]
+    # no bootstrap (no stored logits), or fewer than 3 seeds: no interval and no p
+    assert math.isnan(S.seed_image_test({0: 0.01, 1: 0.02, 2: 0.03}, None)["p_both"])
+    assert math.isnan(S.seed_image_test({0: 0.01, 1: 0.02}, S.Bootstrap(0.02, 0.01, 0.03, 0.01, 0.005), 2)["ci_lo"])
 
-    rows = [row(0.03, 0.004), row(0.02, 0.04), row(-0.04, 0.03), row(0.05, 0.0001, seeds=2)]
-    assert all(r["p_seed"] < 0.001 for r in rows[:3]) and math.isnan(rows[3]["p_seed"])
-    assert [r["p_both"] for r in rows[:3]] == pytest.approx([0.004, 0.04, 0.03])
+
+def test_equivalence_by_hand():
+    """Seeds 0.1, 0.2, 0.3 pp, image SE 0.1 pp, bound 1 pp, worked by hand: SE^2 = 0.01/3 + 0.01 = 0.01333 ->
+    SE = 0.1155 pp, df 2; t_{0.95, 2} = 2.920 -> 90% interval 0.2 -+ 0.3372 = [-0.137, +0.537] pp, inside +-1:
+    equivalent; TOST p = max(sf(1.2 / 0.1155 = 10.39), sf(0.8 / 0.1155 = 6.928)) at 2 df = 0.0101."""
+    row = S.seed_image_test({0: 0.001, 1: 0.002, 2: 0.003}, S.Bootstrap(0.002, 0, 0.004, 0.05, 0.001), 3)
+    assert row["df_both"] == 2.0
+    assert (row["ci90_lo"], row["ci90_hi"]) == pytest.approx((-0.00137171, 0.00537171), rel=1e-4)
+    p = S.tost(row["diff"], row["se_both"], row["df_both"], 0.01)
+    assert p == pytest.approx(0.010102, rel=1e-3)
+    # the same numbers against a 0.5 pp bound: the 90% interval reaches 0.537, outside -> not equivalent
+    assert S.tost(row["diff"], row["se_both"], row["df_both"], 0.005) > 0.05
+    # the rule is exactly the 90% interval inside the bound: at its edge, p = 0.05
+    assert S.tost(row["diff"], row["se_both"], row["df_both"], row["ci90_hi"]) == pytest.approx(0.05, rel=1e-6)
+    # by hand with a known SE: mean 0.2, se 0.3, bound 1, normal: max(sf(4), sf(2.667)) = 0.0038
+    assert S.tost(0.2, 0.3, math.inf, 1.0) == pytest.approx(0.0038304, rel=1e-3)
+
+
+def test_family_verdicts_by_hand():
+    """Holm runs over the rows with >= 3 seeds and a both-sources p (here the seeds agree closely, so the image SE
+    is what is left: p_both is the 2-df t p of d / se_images)."""
+    def row(d, z, seeds=3):  # z: the difference in image standard errors
+        diffs = {s: d + 1e-9 * (s - 1) for s in range(seeds)}
+        return S.seed_image_test(diffs, S.Bootstrap(d, d - 0.01, d + 0.01, 0.001, abs(d) / z), seeds)
+
+    from scipy import stats as st
+    zs = [st.t.isf(0.004 / 2, 2), st.t.isf(0.04 / 2, 2), st.t.isf(0.03 / 2, 2)]
+    rows = [row(0.03, zs[0]), row(0.02, zs[1]), row(-0.04, zs[2]), row(0.05, 10, seeds=2)]
+    assert [r["p_both"] for r in rows[:3]] == pytest.approx([0.004, 0.04, 0.03], rel=1e-3)
     S.family_verdicts(rows)
     # sorted 0.004, 0.03, 0.04 times 3, 2, 1 = 0.012, 0.06, 0.04 -> running max 0.012, 0.06, 0.06
-    assert [r["p_holm"] for r in rows[:3]] == pytest.approx([0.012, 0.06, 0.06])
+    assert [r["p_holm"] for r in rows[:3]] == pytest.approx([0.012, 0.06, 0.06], rel=1e-3)
     assert math.isnan(rows[3]["p_holm"])
     assert [r["verdict"] for r in rows] == ["higher", "inconclusive", "inconclusive", "needs ≥ 3 seeds"]
     # each of the three alone would have been called (p < 0.05): the correction is what makes two inconclusive
-    alone = [row(0.02, 0.04), row(-0.04, 0.03)]
+    alone = [row(0.02, zs[1]), row(-0.04, zs[2])]
     for r in alone:
         S.family_verdicts([r])
     assert [r["verdict"] for r in alone] == ["higher", "lower"]
@@ -222,7 +259,9 @@ def test_seeds_that_disagree_get_no_verdict_though_every_seed_is_significant_on_
     boot = S.paired_bootstrap(a, b, n_boot=2000, seed=0)
     assert boot[1] > 0  # the seed-averaged image bootstrap alone would call it higher
     row = S.seed_image_test(diffs, boot, 3)
-    assert row["p_seed"] > 0.3 and row["p_both"] == row["p_seed"]  # the seeds do not agree
+    # the seeds do not agree: with the images' noise added the test is only less sure than the seeds' alone
+    assert row["p_seed"] > 0.3 and row["p_both"] >= row["p_seed"]
+    assert row["ci_lo"] < 0 < row["ci_hi"] and row["boot_lo"] > 0
     S.family_verdicts([row])
     assert row["verdict"] == "inconclusive"
 

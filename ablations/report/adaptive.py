@@ -25,7 +25,8 @@ from .. import stats as S
 from ..stats import sequential as Q
 from ..stats.sequential import Settings
 from .rundata import RunData
-from .tables import BOOT_SEED, CONFIDENCE, NotMeasured, class_claim_data
+from .claimtable import NotMeasured, class_claim_data
+from .tables import BOOT_SEED, CONFIDENCE
 
 CLAIM_WORDS = {Q.HIGHER: "confirmed", Q.LOWER: "contradicted", Q.OPEN: S.INCONCLUSIVE}
 AXIS_WORDS = {Q.HIGHER: "higher", Q.LOWER: "lower", Q.OPEN: S.INCONCLUSIVE}

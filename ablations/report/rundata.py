@@ -267,9 +267,18 @@ class RunData:
             self._logits.popitem(last=False)
         return value
 
+    def tta_combine(self, tid: str) -> str:
+        """How the trial combined its TTA views (its row's ``tta_combine``; rows without one averaged
+        probabilities)."""
+        if tid in self.trials.index and "tta_combine" in self.trials:
+            v = self.trials.at[tid, "tta_combine"]
+            if isinstance(v, str) and v:
+                return v
+        return "probs"
+
     def scores(self, tid: str, split: str = "test", mode: str = "none") -> np.ndarray | None:
-        """Class probabilities of one trial (softmax of its logits, or a TTA mode's average over views), or
-        None when unavailable."""
+        """Class probabilities of one trial (softmax of its logits, or a TTA mode's combination of its views, by
+        the trial's own rule), or None when unavailable."""
         from pipeline.evaluate import combine_views, softmax
 
         lg = self.logits(tid)
@@ -279,7 +288,7 @@ class RunData:
             return softmax(lg[split]["none"]) if "none" in lg[split] else None
 
         try:
-            return combine_views(lg[split], mode)
+            return combine_views(lg[split], mode, self.tta_combine(tid))
         except KeyError:
             return None
 

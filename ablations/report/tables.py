@@ -2,11 +2,12 @@
 plus its column spec, see ``ablations.report.tablespec``), and ``compare``, the paired comparison behind them.
 
 How sure a difference is (see ``ablations.stats``): a difference between two configs is measured per seed (the
-same seed trains both) and on the same test images. It is called higher or lower only when it holds across
-seeds AND test images: the t-test on the per-seed differences (n - 1 df) and the paired bootstrap over test
-images of the seed-averaged difference must both reject 0 (p_both = the larger p), after Holm's correction within
-the table (each ablation axis is its own table). With fewer than ``MIN_SEEDS`` seeds there is no verdict. The
-exact McNemar test per seed is shown beside them.
+same seed trains both) and on the same test images. Its interval and test cover both sources of noise: the
+spread of the per-seed differences (training) and the paired bootstrap over test images (the test sample),
+their variances added (``stats.seed_image_test``'s ``p_both``). The ablation, TTA and ensemble tables are
+exploratory: Holm's correction runs within each table, over its rows that are not claims; a row that makes the
+same comparison as a claim (the confirmatory family, ``claimtable``) shows the claim's verdict instead. With
+fewer than ``MIN_SEEDS`` seeds there is no verdict. The exact McNemar test per seed is shown beside them.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import pandas as pd
 from scipy import stats as _st
 
 from .. import stats as S
-from ..claims import Claim, arm_name
+from ..claims import arm_name
 from ..stats import finite
+from .comparisons import ClaimIndex, Pair, Side
 from .rundata import RunData, normalise_trials
 from .tablespec import (
     EMPTY,
@@ -82,7 +84,9 @@ def image_test(diffs: dict[int, float], pairs: list[tuple[int, np.ndarray, np.nd
 
 
 def mde_note(rows: list[dict]) -> str:
-    """What 'inconclusive' means for one table: the minimum detectable effect at its n and seed variance."""
+    """What 'inconclusive' means for one table: the minimum detectable effect of the seeds-and-images test at its
+    n, seed variance and test-image noise (the image part enters as sqrt(n) * its standard error added to the
+    seed SD, so that SD / sqrt(n) is the both-sources standard error; n - 1 df, conservative)."""
     samples = [list(seed_values(r, "diff").values()) for r in rows]
     samples = [x for x in samples if x]
     if not samples:
@@ -91,31 +95,55 @@ def mde_note(rows: list[dict]) -> str:
     n = int(np.median(ns))
     n_txt = f"n = {n} seeds" + (f" (the median; {min(ns)} to {max(ns)} here)" if min(ns) != max(ns) else "")
     sd, df = S.pooled_sd(samples)
-    halves = [(r["boot_hi"] - r["boot_lo"]) / 2 for r in rows if finite(r.get("boot_lo")) and finite(r.get("boot_hi"))]
+    ses = [r["boot_se"] for r in rows if finite(r.get("boot_se"))]
+    se_img = float(np.median(ses)) if ses else math.nan
     z = _st.norm.ppf(1 - S.ALPHA / 2)
-    img = ((z + _st.norm.ppf(POWER)) * float(np.median(halves)) / z) if halves else math.nan
+    img = (z + _st.norm.ppf(POWER)) * se_img if finite(se_img) else math.nan
     img_txt = f"; the test images alone resolve about {img * 100:.1f} pp" if finite(img) else ""
     if not finite(sd):
         return (f"Seed-to-seed variation unknown with {n} seed: no verdicts (rerun with 3 or more seeds)"
                 f"{img_txt}.")
     sd_txt = f"SD of a per-seed difference {sd * 100:.1f} pp (pooled over {len(samples)} comparison(s), {df} df)"
+    img_sd = f", test-image SE {se_img * 100:.2f} pp (median)" if finite(se_img) else ""
     power = f"{POWER:.0%} power, two-sided {S.ALPHA:.0%}"
+
+    def mde(k: int, alpha: float = S.ALPHA) -> float:
+        total = math.sqrt(sd ** 2 + k * se_img ** 2) if finite(se_img) else sd
+        return S.min_detectable_effect(total, k, alpha) * 100
+
     if n < S.MIN_SEEDS:
-        return (f"No verdicts with {n} seeds. {sd_txt}: 3 seeds would detect about "
-                f"{S.min_detectable_effect(sd, 3) * 100:.1f} pp and 5 seeds about "
-                f"{S.min_detectable_effect(sd, 5) * 100:.1f} pp ({power}){img_txt}.")
+        return (f"No verdicts with {n} seeds. {sd_txt}{img_sd}: 3 seeds would detect about {mde(3):.1f} pp and 5 "
+                f"seeds about {mde(5):.1f} pp ({power}){img_txt}.")
     m = sum(1 for r in rows if r.get("paired_seeds", 0) >= S.MIN_SEEDS and finite(r.get("p_both")))
-    holm_txt = (f"; Holm's first step over {m} comparisons (5%/{m}) needs "
-                f"{S.min_detectable_effect(sd, n, S.ALPHA / m) * 100:.1f} pp" if m > 1 else "")
-    return (f"Minimum detectable effect ({power}): {S.min_detectable_effect(sd, n) * 100:.1f} pp at {n_txt}, "
-            f"{sd_txt}{holm_txt}{img_txt}. Smaller true differences are likely to come out inconclusive.")
+    holm_txt = f"; Holm's first step over {m} comparisons (5%/{m}) needs {mde(n, S.ALPHA / m):.1f} pp" if m > 1 else ""
+    return (f"Minimum detectable effect ({power}, seeds and test images): {mde(n):.1f} pp at {n_txt}, "
+            f"{sd_txt}{img_sd}{holm_txt}{img_txt}. Smaller true differences are likely to come out inconclusive.")
 
 
-def _with_verdicts(rows: list[dict]) -> list[dict]:
-    """Holm over the rows that hold a comparison (one family); the others keep their own verdict."""
-    family = [r for r in rows if "p_both" in r]
+def _with_verdicts(rows: list[dict], claimed: ClaimIndex | None = None, what: str = "comparisons") -> str:
+    """One exploratory family: Holm over the rows that hold a comparison and are not a claim's; a row whose
+    ``pair`` a claim measures shows the claim's verdict and Holm-adjusted p. Returns the note that names the
+    family."""
+    claimed = claimed or ClaimIndex()
+    family, as_claims = [], []
+    for r in rows:
+        if "p_both" not in r:
+            continue
+        found = claimed.find(r["pair"]) if r.get("pair") is not None else []
+        if not found:
+            family.append(r)
+        else:
+            r.update(verdict="; ".join(v.text() for v in found), p_holm=found[0].p_holm,
+                     claim=" ".join(v.claim for v in found))
+            as_claims += [v.claim for v in found]
     S.family_verdicts(family)
-    return rows
+    for r in rows:
+        r.pop("pair", None)  # a value for the lookup, not a column
+    note = f"Exploratory: Holm over the {len(family)} {what} of this table"
+    if as_claims:
+        note += (f"; {len(as_claims)} row(s) make the same comparison as a claim ({', '.join(as_claims)}) and show its "
+                 f"verdict (the confirmatory family, see Claims)")
+    return note + "."
 
 
 # ============================================================================ tables
@@ -126,64 +154,78 @@ LEVEL_COLUMNS = [
     Col("What", text("description"), note=True),
     Col("Best config (by val)", lambda r: r["best_config"] if isinstance(r.get("best_config"), str)
         else f"no finished trial yet ({r.get('status_counts')})"),
+    Col("Configs searched", lambda r: (f"{r['configs_finished']}" if r["configs_finished"] == r["configs_planned"]
+                                       else f"{r['configs_finished']} of {r['configs_planned']}")
+        if finite(r.get("configs_planned")) else EMPTY),
     Col("Seeds", lambda r: str(int(r["seeds"])) if finite(r.get("seeds")) else "0"),
     Col("Val acc %", per_seed("val_acc")),
     Col("Test acc % (no TTA)", per_seed("test_acc")),
     Col("Test acc % with TTA", lambda r: f"{per_seed('test_acc_tta')(r)} ({r['tta']})"
         if finite(r.get("test_acc_tta_mean")) else EMPTY),  # its label names the mode (``level_table``)
     Col("Macro-F1", number("macro_f1_mean", ".3f")),
-    Col("Trainable params", number("trainable_params", ",.0f")),
+    Col("Trainable params", number("trainable_params", ",.0f"), md=False),
     Col("Time/trial (s)", number("seconds_per_trial", ".0f")),
-    Col("Configs done", lambda r: f"{r['configs_finished']}/{r['configs_planned']}", md=False),
     Col("Seed write-ups reported", text("reported", ""), note=True),
 ]
 
 
 def level_table(run: RunData, adaptive=None) -> Table:
-    """Each level's best config (by validation). ``adaptive`` (an --until-decided run): a column with the
-    verdicts that involve the level's configs, by how their seeds stopped and the seeds they used."""
+    """Each level's best config (by validation), with how many configs the choice was made among, and the level's
+    reference recipe in a row of its own beneath it where the best is another config. ``adaptive`` (an
+    --until-decided run): a column with the verdicts that involve the level's configs, by how their seeds stopped
+    and the seeds they used."""
     rows = []
     for lv in run.levels:
         lrows = run.df[(run.df["level"] == lv) & run.df["competes"]]
         configs = list(dict.fromkeys(lrows["config_id"]))
         done = [c for c in configs if run.seeds(c, lv)]
         cid = run.best.get(lv)
-        row: dict[str, Any] = {"level": lv, "description": run.level_labels.get(lv, ""),
+        row: dict[str, Any] = {"level": lv, "role": "best", "description": run.level_labels.get(lv, ""),
                                "configs_finished": len(done), "configs_planned": len(configs),
                                "best_config": None, "reported": run.reported.get(lv, "")}
         if cid is None:
             row["status_counts"] = ", ".join(f"{n} {k}" for k, n in run.status_counts(lrows).items())
             rows.append(row)
             continue
-        seeds = run.seeds(cid, lv)
-        tids = list(seeds.values())
-        row.update(best_config=run.config_name(lv, cid), config_id=cid, trial_ids=" ".join(tids), seeds=len(tids),
-                   **summary("val_acc", {s: run.acc(t, "val") for s, t in seeds.items()}),
-                   **summary("test_acc", {s: run.acc(t) for s, t in seeds.items()}),
-                   own_tta=str(run.config_values(cid).get("tta", "none")))
-        f1 = [run.value(t, "macro_f1") for t in tids]
-        row["macro_f1_mean"] = float(np.nanmean(f1)) if any(finite(x) for x in f1) else math.nan
-        row["trainable_params"] = run.value(tids[0], "trainable_params")
-        row["seconds_per_trial"] = next((float(np.nanmean(v)) for col in TIME_COLUMNS
-                                         for v in [[run.value(t, col) for t in tids]] if any(finite(x) for x in v)),
-                                        math.nan)
-        rows.append(row)
+        rows.append({**row, **_level_config_row(run, lv, cid)})
+        ref = run.reference_config(lv)
+        if ref is not None and ref != cid and run.seeds(ref, lv):
+            rows.append({"level": f"{lv} (reference)", "role": "reference recipe", "description": "",
+                         "reported": "", **_level_config_row(run, lv, ref)})
     common = _common_tta(run, rows)
     columns = [Col(f"Test acc % with {common} TTA (every level)", per_seed("test_acc_tta")) if c.label ==
                "Test acc % with TTA" else c for c in LEVEL_COLUMNS] if common != "none" else \
         [c for c in LEVEL_COLUMNS if c.label != "Test acc % with TTA"]
     for row in rows:
         if common != "none" and row.get("config_id"):
-            seeds = run.seeds(row["config_id"], row["level"])
+            seeds = run.seeds(row["config_id"], row["config_level"])
             row.update(tta=common, **summary("test_acc_tta", {s: run.acc(t, "test", common) for s, t in seeds.items()}))
     if adaptive is not None:
         for row in rows:
-            configs = set(run.df[run.df["level"].astype(str) == row["level"]]["config_id"].astype(str))
-            row["adaptive_verdicts"] = adaptive.level_summary(configs)
+            configs = set(run.df[run.df["level"].astype(str) == row["config_level"]]["config_id"].astype(str)) \
+                if row.get("config_level") else set()
+            row["adaptive_verdicts"] = adaptive.level_summary(configs) if row["role"] == "best" else ""
         return Table("levels", pd.DataFrame(rows),
                      [*columns[:-1], Col("Verdicts around this level (anytime-valid): how their seeds stopped",
                                          text("adaptive_verdicts"), note=True), columns[-1]])
     return Table("levels", pd.DataFrame(rows), columns)
+
+
+def _level_config_row(run: RunData, lv: str, cid: str) -> dict[str, Any]:
+    """One config's numbers in the level table: accuracy over its seeds, F1, parameters, time per trial."""
+    seeds = run.seeds(cid, lv)
+    tids = list(seeds.values())
+    row = dict(best_config=run.config_name(lv, cid), config_id=cid, config_level=lv, trial_ids=" ".join(tids),
+               seeds=len(tids), **summary("val_acc", {s: run.acc(t, "val") for s, t in seeds.items()}),
+               **summary("test_acc", {s: run.acc(t) for s, t in seeds.items()}),
+               own_tta=str(run.config_values(cid).get("tta", "none")))
+    f1 = [run.value(t, "macro_f1") for t in tids]
+    row["macro_f1_mean"] = float(np.nanmean(f1)) if any(finite(x) for x in f1) else math.nan
+    row["trainable_params"] = run.value(tids[0], "trainable_params")
+    row["seconds_per_trial"] = next((float(np.nanmean(v)) for col in TIME_COLUMNS
+                                     for v in [[run.value(t, col) for t in tids]] if any(finite(x) for x in v)),
+                                    math.nan)
+    return row
 
 
 def _common_tta(run: RunData, rows: list[dict]) -> str:
@@ -241,7 +283,7 @@ def _reference_text(r) -> str:
 
 
 def ablation_table(run: RunData, axis: str, level: str | None = None, n_boot: int = N_BOOT,
-                   name: str | None = None, adaptive=None) -> tuple[Table, str]:
+                   name: str | None = None, adaptive=None, claimed: ClaimIndex | None = None) -> tuple[Table, str]:
     """One axis: every arm's accuracy and its seed-and-image comparison with the axis's reference arm.
     ``adaptive`` (an --until-decided run): the anytime-valid verdicts, Holm over the whole study."""
     if level is None:
@@ -267,9 +309,10 @@ def ablation_table(run: RunData, axis: str, level: str | None = None, n_boot: in
         if same_as_ref or ref is None:
             row["verdict"] = "reference" if same_as_ref else "no reference"
         else:
-            row.update(compare(run, seeds, ref_seeds, a["mode"], ref["mode"], n_boot))
+            row.update(compare(run, seeds, ref_seeds, a["mode"], ref["mode"], n_boot),
+                       pair=Pair(Side(a["config_id"], a["mode"]), Side(ref["config_id"], ref["mode"])))
         rows.append(row)
-    _with_verdicts(rows)
+    family = _with_verdicts(rows, claimed, "arms compared with the reference")
     if adaptive is not None:
         for r in rows:
             if "p_both" in r:
@@ -286,16 +329,16 @@ def ablation_table(run: RunData, axis: str, level: str | None = None, n_boot: in
         columns += comparison_columns(reference_text=_reference_text)
     table = Table(name or f"ablation_{axis}", pd.DataFrame(rows), columns)
     if adaptive is None:
-        table.notes = [n for n in [mde_note([r for r in rows if "p_both" in r])] if n]
+        table.notes = [n for n in [family, mde_note([r for r in rows if "p_both" in r and not r.get("claim")])] if n]
     what = "; evaluation only: same trained models, TTA modes from stored logits" if is_eval else ""
     title = f"{axis} (around {level}{what})"
     return table, title
 
 
-GAIN_COLUMNS = comparison_columns("Gain, pp (over seeds)")
+GAIN_COLUMNS = comparison_columns("Gain, pp (95% CI over seeds only)")
 
 
-def tta_table(run: RunData, n_boot: int = N_BOOT) -> Table:
+def tta_table(run: RunData, n_boot: int = N_BOOT, claimed: ClaimIndex | None = None) -> Table:
     from pipeline.registry import TTA_MODES
 
     rows, seen = [], set()
@@ -311,13 +354,14 @@ def tta_table(run: RunData, n_boot: int = N_BOOT) -> Table:
                     continue
                 rows.append({"config": run.config_name(lv, cid), "config_id": cid, "mode": mode, "seeds": len(seeds),
                              **summary("test_acc_none", {s: run.acc(t, "test", "none") for s, t in seeds.items()}),
-                             **summary("test_acc_mode", accs), **compare(run, seeds, seeds, mode, "none", n_boot)})
-    _with_verdicts(rows)
+                             **summary("test_acc_mode", accs), **compare(run, seeds, seeds, mode, "none", n_boot),
+                             "pair": Pair(Side(cid, mode), Side(cid, "none"))})
+    family = _with_verdicts(rows, claimed, "TTA gains")
     table = Table("tta", pd.DataFrame(rows),
                   [Col("Config", text("config")), Col("TTA mode", text("mode")), Col("Seeds", text("seeds")),
                    Col("No TTA %", per_seed("test_acc_none")), Col("With TTA %", per_seed("test_acc_mode")),
                    *GAIN_COLUMNS])
-    table.notes = [n for n in [mde_note(rows)] if n]
+    table.notes = [n for n in [family, mde_note([r for r in rows if not r.get("claim")])] if n]
     return table
 
 
@@ -375,7 +419,7 @@ ENSEMBLE_COLUMNS = [
         else per_seed("test_acc")(r)),
     Col("Best member (by val)", text("best_member"), note=True),
     Col("Best member test %", per_seed("best_member_test")),
-    Col("Gain, pp (over seeds)", _ensemble_gain), *GAIN_COLUMNS[1:]]
+    Col("Gain, pp (95% CI over seeds only)", _ensemble_gain), *GAIN_COLUMNS[1:]]
 
 
 def ensemble_table(run: RunData, n_boot: int = N_BOOT) -> Table:
@@ -436,9 +480,9 @@ def ensemble_table(run: RunData, n_boot: int = N_BOOT) -> Table:
                      "best_member_test_mean": float(best_c.mean()), f"best_member_test_seed{bs}": float(best_c.mean()),
                      **S.seed_image_test({}, boot, 1, [(bs, *S.mcnemar_exact(ens_c, best_c))]),
                      "paired_seeds": 0, "verdict": ONE_ENSEMBLE})
-    _with_verdicts([r for r in rows if not r["one_ensemble"]])
+    family = _with_verdicts([r for r in rows if not r["one_ensemble"]], what="ensemble gains")
     table = Table("ensembles", pd.DataFrame(rows), ENSEMBLE_COLUMNS)
-    table.notes = [n for n in [mde_note([r for r in rows if not r["one_ensemble"]])] if n]
+    table.notes = [n for n in [family if len(rows) else "", mde_note([r for r in rows if not r["one_ensemble"]])] if n]
     return table
 
 
@@ -528,134 +572,3 @@ def trials_table(df: pd.DataFrame) -> Table:
     columns = head + [col for c, col in TRIAL_METRICS.items() if c in out] + [Col("error", text("error", ""),
                                                                                     note=True)]
     return Table("trials", out.reset_index(drop=True), columns)
-
-
-# ============================================================================ claims
-
-
-class NotMeasured(Exception):
-    """A claim this run cannot measure (its level, axis or arm is not in the run, or nothing finished)."""
-
-
-def measure_claim(run: RunData, claim: Claim, n_boot: int = N_BOOT, null: float = 0.0) -> dict[str, Any]:
-    """The claim's difference, better minus worse, with its seed and image tests (against ``null``)."""
-    if claim.kind == "classes":
-        return _measure_classes(run, claim, n_boot, null)
-    if claim.kind == "levels":
-        sides = []
-        for lv in (claim.better, claim.worse):
-            cid = run.reference_config(lv)
-            if cid is None:
-                raise NotMeasured(f"level {lv} is not in this run")
-            sides.append((run.seeds(cid, lv), "none"))
-    else:
-        sides = []
-        for arm in (claim.better, claim.worse):
-            found = run.arm_config(claim.axis, arm)
-            if found is None:
-                raise NotMeasured(f"axis {claim.axis} has no arm {arm} in this run")
-            lv, cid, mode = found
-            sides.append((run.seeds(cid, lv), mode))
-    (a, mode_a), (b, mode_b) = sides
-    if not set(a) & set(b):
-        raise NotMeasured("no seed where both sides finished")
-    return compare(run, a, b, mode_a, mode_b, n_boot, null)
-
-
-@dataclass
-class ClassClaimData:
-    """A class claim's measurements on test: per-seed differences of mean recalls, and the seeds' correct-image
-    arrays (seeds x images, None without stored logits) for the bootstrap."""
-
-    values: dict[int, float]
-    correct: np.ndarray | None
-    labels: np.ndarray | None
-    better: list[int]
-    worse: list[int]
-
-    def bootstrap(self, n_boot: int, null: float = 0.0) -> tuple[float, float, float, float] | None:
-        if self.correct is None:
-            return None
-        return S.class_group_bootstrap(self.correct, self.labels, self.better, self.worse, n_boot=n_boot,
-                                       seed=BOOT_SEED, confidence=CONFIDENCE, null=null)
-
-
-def class_claim_data(run: RunData, claim: Claim) -> ClassClaimData:
-    cid = run.reference_config(claim.level)
-    if cid is None:
-        raise NotMeasured(f"level {claim.level} is not in this run")
-    index = {c.lower(): i for i, c in enumerate(run.classes)}
-    missing = [c for c in (*claim.better, *claim.worse) if c.lower() not in index]
-    if missing:
-        raise NotMeasured(f"class(es) {', '.join(missing)} not in this run's data")
-    better, worse = [index[c.lower()] for c in claim.better], [index[c.lower()] for c in claim.worse]
-    seeds = run.seeds(cid, claim.level)
-    correct = {s: run.correct(t) for s, t in seeds.items()}
-    correct = {s: c for s, c in correct.items() if c is not None and run.labels is not None}
-    # per seed from the per-class accuracies in trials.parquet (the same recalls the logits give), else the logits
-    cols = [run.class_column(i, c) for i, c in enumerate(run.classes)]
-    recall = {s: [run.value(t, col) if col else math.nan for col in cols] for s, t in seeds.items()}
-    values = {s: float(np.mean([r[k] for k in better]) - np.mean([r[k] for k in worse]))
-              for s, r in recall.items() if all(finite(r[k]) for k in (*better, *worse))}
-    stacked = y = None
-    if correct:
-        y, stacked = run.labels["test"], np.stack(list(correct.values()))
-        values = {**dict(zip(correct, S.class_group_values(stacked, y, better, worse).tolist())), **values}
-    if not values:
-        raise NotMeasured("no per-class accuracies or stored test logits of its config")
-    return ClassClaimData(dict(sorted(values.items())), stacked, y, better, worse)
-
-
-def _measure_classes(run: RunData, claim: Claim, n_boot: int, null: float) -> dict[str, Any]:
-    data = class_claim_data(run, claim)
-    boot_seeds = 0 if data.correct is None else len(data.correct)
-    return S.seed_image_test(data.values, data.bootstrap(n_boot, null), boot_seeds, (), null, CONFIDENCE)
-
-
-CLAIM_VERDICTS = {"higher": "confirmed", "lower": "contradicted"}
-CLAIM_COLUMNS = [Col("Claim", text("claim")), Col("Says", text("says"), note=True),
-                 Col("Source", text("source"), note=True), Col("Measures (better − worse)", text("compared"), note=True),
-                 Col("Δ, pp (over seeds)", per_seed_diff()), Col("95% CI over test images, pp (bootstrap)", boot_ci),
-                 Col("p seeds (t)", p_value("p_seed")), Col("p images (bootstrap)", p_value("boot_p")),
-                 Col("p Holm", p_value("p_holm")), Col("Verdict", text("verdict"))]
-
-
-ADAPTIVE_CLAIM_COLUMNS = [*CLAIM_COLUMNS[:4], *adaptive_columns("Δ, pp (over seeds)")]
-
-
-def claims_table(run: RunData, n_boot: int = N_BOOT, adaptive=None) -> Table:
-    """Every claim of the grid with its measured difference and verdict: confirmed (significant in the claimed
-    direction and beyond its margin), contradicted (significant the other way), inconclusive, or no verdict
-    (fewer than MIN_SEEDS seeds, or not measured). Holm over the claims that have a verdict. ``adaptive``
-    (``adaptive_report.StudyVerdicts``, an --until-decided run): the verdicts of its anytime-valid procedure,
-    with the seeds each used."""
-    rows, measured = [], []
-    for c in run.claims:
-        row: dict[str, Any] = {"claim": c.id, "says": c.says, "source": c.source, "kind": c.kind,
-                               "compared": c.compared(), "margin_pp": c.margin, "null_pp": 0.0}
-        if c.not_in_grid:
-            row["verdict"] = f"not in this grid ({c.not_in_grid})"
-            rows.append(row)
-            continue
-        try:
-            row.update(measure_claim(run, c, n_boot))
-            margin = c.margin / 100
-            if margin and finite(row["diff"]) and row["diff"] > margin:  # test beyond the margin, not beyond 0
-                row.update(measure_claim(run, c, n_boot, null=margin), null_pp=c.margin)
-            measured.append(row)
-        except NotMeasured as e:
-            row["verdict"] = f"not measured: {e}"
-        rows.append(row)
-    S.family_verdicts(measured)
-    for r in measured:
-        v = CLAIM_VERDICTS.get(r["verdict"], r["verdict"])
-        if v == "confirmed" and r["null_pp"] == 0 and r["margin_pp"]:
-            v = f"{S.INCONCLUSIVE} (higher, not beyond the {r['margin_pp']:g} pp margin)"
-        r["verdict"] = v
-    if adaptive is not None:
-        for r in rows:
-            adaptive.apply(r, f"claim/{r['claim']}", claim=True)
-        return Table("claims", pd.DataFrame(rows), ADAPTIVE_CLAIM_COLUMNS)
-    table = Table("claims", pd.DataFrame(rows), CLAIM_COLUMNS)
-    table.notes = [n for n in [mde_note(measured)] if n]
-    return table

@@ -119,6 +119,14 @@ def boot_ci(r: Row) -> str:
     return out
 
 
+def both_ci(r: Row) -> str:
+    """The 95% interval of the mean difference over seeds and test images together (``stats.both_sources``), in
+    pp: the headline interval of a comparison."""
+    if not finite(r.get("ci_lo")):
+        return EMPTY
+    return f"[{pct_text(r['ci_lo'], signed=True)}, {pct_text(r['ci_hi'], signed=True)}]"
+
+
 def mcnemar(r: Row) -> str:
     """'p (won:lost)' per seed: won = images only A gets right, lost = images only B gets right."""
     parts = []
@@ -133,14 +141,18 @@ def _mcnemar_seeds(r: Row) -> set[int]:
     return {int(m.group(1)) for k in r for m in [re.fullmatch(r"mcnemar_seed(\d+)_p", str(k))] if m}
 
 
-def comparison_columns(diff_label: str = "Δ vs ref, pp (over seeds)",
+def comparison_columns(diff_label: str = "Δ vs ref, pp (95% CI over seeds only)",
                        reference_text: Formatter | None = None) -> list["Col"]:
-    """The columns every seed-and-image comparison shows: the difference over seeds, the image bootstrap,
-    both p-values, Holm's adjusted p, the per-seed McNemar tests and the verdict."""
+    """The columns every seed-and-image comparison shows, each labelled with the noise it covers: the difference
+    and its interval over seeds alone, the interval over seeds and test images together (the one the verdict
+    follows), the image bootstrap's alone, the p-values, Holm's adjusted p, the per-seed McNemar tests and the
+    verdict."""
     return [Col(diff_label, per_seed_diff(reference_text)),
-            Col("95% CI over test images, pp (bootstrap)", boot_ci),
+            Col("95% CI, pp (seeds and test images)", both_ci),
+            Col("95% CI, pp (test images only)", boot_ci, md=False),
             Col("p seeds (t)", p_value("p_seed"), md=False),
             Col("p images (bootstrap)", p_value("boot_p"), md=False),
+            Col("p seeds + images", p_value("p_both"), md=False),
             Col("p Holm", p_value("p_holm")),
             Col("McNemar p per seed (won:lost)", mcnemar, md=False),
             Col("Verdict", text("verdict"))]

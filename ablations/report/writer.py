@@ -26,6 +26,7 @@ from typing import Callable
 from pipeline.errors import UserError, one_line
 
 from .. import stats as S
+from ..claims import DEFAULT_EQUIVALENCE_PP
 from ..mirror import is_remote
 from ..results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
 from . import timing
@@ -41,12 +42,13 @@ from .figures import (
     load_test_images,
 )
 from .rundata import RunData
+from .claimtable import ClaimResult, claim_index, claims_table, measure_claims
+from .comparisons import ClaimIndex
 from .tables import (
     BOOT_SEED,
     N_BOOT,
     POWER,
     ablation_table,
-    claims_table,
     ensemble_table,
     level_table,
     per_class_tables,
@@ -122,10 +124,29 @@ class Context:
     problems: list[str] = field(default_factory=list)
     confusions: dict = field(default_factory=dict)  # per-class section -> confusion figure
     adaptive: StudyVerdicts | None = None  # an --until-decided run: its anytime-valid verdicts
+    _claims: list[ClaimResult] | None = None
 
     @property
     def has_trials(self) -> bool:
         return bool(len(self.run.df))
+
+    @property
+    def claims(self) -> list[ClaimResult]:
+        """The claims, measured once: the claims table shows them and the exploratory tables their verdicts."""
+        if self._claims is None:
+            self._claims = measure_claims(self.run, self.n_boot) if self.has_trials else []
+        return self._claims
+
+    @property
+    def claimed(self) -> ClaimIndex:
+        """The claims' verdicts by comparison; none in an --until-decided run, whose verdicts are the anytime-valid
+        procedure's (one family over the whole study)."""
+        if self.adaptive is not None:
+            return ClaimIndex()
+        try:
+            return claim_index(self.claims)
+        except Exception:  # noqa: BLE001 - the claims section reports its own failure
+            return ClaimIndex()
 
     def status_line(self) -> str:
         counts = self.run.status_counts()
@@ -168,10 +189,27 @@ def header(ctx: Context) -> list[str]:
            state + f" Trials: {ctx.status_line() or 'none recorded yet'}.", "",
            f"Data `{d.get('source')}`: train {sizes.get('train', '?')}{sub_txt}, validation {sizes.get('val', '?')} "
            f"(stratified split of the training set, split seed {d.get('split_seed')}), test {n_test}. {test_txt}", "",
-           f"Run `{run.folder.path.name}`; report written {now()}.", ""]
+           f"Run `{run.folder.path.name}`; code {meta.get('code_version') or 'not recorded'} (its last command); "
+           f"report written {now()}.", ""]
+    mixed = code_versions_line(run.fin)
+    if mixed:
+        out += [mixed, ""]
     if not ctx.has_trials:
         out += ["No trials recorded yet (trials.parquet is missing or empty).", ""]
     return out
+
+
+def code_versions_line(fin) -> str:
+    """One line when the finished trials come from more than one code version (their rows' ``code_version``);
+    empty when they share one."""
+    if not len(fin) or "code_version" not in fin:
+        return ""
+    per_trial = fin.drop_duplicates("trial_id")["code_version"].fillna("not recorded").astype(str)
+    counts = per_trial.value_counts()
+    if len(counts) < 2:
+        return ""
+    listed = ", ".join(f"{v} ({n} trial{'s' if n != 1 else ''})" for v, n in counts.items())
+    return f"**The finished trials come from {len(counts)} code versions**: {listed}."
 
 
 def claims_section(ctx: Context) -> list[str]:
@@ -180,13 +218,19 @@ def claims_section(ctx: Context) -> list[str]:
     if not run.claims:
         return out + ["This grid declares no claims (a grid's `claims:` section lists the study's hypotheses, each "
                       "with its source, and the report gives each a verdict here).", ""]
-    out += ["The study's hypotheses as the grid declares them, each with the seed write-up it comes from, measured "
-            "here (better minus worse, test accuracy in pp without TTA, except TTA claims; class claims: mean recall "
-            "of one group of classes minus the other's). Verdict by the seed-aware rule of the Method section, Holm "
-            "over the claims: **confirmed** (significant in the claimed direction and beyond the claim's margin), "
-            "**contradicted** (significant in the other direction), **inconclusive** otherwise; with fewer than "
-            f"{S.MIN_SEEDS} seeds there is no verdict. Level claims compare the levels' reference configs (the "
-            "recipes as declared), not the best-by-validation configs of the level comparison.", ""]
+    out += ["The study's hypotheses as the grid declares them, measured here (better minus worse, test accuracy "
+            "in pp without TTA, except TTA claims; class claims: mean recall of one group of classes minus the "
+            "other's), in two groups: the seed write-ups' claims, and the grid's own questions (controls and "
+            "questions no seed asked). These are the report's confirmatory comparisons; Holm's correction runs "
+            "within each group. Verdicts (the rules are in the Method section): **confirmed** (significant in the "
+            "claimed direction, beyond the claim's margin), **contradicted** (significant in the other direction), "
+            "**no effect ≥ X pp** (the 90% interval over seeds and test images lies inside ±X, X the claim's "
+            "smallest effect of interest), **inconclusive** (none of these: this run cannot resolve it); with fewer "
+            f"than {S.MIN_SEEDS} seeds there is no verdict. Each verdict holds for the setting it was measured in "
+            "(the setting column: backbone, resolution, training images, epochs); where that differs from the seed's "
+            "setting, the verdict names it. Level claims compare the levels' reference configs (the recipes as "
+            "declared), not the best-by-validation configs of the level comparison. A row of the ablation or TTA "
+            "tables that makes the same comparison as a claim shows the claim's verdict.", ""]
     if ctx.adaptive is not None:
         out[-2] = ("The study's hypotheses as the grid declares them, each with the seed write-up it comes from, "
                    "measured here (better minus worse, test accuracy in pp without TTA, except TTA claims; class "
@@ -200,7 +244,7 @@ def claims_section(ctx: Context) -> list[str]:
         out += [run.claims_origin, ""]
     if not ctx.has_trials:
         return out + [f"* **{c.id}**: {c.says} ({c.source})" for c in run.claims] + [""]
-    return out + ctx.writer.table(claims_table(run, ctx.n_boot, ctx.adaptive))
+    return out + ctx.writer.table(claims_table(run, ctx.claims, ctx.adaptive))
 
 
 def levels_section(ctx: Context) -> list[str]:
@@ -228,30 +272,42 @@ def method_section(ctx: Context) -> list[str]:
     return ["## Method: how sure is each difference", "", *adaptive,
             "* Differences are in percentage points (pp): arm minus reference (claims: better minus worse), test "
             "accuracy without TTA unless the axis is a TTA axis. Two configs trained with the same seed are a pair.",
-            "* **Seeds** (training randomness): a t-test on the per-seed differences with n − 1 degrees of freedom. "
-            f"\"Δ (over seeds)\" is their mean ± its 95% t-interval from {S.MIN_SEEDS} seeds on; with fewer seeds "
-            "the per-seed differences themselves are printed (\"+3.1 / -1.1\"), never an interval.",
-            f"* **Test images**: the paired bootstrap resamples test images ({ctx.n_boot} replicates, random seed "
-            f"{BOOT_SEED}, the same images for both sides and every seed) and recomputes the seed-averaged "
-            "difference: its 95% percentile interval and two-sided p. A class claim resamples images within each "
-            "class. The exact McNemar test per seed (two-sided binomial on the images only one side gets right, with "
-            "won:lost counts) is shown beside them; it is not part of the rule.",
-            "* **Rule**: a difference is called higher or lower only when it holds across seeds *and* test images: "
-            "p_both = max(p seeds, p images) (an intersection–union test: both must reject 0), corrected with "
-            "**Holm's step-down method within each table** (each ablation axis, the TTA table, the ensembles, the "
-            f"claims), and called when p Holm < {S.ALPHA:g}. Otherwise \"{S.INCONCLUSIVE}\": this run cannot tell, "
-            f"which is not the same as no difference. With fewer than {S.MIN_SEEDS} seeds: no verdict "
-            f"(\"{S.NEEDS_SEEDS}\"); a seed ensemble (one ensemble of all seeds) gets none either.",
-            "* Holm within each table rather than Benjamini–Hochberg over the whole report: the tables answer "
+            "* **Seeds** (training randomness): every seed is evaluated on the same test images, so the spread of "
+            "the per-seed differences is training noise alone. \"Δ (95% CI over seeds only)\" is their mean ± its "
+            f"t-interval (n − 1 df) from {S.MIN_SEEDS} seeds on; with fewer seeds the per-seed differences "
+            "themselves are printed (\"+3.1 / -1.1\"), never an interval.",
+            f"* **Test images** (the test sample): the paired bootstrap resamples test images ({ctx.n_boot} "
+            f"replicates, random seed {BOOT_SEED}, the same images for both sides and every seed) and recomputes the "
+            "seed-averaged difference; \"95% CI (test images only)\" is its percentile interval (in the CSV). A "
+            "class claim resamples images within each class. The exact McNemar test per seed (two-sided binomial on "
+            "the images only one side gets right, with won:lost counts) is in the CSV; it is not part of the rule.",
+            "* **Both together**: \"95% CI (seeds and test images)\" is the mean difference ± t · SE with SE² = s²/n + "
+            "SE_images² (s: the SD of the per-seed differences; SE_images: the bootstrap replicates' SD) and the "
+            "seeds' n − 1 degrees of freedom, so it is never narrower than the seeds' interval alone. This interval "
+            "is the headline; its t-test (\"p seeds + images\") is the one the verdicts use. (A percentile bootstrap "
+            "over 3 seeds draws from only 10 seed multisets and is too narrow.)",
+            "* **Rule**: a difference is called higher or lower when the seeds-and-images test rejects 0 after "
+            f"**Holm's step-down correction within its family**, p Holm < {S.ALPHA:g}. The claims are the "
+            "confirmatory families (Holm within each of their two groups); each ablation axis, the TTA table and "
+            "the ensembles are exploratory families of their own, and each table says what its family is. A "
+            "comparison measured by a claim gets the claim's verdict wherever it appears, and is not counted again "
+            f"in the exploratory family. Otherwise \"{S.INCONCLUSIVE}\": this run cannot tell, which is not the same "
+            f"as no difference. With fewer than {S.MIN_SEEDS} seeds: no verdict (\"{S.NEEDS_SEEDS}\"); a seed "
+            "ensemble (one ensemble of all seeds) gets none either.",
+            "* Holm within each family rather than Benjamini–Hochberg over the whole report: the tables answer "
             "separate questions and are read one at a time, and Holm bounds the chance of any false \"higher\" or "
-            "\"lower\" within a table (family-wise error), at no cost for a table with one comparison.",
+            "\"lower\" within a family (family-wise error), at no cost for a family of one comparison.",
             "* **Claims**: confirmed when significant in the claimed direction and beyond the claim's margin (with a "
-            "margin, both tests are against the margin instead of 0); contradicted when significant in the other "
-            "direction.",
-            f"* **Minimum detectable effect**, under each table: the true difference the seed t-test detects with "
-            f"{POWER:.0%} power at {S.ALPHA:.0%} (exact, noncentral t) at the table's number of seeds and the pooled "
-            "SD of its per-seed differences, and what the test images alone resolve. It says what \"inconclusive\" "
-            "means for that table.",
+            "margin, the test is against the margin instead of 0); contradicted when significant in the other "
+            "direction. **No effect ≥ X pp** when the claim is not significant and two one-sided tests at 5% "
+            "(TOST, the same standard error and df) reject both |difference| ≥ X: exactly when the 90% interval "
+            "lies inside ±X. X is the claim's `equivalence` (pp) in the grid, default "
+            f"{DEFAULT_EQUIVALENCE_PP:g} pp, and a claim's margin where it has one (a margin claim is refuted by an "
+            "effect below its margin). The equivalence test is per claim, not corrected for the number of claims.",
+            f"* **Minimum detectable effect**, under each table: the true difference the seeds-and-images test "
+            f"detects with {POWER:.0%} power at {S.ALPHA:.0%} (exact, noncentral t, n − 1 df) at the table's number of "
+            "seeds, the pooled SD of its per-seed differences and its median test-image SE, and what the test images "
+            "alone resolve. It says what \"inconclusive\" means for that table.",
             "* Best configs and ensemble members are chosen on validation; test numbers never choose anything.", ""]
 
 
@@ -265,7 +321,8 @@ def ablations_section(ctx: Context) -> list[str]:
     for ax, lv in axes:
         def one(ax=ax, lv=lv) -> list[str]:
             name = slug(f"{ax}_{lv}" if ax in multi else ax)
-            table, title = ablation_table(run, ax, lv, ctx.n_boot, name=f"ablation_{name}", adaptive=ctx.adaptive)
+            table, title = ablation_table(run, ax, lv, ctx.n_boot, name=f"ablation_{name}", adaptive=ctx.adaptive,
+                                          claimed=ctx.claimed)
             lines = [f"### Axis {title}", "", *ctx.writer.table(table)]
             if ctx.figures:
                 lines += ctx.writer.make_figure(f"axis_{name}", lambda p: fig_axis(run, ax, table.frame, p),
@@ -278,7 +335,7 @@ def ablations_section(ctx: Context) -> list[str]:
 def tta_section(ctx: Context) -> list[str]:
     if not ctx.has_trials:
         return []
-    table = tta_table(ctx.run, ctx.n_boot)
+    table = tta_table(ctx.run, ctx.n_boot, ctx.claimed)
     if not len(table.frame):
         return ["## Test-time augmentation", "", "No finished config evaluated more than one TTA mode.", ""]
     return ["## Test-time augmentation", "",

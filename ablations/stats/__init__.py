@@ -13,6 +13,8 @@ from .paired import (  # noqa: F401
                      MIN_SEEDS,
                      NEEDS_SEEDS,
                      UNTESTED,
+                     Bootstrap,
+                     both_sources,
                      class_group_bootstrap,
                      class_group_values,
                      family_verdicts,
@@ -28,6 +30,9 @@ from .paired import (  # noqa: F401
                      pooled_sd,
                      seed_image_test,
                      t_test,
+                     t_interval,
+                     t_p,
                      t_test_power,
+                     tost,
                      verdict,
 )

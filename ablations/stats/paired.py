@@ -8,9 +8,14 @@ Two sources of uncertainty, and a difference is called higher or lower only when
   the seed-averaged difference, ``class_group_bootstrap`` does so within each class for a difference between
   groups of classes, and ``mcnemar_exact`` tests one seed's two models on the same images.
 
-``seed_image_test`` puts them together: its ``p_both`` is the larger of the two p-values (an intersection-union
-test: significant only when both are), ``holm`` corrects a family of them, and ``verdict`` reads the result.
-``min_detectable_effect`` says how large a difference the seed test can detect at a given n and seed variance.
+Every seed is evaluated on the same test images, so the spread of the per-seed differences holds the training
+noise but not the test sample's; the image bootstrap holds the test sample's noise but not the training noise.
+``seed_image_test`` puts them together: the variance of the mean difference is the sum of the two
+(``both_sources``: standard error sqrt(s^2/n + se_images^2), n - 1 degrees of freedom), which gives
+the headline interval (``ci_lo``/``ci_hi``, 95%; ``ci90_lo``/``ci90_hi``) and the test ``p_both``. ``holm``
+corrects a family of them, ``verdict`` reads the result, ``tost`` tests equivalence within a bound (two one-sided
+tests on the same standard error). ``min_detectable_effect`` says how large a difference the seed test can detect
+at a given n and seed variance.
 
 ``correct_*`` arrays are booleans: (images,) for one seed, or (seeds, images) with row s of both arrays
 from the same seed (paired).
@@ -141,17 +146,34 @@ def _resampled_means(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np
     return rng.multinomial(n, counts / n, size=n_boot) @ values / n
 
 
-def _boot_summary(boot: np.ndarray, diff: float, confidence: float, null: float) -> tuple[float, float, float, float]:
-    """(diff, lo, hi, p): percentile CI, and the two-sided p of ``null`` (share of replicates of the
-    null-centred statistic at least as far from ``null`` as the observed one, (k + 1) / (n_boot + 1))."""
+class Bootstrap(tuple):
+    """An image bootstrap's result: the tuple (diff, lo, hi, p), and ``se``, the standard deviation of its
+    replicates (the standard error of the difference from the test sample alone)."""
+
+    def __new__(cls, diff: float, lo: float, hi: float, p: float, se: float):
+        out = super().__new__(cls, (diff, lo, hi, p))
+        out.se = se
+        return out
+
+    diff = property(lambda self: self[0])
+    lo = property(lambda self: self[1])
+    hi = property(lambda self: self[2])
+    p = property(lambda self: self[3])
+
+
+def _boot_summary(boot: np.ndarray, diff: float, confidence: float, null: float) -> Bootstrap:
+    """(diff, lo, hi, p) and se: percentile CI, the two-sided p of ``null`` (share of replicates of the
+    null-centred statistic at least as far from ``null`` as the observed one, (k + 1) / (n_boot + 1)), and the
+    replicates' standard deviation."""
     alpha = 1 - confidence
     lo, hi = (float(x) for x in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
     k = int(np.sum(np.abs(boot - diff) >= abs(diff - null) - 1e-12))
-    return diff, lo, hi, min(float((k + 1) / (boot.size + 1)), 1.0)
+    se = float(boot.std(ddof=1)) if boot.size > 1 else math.nan
+    return Bootstrap(diff, lo, hi, min(float((k + 1) / (boot.size + 1)), 1.0), se)
 
 
 def paired_bootstrap(correct_a, correct_b, n_boot: int = 10000, seed: int = 0,
-                     confidence: float = 0.95, null: float = 0.0) -> tuple[float, float, float, float]:
+                     confidence: float = 0.95, null: float = 0.0) -> Bootstrap:
     """Paired bootstrap over test images of the seed-averaged accuracy difference A - B.
 
     correct_a, correct_b: (images,) or (seeds, images), row s of both from seed s. Each replicate draws
@@ -178,7 +200,7 @@ def class_group_values(correct, labels, better: Sequence[int], worse: Sequence[i
 
 def class_group_bootstrap(correct, labels, better: Sequence[int], worse: Sequence[int], n_boot: int = 10000,
                           seed: int = 0, confidence: float = 0.95,
-                          null: float = 0.0) -> tuple[float, float, float, float]:
+                          null: float = 0.0) -> Bootstrap:
     """Bootstrap over test images of the seed-averaged ``class_group_values``: the images of each class are
     resampled within their class (the class sizes are fixed by the test set's design). Returns
     (diff, lo, hi, p) as ``paired_bootstrap`` does."""
@@ -197,29 +219,92 @@ def class_group_bootstrap(correct, labels, better: Sequence[int], worse: Sequenc
     return _boot_summary(reps, diff, confidence, null)
 
 
-def seed_image_test(seed_diffs: dict[int, float], boot: tuple[float, float, float, float] | None,
+def both_sources(seed_diffs, se_images: float) -> tuple[float, float, float]:
+    """(mean, se, df) of the mean per-seed difference with both sources of noise: se^2 = s^2 / n + se_images^2
+    (s: the SD of the per-seed differences, training noise; se_images: the image bootstrap's standard error,
+    test-sample noise), with the seeds' n - 1 degrees of freedom. n - 1 rather than Welch-Satterthwaite's larger
+    number: the seed variance is estimated from n numbers, and with 3 seeds a larger df would trust it; with n - 1
+    the interval is at least as wide as the seeds' alone, and wider than the images' alone. se and df are NaN for
+    fewer than 2 seeds or an unknown se_images. Worked by hand: differences 1, 2, 3 and se_images 0.5:
+    s^2 / n = 1/3, se = sqrt(1/3 + 1/4) = 0.7638, df = 2."""
+    v = _finite_values(seed_diffs)
+    mean = float(v.mean()) if v.size else math.nan
+    if v.size < 2 or not finite(se_images):
+        return mean, math.nan, math.nan
+    se2 = float(v.var(ddof=1)) / v.size + float(se_images) ** 2
+    return mean, math.sqrt(se2), float(v.size - 1)
+
+
+def _t_quantile(q: float, df: float) -> float:
+    return float(_st.norm.ppf(q) if not np.isfinite(df) else _st.t.ppf(q, df))
+
+
+def _t_sf(x: float, df: float) -> float:
+    return float(_st.norm.sf(x) if not np.isfinite(df) else _st.t.sf(x, df))
+
+
+def t_interval(mean: float, se: float, df: float, confidence: float = 0.95) -> tuple[float, float]:
+    """mean -/+ t_{df}(1/2 + confidence/2) * se; NaN ends when se or df is unknown."""
+    if not (finite(mean) and finite(se)) or not df > 0:
+        return math.nan, math.nan
+    half = _t_quantile(0.5 + confidence / 2, df) * se
+    return mean - half, mean + half
+
+
+def t_p(mean: float, se: float, df: float, null: float = 0.0) -> float:
+    """Two-sided p of ``null`` for a mean with standard error ``se`` and ``df`` degrees of freedom. A zero se
+    (every source tied) gives 0 when the mean differs from ``null`` and 1 when it equals it."""
+    if not (finite(mean) and finite(se)) or not df > 0:
+        return math.nan
+    if se <= 1e-12:
+        return 1.0 if math.isclose(mean, null, abs_tol=1e-12) else 0.0
+    return min(1.0, 2 * _t_sf(abs(mean - null) / se, df))
+
+
+def tost(mean: float, se: float, df: float, bound: float) -> float:
+    """Two one-sided tests of equivalence within +-``bound``: the larger of the p-values of 'the difference is
+    at most -bound' and 'at least +bound'. p < alpha exactly when the (1 - 2 alpha) interval (90% for 5%) lies
+    inside (-bound, +bound). Worked by hand: mean 0.2, se 0.3, df inf, bound 1: max(sf(4), sf(2.667)) =
+    0.0038."""
+    if not (finite(mean) and finite(se) and finite(bound)) or not df > 0 or bound <= 0:
+        return math.nan
+    if se <= 1e-12:
+        return 0.0 if abs(mean) < bound else 1.0
+    return max(_t_sf((mean + bound) / se, df), _t_sf((bound - mean) / se, df))
+
+
+def seed_image_test(seed_diffs: dict[int, float], boot: Bootstrap | None,
                     boot_seeds: int = 0, mcnemar: Iterable[tuple[int, int, int, float]] = (),
                     null: float = 0.0, confidence: float = 0.95) -> dict[str, Any]:
     """One comparison, as flat columns for a table.
 
     seed_diffs: {seed: difference} (A - B on that seed); boot: the image bootstrap of the seed-averaged
     difference (``paired_bootstrap`` or ``class_group_bootstrap``) over ``boot_seeds`` seeds, or None;
-    mcnemar: (seed, n01, n10, p) per seed. ``p_both`` = max(p_seed, boot_p): the difference is significant
-    only when the seed t-test and the image bootstrap both are (NaN when either is missing). With fewer than
-    MIN_SEEDS seeds there is no t-interval and no seed p-value (NaN): the per-seed differences stand alone."""
+    mcnemar: (seed, n01, n10, p) per seed.
+
+    Columns: the seed t-test alone (``diff_ci``, ``p_seed``), the image bootstrap alone (``boot_lo``/``boot_hi``,
+    ``boot_p``, ``boot_se``), and both sources together (``both_sources``): ``se_both``, ``df_both``, the
+    ``confidence`` interval ``ci_lo``/``ci_hi``, the 1 - 2 ALPHA (90%) interval ``ci90_lo``/``ci90_hi`` (equivalence), and
+    ``p_both``, the two-sided p of ``null``, which the verdicts use. With fewer than MIN_SEEDS seeds there is
+    no interval and no p-value (NaN): the per-seed differences stand alone; without a bootstrap (no stored
+    logits) the both-sources columns are NaN."""
     seeds = sorted(s for s, v in seed_diffs.items() if np.isfinite(v))
-    diff, half, p_seed = t_test([seed_diffs[s] for s in seeds], null, confidence)
+    values = [seed_diffs[s] for s in seeds]
+    diff, half, p_seed = t_test(values, null, confidence)
     if len(seeds) < MIN_SEEDS:
         half, p_seed = math.nan, math.nan
     out: dict[str, Any] = {"paired_seeds": len(seeds), "diff": diff, "diff_ci": half, "p_seed": p_seed,
                            **{f"diff_seed{s}": float(seed_diffs[s]) for s in seeds},
                            "boot_seeds": boot_seeds if boot else 0, "boot_diff": math.nan, "boot_lo": math.nan,
-                           "boot_hi": math.nan, "boot_p": math.nan}
+                           "boot_hi": math.nan, "boot_p": math.nan, "boot_se": math.nan}
     if boot:
-        out.update(zip(("boot_diff", "boot_lo", "boot_hi", "boot_p"), boot))
+        out.update(zip(("boot_diff", "boot_lo", "boot_hi", "boot_p"), boot), boot_se=getattr(boot, "se", math.nan))
     for s, n01, n10, p in mcnemar:
         out.update({f"mcnemar_seed{s}_n01": n01, f"mcnemar_seed{s}_n10": n10, f"mcnemar_seed{s}_p": p})
-    out["p_both"] = max(p_seed, out["boot_p"]) if np.isfinite(p_seed) and np.isfinite(out["boot_p"]) else math.nan
+    mean, se, df = both_sources(values, out["boot_se"]) if len(seeds) >= MIN_SEEDS else (diff, math.nan, math.nan)
+    lo, hi = t_interval(mean, se, df, confidence)
+    lo90, hi90 = t_interval(mean, se, df, 1 - 2 * ALPHA)  # inside +-bound exactly when tost(...) < ALPHA
+    out.update(se_both=se, df_both=df, ci_lo=lo, ci_hi=hi, ci90_lo=lo90, ci90_hi=hi90, p_both=t_p(mean, se, df, null))
     return out
 
 
