@@ -122,9 +122,21 @@ def test_no_node_for_a_trial_fails_with_one_line_after_the_wait(autoscaling, min
 # ----------------------------------------------------------------------------- issue 19: a dead run holds no GPUs
 
 
-def ray_status(address: str) -> str:
+def ray_status(address: str, *flags: str) -> str:
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    return subprocess.run([ray, "status", "--address", address], capture_output=True, text=True, timeout=120).stdout
+    return subprocess.run([ray, "status", "--address", address, *flags], capture_output=True, text=True,
+                          timeout=120).stdout
+
+
+def why_nodes_stay(address: str) -> str:
+    """What a worker node that does not go away holds: Ray's per-node usage (`ray status -v`: resources in use
+    and object store memory, which keeps a node from being idle while it pins primary copies), the object store
+    per node (`ray memory --stats-only`), and the actors still alive."""
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    memory = subprocess.run([ray, "memory", "--stats-only", "--address", address], capture_output=True, text=True,
+                            timeout=120)
+    return (f"ray status -v:\n{ray_status(address, '-v')}\nray memory --stats-only:\n{memory.stdout[-3000:]}"
+            f"{memory.stderr[-500:]}\nactors alive:\n{actors_alive(address)}")
 
 
 def requested(address: str) -> bool:
@@ -160,8 +172,8 @@ def test_a_killed_driver_leaves_no_demand_and_the_cluster_shrinks(autoscaling, s
     try:
         wait_for(lambda: worker_nodes(autoscaling.address) == 0, 240, every=5)  # idle timeout 12 s
     except AssertionError:
-        raise AssertionError(f"worker nodes still up 240 s after the demand went:\n{ray_status(autoscaling.address)}"
-                             f"\nactors alive:\n{actors_alive(autoscaling.address)}") from None
+        raise AssertionError(f"worker nodes still up 240 s after the demand went:\n{why_nodes_stay(autoscaling.address)}"
+                             ) from None
     assert withdrawn <= 150
 
 
