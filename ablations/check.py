@@ -19,6 +19,8 @@ from typing import Any, Callable
 from pipeline.errors import UserError, one_line
 from pipeline.registry import BACKBONES
 
+from .driver.cluster import gpu_share
+
 
 def _opts(args):
     """The cluster flags of this command as ``driver.cluster`` takes them."""
@@ -94,7 +96,8 @@ def check_task_gpus(args) -> str | tuple[str, str]:
     r = ray.get(ray.remote(num_gpus=1)(device_report).remote(True), timeout=args.timeout)
     if not r["cuda_ok"]:
         raise RuntimeError(cuda_failure(r))
-    return f"a task with 1 GPU on {r['node_ip']} sees {r['gpu']} (CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']})"
+    return (f"a task with 1 GPU on {r['node_ip']} sees {r['gpu']}, {r['gpu_total_mib']:,.0f} MiB "
+            f"({r['gpu_free_mib']:,.0f} free; CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']})")
 
 
 def _preflight_on_cluster(args) -> str:
@@ -108,7 +111,7 @@ def _preflight_on_cluster(args) -> str:
     demand = AutoscalerDemand(res, enabled=True)
     demand.update(1)
     try:
-        return preflight.run(res, args.wait_for_resources)
+        return preflight.run(res, args.wait_for_resources).line
     finally:
         demand.clear()
 
@@ -188,7 +191,8 @@ def micro_run(config: dict, data: dict, use_gpu: bool) -> dict[str, Any]:
     r = fit(cfg, data["arrays"], device=device, classes=tuple(data["classes"]))
     n = len(data["arrays"]["train_y"])
     return {"node_ip": ray.util.get_node_ip_address(), "device": r.metrics["device_type"],
-            "images_per_s": n / r.history[-1]["seconds"], "val_acc": r.metrics["val_acc"]}
+            "images_per_s": n / r.history[-1]["seconds"], "val_acc": r.metrics["val_acc"],
+            "gpu_peak_mib": r.metrics["gpu_peak_mib"]}
 
 
 def check_micro_run(args, res) -> str:
@@ -208,8 +212,15 @@ def check_micro_run(args, res) -> str:
     t = time.perf_counter()
     r = ray.get(ray.remote(micro_run).options(**res.ray_options()).remote(
         cfg.to_dict(), {"arrays": s.arrays(), "classes": list(s.classes)}, res.use_gpu), timeout=args.timeout)
+    peak = ""
+    if r["device"] == "cuda":  # the packing's table against the GPU (--gpus-per-trial auto plans with the table)
+        from .gpu_memory import trial_peak
+
+        table = trial_peak(cfg)
+        peak = (f", peak GPU memory {r['gpu_peak_mib']:,.0f} MiB (--gpus-per-trial auto plans "
+                f"{table.mib:,.0f}{': ' + table.note if table.note else ''})")
     return (f"{cfg.backbone} at {cfg.resolution} px on {r['device']} ({r['node_ip']}): "
-            f"{r['images_per_s']:.0f} train images/s, {time.perf_counter() - t:.0f} s in all")
+            f"{r['images_per_s']:.0f} train images/s, {time.perf_counter() - t:.0f} s in all{peak}")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -222,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="the --storage URI or shared path the run will use")
     p.add_argument("--data", default="auto", help="the --data the run will use")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=gpu_share, default="auto", metavar="F|auto")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpu-resource", default="GPU")
     p.add_argument("--backbone", default="efficientnet_lite0", help="model of the micro run")

@@ -14,9 +14,10 @@ from typing import Any
 
 from . import grids
 from .driver import adaptive as A
-from .driver.cluster import Resources
+from .driver.cluster import GpuMemory, Resources
 from .driver.spec import with_execution
 from .estimate import Target, plan_seconds, trial_seconds
+from .gpu_memory import GPU_MEMORY_MIB
 from .speeds import DEFAULT_GPU, GPU_NAMES
 from .stats import sequential as Q
 
@@ -114,6 +115,20 @@ def estimate_target(res: Resources, gpu: GpuChoice = (1.0, None)) -> Target:
     speed, model = gpu
     return Target(gpu=on_gpu, gpu_model=model or local_gpu_model(), gpu_speed=speed, per_gpu=per_gpu,
                   cpus=res.cpus, runner=res.runner)
+
+
+def planned_gpu(gpu_model: str | None) -> GpuMemory:
+    """The GPU a dry run packs trials into (--gpus-per-trial auto): --gpu-model's memory, else this machine's first
+    GPU (nvidia-smi), else the default model's."""
+    if gpu_model:
+        return GpuMemory(GPU_MEMORY_MIB[gpu_model], name=gpu_model)
+    from .driver.preflight import nvidia_gpus
+
+    here = nvidia_gpus()
+    if here:
+        name, total, _ = here[0]
+        return GpuMemory(total, name=name)
+    return GpuMemory(GPU_MEMORY_MIB[DEFAULT_GPU], name=DEFAULT_GPU)
 
 
 @functools.cache

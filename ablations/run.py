@@ -15,6 +15,7 @@ Top to bottom (``Command``):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
@@ -30,10 +31,13 @@ from .driver.cluster import (
     DEFAULT_CLUSTER_WAIT_S,
     AutoscalerDemand,
     ClusterOptions,
+    GpuMemory,
     Resources,
+    awaits_gpu_memory,
     cluster_address,
     connect,
     fmt_resources,
+    gpu_share,
     head_memory_mib,
     local_resources,
     max_cluster_resources,
@@ -44,7 +48,8 @@ from .driver.ledger import Ledger
 from .driver.progress import Eta, Progress, duration, estimate_comparison, labels
 from .driver.session import Session
 from .driver.trackers import DEFAULT_LOG, TRACKERS, Trackers, parse_log
-from .dryrun import data_sizes, print_dry_run, trial_estimates, trial_estimator
+from .dryrun import data_sizes, planned_gpu, print_dry_run, trial_estimates, trial_estimator
+from .gpu_memory import heaviest
 from .report.timing import where_the_time_went
 from .results import RunFolder, RunFolderError, now
 from .runfolder import plan_in_folder, refuse_stale, results_mirror, run_meta, start_folder
@@ -113,7 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "submit` driver, else a new instance on this machine)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: GPUs when the cluster has them; cpu: run everything on CPUs")
-    r.add_argument("--gpus-per-trial", type=float, help="GPU share per trial worker, e.g. 0.25 packs 4 trials per GPU")
+    r.add_argument("--gpus-per-trial", type=gpu_share, default="auto", metavar="F|auto",
+                   help="GPU share per trial worker, e.g. 0.25 packs 4 trials per GPU; auto: one-worker trials share "
+                        "a GPU as far as its memory holds the heaviest planned trial's peak (measured peaks per "
+                        "backbone and resolution, with a margin), at most 4, and no more than the CPUs per GPU feed "
+                        "(--cpus-per-trial each); the plan line says what it chose and why")
+    r.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="each GPU's memory for --gpus-per-trial auto (default: measured on a trial's node by the "
+                        "preflight; with --dry-run, --gpu-model's, or this machine's GPU)")
+    r.add_argument("--trial-gpu-memory", type=float, metavar="GIB",
+                   help="the heaviest trial's peak GPU memory for --gpus-per-trial auto (default: from the measured "
+                        "peaks of ablations/gpu_memory.py)")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial worker (default: 1, or 2 on CPU machines with 8+ cores)")
     r.add_argument("--workers", type=int, default=1, help="Ray Train workers (data-parallel processes) per trial")
     r.add_argument("--trial-runner", choices=("auto", "actor", "train"), default="auto",
@@ -177,8 +192,9 @@ def dry_run(args) -> int:
         settings.check(max(A.planned_seeds(plan).values()))
     opts = ClusterOptions.from_args(args)
     cluster, note = local_resources(opts)
-    print_dry_run(plan, plan_resources(opts, cluster, len(plan.trials())), args.json, note,
-                  (args.gpu_speed, args.gpu_model), settings)
+    trials = plan.trials()
+    res = plan_resources(opts, cluster, len(trials), peak=heaviest(trials.values()), gpu=planned_gpu(args.gpu_model))
+    print_dry_run(plan, res, args.json, note, (args.gpu_speed, args.gpu_model), settings)
     return 0
 
 
@@ -290,14 +306,20 @@ class Command:
         import ray
 
         wanted = max(len(self.pending), len(A.compared_configs(self.rounds.comparisons)) if self.rounds else 0)
-        self.res = res = cluster_resources(self.opts, wanted)
-        self.slots = res.concurrency
+        peak = heaviest(self.plan.trials().values())
+        res = cluster_resources(self.opts, wanted, peak)
         # the preflight waits (at most --wait-for-resources) for one node that can run a trial (its placement group
-        # is the autoscaler's only demand so far), then checks CUDA / NCCL / the storage there; only then does the
-        # autoscaler hear of every trial to run (a failed preflight launches no more nodes)
-        self.demand = AutoscalerDemand(res, enabled=bool(cluster_address(self.opts)))
+        # is the autoscaler's only demand so far), then checks CUDA / NCCL / the storage there, and measures the
+        # GPU's memory that --gpus-per-trial auto packs trials into; only then does the autoscaler hear of every
+        # trial to run (a failed preflight launches no more nodes)
         if preflight.needed(res, bool(cluster_address(self.opts))):
-            print(preflight.run(res, wait_seconds(self.opts), self.storage, bool(self.args.storage)), flush=True)
+            found = preflight.run(res, wait_seconds(self.opts), self.storage, bool(self.args.storage))
+            print(found.line, flush=True)
+            if awaits_gpu_memory(self.opts, res):  # packed as the GPU measured allows (none: one trial per GPU)
+                res = cluster_resources(self.opts, wanted, peak, found.gpu or GpuMemory())
+        self.res = res
+        self.slots = res.concurrency
+        self.demand = AutoscalerDemand(res, enabled=bool(cluster_address(self.opts)))
         self.demand.update(len(self.pending))
         start_folder(self.folder, self.meta, self.splits, self.ledger, self.mirror)
         self.sizes = data_sizes(self.plan)
@@ -364,6 +386,8 @@ class Command:
 
         out = {"started": now(), "wall_s": round(wall, 1), "estimated_wall_s": round(self.estimated_wall, 1),
                "trials_run": len(self.ran), "interrupted": self.interrupted, "code_version": code_version()}
+        if getattr(self, "res", None) is not None:  # what each trial held, how many ran at once, how, and why
+            out["resources"] = dataclasses.asdict(self.res)
         if self.ran:
             import pandas as pd
 
@@ -409,15 +433,20 @@ def wait_seconds(opts: ClusterOptions) -> float:
     return DEFAULT_CLUSTER_WAIT_S if cluster_address(opts) else 60.0
 
 
-def cluster_resources(opts: ClusterOptions, n_trials: int) -> Resources:
-    """Per-trial resources on the connected cluster (``driver.cluster.plan_resources``), printed."""
+def cluster_resources(opts: ClusterOptions, n_trials: int, peak=None, gpu: GpuMemory | None = None) -> Resources:
+    """Per-trial resources on the connected cluster (``driver.cluster.plan_resources``), printed. ``gpu``: the
+    GPU the preflight measured (before it: --gpus-per-trial auto plans one trial per GPU, and says that the
+    preflight measures next)."""
     import ray
 
     cluster = ray.cluster_resources()
     on_cluster = bool(cluster_address(opts))
     res = plan_resources(opts, cluster, n_trials, on_cluster=on_cluster,
                          head_memory_mib=head_memory_mib() if on_cluster else None,
-                         max_resources=max_cluster_resources() if on_cluster else None)
+                         max_resources=max_cluster_resources() if on_cluster else None, peak=peak, gpu=gpu)
+    if gpu is None and awaits_gpu_memory(opts, res):
+        res.packing = (f"1 trial per {res.gpu_resource} for the preflight, which measures the GPU's memory to pack "
+                       f"trials into")
     print(f"ray: {fmt_resources(cluster)}; {res.describe()}", flush=True)
     return res
 

@@ -33,6 +33,22 @@ def test_fractional_gpus_pack_trials_and_spread_over_nodes(ray_cluster, mini_arc
     assert _overlaps(df) >= 3
 
 
+def test_auto_packs_trials_by_the_stated_gpu_memory(ray_cluster, mini_archive, tmp_path):
+    """No --gpus-per-trial: auto. With 'accel' standing in for a GPU of 3 GiB (--gpu-memory) and the grid's trial
+    (the small CNN at 32 px: 202 MiB measured, 1,276.5 MiB with the margin), two trials share each accel, as
+    --gpus-per-trial 0.5 would: four at once, two on each node."""
+    proc = run_cli("--grid", str(GRIDS / "cnn.yaml"), "--seeds", "4", "--data", str(mini_archive),
+                   "--results", str(tmp_path), "--name", "auto", "--address", ray_cluster.address,
+                   "--gpu-resource", "accel", "--gpu-memory", "3", "--cpus-per-trial", "0.5", "--no-report")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "0.5 accel" in proc.stdout and "up to 4 trials at once" in proc.stdout, proc.stdout
+    assert "--gpus-per-trial auto: 2 trial(s) per accel: memory holds 2" in proc.stdout
+    assert "202 MiB peak of small_cnn at 32 px" in proc.stdout
+    df = pd.read_parquet(tmp_path / "auto" / "trials.parquet")
+    assert (df.status == "finished").all() and len(df) == 4
+    assert df.groupby("node_id").size().tolist() == [2, 2]
+
+
 @pytest.mark.parametrize("flags", [["--gpus-per-trial", "1"], ["--device", "cuda"]])
 def test_gpus_asked_for_but_absent_fail_after_the_wait_with_one_line(ray_cluster, mini_archive, tmp_path, flags):
     """On an existing cluster GPU nodes may still join (Ray cannot tell whether it autoscales): trials wait, for
@@ -65,6 +81,7 @@ def test_a_custom_resource_with_device_auto_says_which_device_trials_use(ray_clu
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "device auto: the node's GPU where it has one, else cpu" in proc.stdout
     assert "no CUDA on the node: trials use cpu" in proc.stdout  # the preflight looked
+    assert "1 trial per accel: its memory is not known" in proc.stdout  # so auto gives each trial a whole one
     df = pd.read_parquet(tmp_path / "cnn" / "trials.parquet")
     assert (df.device == "auto").all() and (df.device_type == "cpu").all()
 

@@ -11,6 +11,7 @@ Two kinds of cluster:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import UserError, one_line
+
+from ..gpu_memory import Peak
+from . import packing
 
 # Ray Train settings for many short trials (measured by ``python -m ablations.bench``): the controller polls
 # its workers every 0.25 s instead of 2 s (a finished trial is noticed sooner), per-run helper actors we do
@@ -58,6 +62,7 @@ class Resources:
     device_choice: str = "auto"  # --device
     cluster: bool = False  # an existing cluster (--address): trials may queue for nodes
     runner: str = "actor"  # "actor": a one-worker trial runs in its reused Tune actor; "train": a Ray Train run
+    packing: str = ""  # --gpus-per-trial auto: trials per GPU and why
 
     @property
     def device(self) -> str:
@@ -103,8 +108,9 @@ class Resources:
         gpu = f", {self.gpus:g} {self.gpu_resource}" if self.gpus else ""
         queue = " (more queue for nodes the cluster adds)" if self.cluster else ""
         how = "in its Tune actor, reused" if self.runner == "actor" else "a Ray Train run"
+        auto = f"; --gpus-per-trial auto: {self.packing}" if self.packing else ""
         return (f"{self.workers} worker(s) x ({self.cpus:g} CPU{gpu}) per trial ({how}), "
-                f"up to {self.concurrency} trials at once{queue}, {self.describe_device()}")
+                f"up to {self.concurrency} trials at once{queue}, {self.describe_device()}{auto}")
 
 
 @dataclass(frozen=True)
@@ -114,13 +120,15 @@ class ClusterOptions:
 
     address: str | None = None
     device: str = "auto"
-    gpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None  # None: auto (packing.decide)
     cpus_per_trial: float | None = None
     workers: int = 1
     max_concurrent: int | None = None
     num_cpus: int | None = None
     num_gpus: int | None = None
     gpu_resource: str = "GPU"
+    gpu_memory: float | None = None  # GiB of each GPU (default: measured on the node by the preflight)
+    trial_gpu_memory: float | None = None  # GiB at the heaviest trial's peak (default: ablations.gpu_memory)
     trial_runner: str = "auto"
     verbose: bool = False
     wait_for_resources: float | None = None
@@ -128,6 +136,18 @@ class ClusterOptions:
     @classmethod
     def from_args(cls, args) -> "ClusterOptions":
         return cls(**{f: getattr(args, f) for f in cls.__dataclass_fields__ if hasattr(args, f)})
+
+
+def gpu_share(text: str) -> float | None:
+    """``--gpus-per-trial``: a number, or 'auto' (None: ``packing.decide`` chooses)."""
+    import argparse
+
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def wants_gpu(opts: ClusterOptions) -> bool:
@@ -149,6 +169,9 @@ def _check_flags(opts: ClusterOptions) -> None:
         raise ResourceError("--device cpu cannot be combined with --gpus-per-trial")
     if gpus > 1 and not float(gpus).is_integer():
         raise ResourceError(f"--gpus-per-trial {gpus:g}: above 1 it must be a whole number")
+    for flag, gib in (("--gpu-memory", opts.gpu_memory), ("--trial-gpu-memory", opts.trial_gpu_memory)):
+        if gib is not None and gib <= 0:
+            raise ResourceError(f"{flag} must be more than 0 GiB, got {gib:g}")
     if opts.workers > 1 and 0 < gpus < 1:
         raise ResourceError(f"--workers {opts.workers} with --gpus-per-trial {gpus:g} would put several NCCL ranks "
                             f"of one trial on one GPU; give each worker a whole GPU (--gpus-per-trial 1), or use "
@@ -181,14 +204,52 @@ def max_cluster_resources() -> dict[str, float] | None:
     return {k: float(v) for k, v in found.items()} if found else None
 
 
+@dataclass(frozen=True)
+class GpuMemory:
+    """What the packing knows of a GPU: its memory and what was free on it (MiB; measured by the preflight on a
+    node, or a GPU model's for a dry run), its name, and the CPUs beside each GPU (None: not known)."""
+
+    total_mib: float | None = None
+    free_mib: float | None = None
+    name: str = ""
+    cpus_per_gpu: float | None = None
+
+
+def awaits_gpu_memory(opts: ClusterOptions, res: Resources) -> bool:
+    """Whether --gpus-per-trial auto needs the GPU's memory measured on a node (a one-worker trial on a GPU,
+    no --gpu-memory)."""
+    return opts.gpus_per_trial is None and opts.gpu_memory is None and res.workers == 1 and bool(res.gpus)
+
+
+def auto_packing(opts: ClusterOptions, peak: Peak | None, gpu: GpuMemory, cpus: float) -> packing.Packing:
+    """``--gpus-per-trial auto`` for one-worker trials: --trial-gpu-memory and --gpu-memory where given, else the
+    heaviest planned trial's ``peak`` and the GPU as measured."""
+    if opts.trial_gpu_memory is not None:
+        peak = Peak(opts.trial_gpu_memory * 1024, "the heaviest trial (--trial-gpu-memory)")
+    total, free = gpu.total_mib, gpu.free_mib
+    if opts.gpu_memory is not None:
+        total, free = opts.gpu_memory * 1024, None
+    name = f"{opts.gpu_resource}" + (f" ({gpu.name})" if gpu.name and opts.gpu_memory is None else "")
+    if peak is None:
+        return packing.Packing(1, f"1 trial per {name}: no planned trial to size it by")
+    what = f"{peak.what} ({peak.note})" if peak.note else peak.what
+    return packing.decide(total, peak.mib, what, gpu.cpus_per_gpu, cpus, name, free)
+
+
 def plan_resources(opts: ClusterOptions, cluster: dict[str, float], n_trials: int, *, on_cluster: bool = False,
-                   head_memory_mib: float | None = None, max_resources: dict[str, float] | None = None) -> Resources:
+                   head_memory_mib: float | None = None, max_resources: dict[str, float] | None = None,
+                   peak: Peak | None = None, gpu: GpuMemory | None = None) -> Resources:
     """Per-trial resources and concurrency from the flags and the cluster; impossible requests fail at once.
 
     ``cluster``: the resources present now. On a local instance they are all there will be. On an existing
     cluster (``on_cluster``) nodes may join later: what is absent now is checked against ``max_resources``
     (what the autoscaler's node types can provide, when known), and concurrency is not tied to the nodes
-    present, only to ``--max-concurrent`` and the head node's memory (``head_memory_mib``)."""
+    present, only to ``--max-concurrent`` and the head node's memory (``head_memory_mib``).
+
+    ``--gpus-per-trial auto`` (the default) for trials that use a GPU: one worker's trials share a GPU as
+    ``packing.decide`` says, from the heaviest planned trial's ``peak`` (or --trial-gpu-memory) and the GPU's
+    memory (--gpu-memory, else ``gpu``: measured on a node or a GPU model's), capped by the CPUs per GPU (on a
+    local instance, or ``gpu.cpus_per_gpu``)."""
     _check_flags(opts)
     total_cpus = cluster.get("CPU", 0.0)
     present_gpus = cluster.get(opts.gpu_resource, 0.0)
@@ -203,8 +264,18 @@ def plan_resources(opts: ClusterOptions, cluster: dict[str, float], n_trials: in
     else:
         gpus = 1.0 if (opts.device == "cuda" or reachable.get(opts.gpu_resource, 0.0) > 0) else 0.0
     cpus = opts.cpus_per_trial or (1.0 if gpus or total_cpus < 8 else 2.0)
+    reason = ""
+    if opts.gpus_per_trial is None and gpus:
+        if opts.workers > 1:
+            reason = f"a whole {opts.gpu_resource} per worker (--workers {opts.workers})"
+        else:
+            gpu = gpu or GpuMemory()
+            if gpu.cpus_per_gpu is None and not on_cluster and present_gpus:
+                gpu = dataclasses.replace(gpu, cpus_per_gpu=total_cpus / present_gpus)
+            choice = auto_packing(opts, peak, gpu, cpus)
+            gpus, reason = choice.share, choice.reason
     res = Resources(cpus=cpus, gpus=gpus, workers=opts.workers, gpu_resource=opts.gpu_resource, concurrency=1,
-                    device_choice=opts.device, cluster=on_cluster)
+                    device_choice=opts.device, cluster=on_cluster, packing=reason)
     res.runner = trial_runner(opts.trial_runner, res)
     if not may_grow:
         for name, amount in res.worker_bundle().items():
@@ -234,18 +305,24 @@ def plan_resources(opts: ClusterOptions, cluster: dict[str, float], n_trials: in
 
 
 def local_resources(opts: ClusterOptions) -> tuple[dict[str, float], str]:
-    """What a dry run plans for (no Ray started): this machine, or the GPUs asked for when it has none."""
-    cpus = float(opts.num_cpus or os.cpu_count() or 1)
-    if opts.num_gpus is not None:
-        gpus = float(opts.num_gpus)
-    else:
-        import torch
+    """What a dry run plans for (no Ray started): this machine, or the GPUs asked for when it has fewer. A machine
+    with fewer GPUs than planned is not the one that will run them, so its CPUs say nothing of that one's: unless
+    --num-cpus gives them, the plan has as many CPUs as those GPUs' trials can use, and says so."""
+    import torch
 
-        gpus = float(torch.cuda.device_count())
+    here = float(torch.cuda.device_count())
+    gpus = here if opts.num_gpus is None else float(opts.num_gpus)
     note = ""
     if wants_gpu(opts) and gpus == 0:
         gpus = float(max(1, math.ceil((opts.gpus_per_trial or 1) * opts.workers)))
         note = f" (this machine has no GPU: planned for {gpus:g}; set --num-gpus)"
+    cpus = float(opts.num_cpus or os.cpu_count() or 1)
+    if opts.num_cpus is None and gpus > here and opts.device != "cpu":
+        share = opts.gpus_per_trial
+        per_gpu = max(packing.MAX_TRIALS_PER_GPU, math.ceil(1 / share) if share and share < 1 else 1)
+        cpus = gpus * per_gpu * (opts.cpus_per_trial or 1.0)
+        note += (f" (planned for {gpus:g} GPU(s) this machine does not have, with {cpus:g} CPUs, what their trials "
+                 f"can use: --num-cpus gives that machine's)")
     return {"CPU": cpus, opts.gpu_resource: gpus}, note
 
 

@@ -12,13 +12,14 @@ import os
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from pipeline.errors import one_line
 
 from ..mirror import filesystem
-from .cluster import ResourceError, Resources, fmt_resources
+from .cluster import GpuMemory, ResourceError, Resources, fmt_resources
 
 
 def needed(res: Resources, on_cluster: bool) -> bool:
@@ -42,9 +43,26 @@ def nvidia_driver() -> tuple[str | None, str | None]:
     return (drv.group(1) if drv else None), (cuda.group(1) if cuda else None)
 
 
+def nvidia_gpus() -> list[tuple[str, float, float]]:
+    """(name, total MiB, free MiB) of each GPU nvidia-smi lists on this machine; [] without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,memory.free",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            gpus.append((parts[0], float(parts[1]), float(parts[2])))
+        except (IndexError, ValueError):  # a line nvidia-smi could not fill ([N/A], an error)
+            continue
+    return gpus
+
+
 def device_report(want_cuda: bool) -> dict[str, Any]:
     """What a trial's worker on this node would see: torch, its CUDA build, the driver, and whether a CUDA
-    tensor operation works (with the error if not)."""
+    tensor operation works (with the error if not); with CUDA, the GPU's memory and what is free on it."""
     import ray
     import torch
 
@@ -57,6 +75,8 @@ def device_report(want_cuda: bool) -> dict[str, Any]:
         x = torch.arange(4.0, device="cuda")
         out["cuda_ok"] = float((x * 2).sum()) == 12.0
         out["gpu"] = torch.cuda.get_device_name(0)
+        free, total = torch.cuda.mem_get_info(0)
+        out["gpu_total_mib"], out["gpu_free_mib"] = total / 2**20, free / 2**20
     except Exception as e:  # an old driver, no driver, no visible device ...
         out["cuda_ok"] = False
         out["cuda_error"] = one_line(e)
@@ -126,11 +146,20 @@ def cuda_failure(r: dict[str, Any]) -> str:
     return f"CUDA is not usable {where} ({r.get('cuda_error', 'no CUDA device')}); {build}; {fix}"
 
 
-def run(res: Resources, wait_s: float, storage: str | None = None, storage_given: bool = True) -> str:
+@dataclass(frozen=True)
+class Found:
+    """What the preflight found: its one-line summary, and the GPU of a trial's node where CUDA works there."""
+
+    line: str
+    gpu: GpuMemory | None = None
+
+
+def run(res: Resources, wait_s: float, storage: str | None = None, storage_given: bool = True) -> Found:
     """Reserve one trial's worker bundles (waiting up to ``wait_s`` for a node), check the device, the
     collective and (``storage``) that the storage a trial writes to there is the one the driver reads, release
-    them. Returns a one-line summary; raises ``ResourceError`` on failure. ``storage_given``: whether the user
-    chose the storage (else it is the run folder's default, which only a single machine shares)."""
+    them. Returns the one-line summary and the GPU's memory; raises ``ResourceError`` on failure.
+    ``storage_given``: whether the user chose the storage (else it is the run folder's default, which only a
+    single machine shares)."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
@@ -145,21 +174,38 @@ def run(res: Resources, wait_s: float, storage: str | None = None, storage_given
                 f"autoscaler's node types and max_workers (`ray status`), or raise --wait-for-resources")
         waited = time.monotonic() - t0
         parts = [f"a node for {res.workers} x ({fmt_resources(bundle)}) in {waited:.0f} s"]
+        gpu = None
         if res.device != "cpu":
             remote = ray.remote(device_report).options(**_remote_options(res, pg, 0))
             report = ray.get(remote.remote(res.device == "cuda"), timeout=300)
             if res.device == "cuda" and not report["cuda_ok"]:
                 raise ResourceError(cuda_failure(report))
-            parts.append(f"CUDA ok ({report['gpu']}, torch {report['torch']} for CUDA {report['torch_cuda']}, "
-                         f"driver {report['driver']})" if report["cuda_ok"] else "no CUDA on the node: trials use cpu")
+            if report["cuda_ok"]:
+                gpu = GpuMemory(report["gpu_total_mib"], report["gpu_free_mib"], report["gpu"],
+                                node_cpus_per_gpu(report["node_ip"], res.gpu_resource))
+            parts.append(f"CUDA ok ({report['gpu']}, {report['gpu_total_mib']:,.0f} MiB, "
+                         f"{report['gpu_free_mib']:,.0f} free; torch {report['torch']} for CUDA "
+                         f"{report['torch_cuda']}, driver {report['driver']})" if report["cuda_ok"]
+                         else "no CUDA on the node: trials use cpu")
         if res.workers > 1:
             backend = "nccl" if res.device == "cuda" else "gloo"
             parts.append(_collective(res, pg, backend))
         if storage:
             parts.append(check_storage(res, pg, storage, storage_given))
-        return "preflight: " + "; ".join(parts)
+        return Found("preflight: " + "; ".join(parts), gpu)
     finally:
         remove_placement_group(pg)
+
+
+def node_cpus_per_gpu(node_ip: str, gpu_resource: str) -> float | None:
+    """The CPUs per GPU of the node at ``node_ip`` (from Ray's node table), or None if it is not found there."""
+    import ray
+
+    for node in ray.nodes():
+        r = node.get("Resources", {})
+        if node.get("Alive") and node.get("NodeManagerAddress") == node_ip and r.get(gpu_resource):
+            return r.get("CPU", 0.0) / r[gpu_resource]
+    return None
 
 
 def check_storage(res: Resources, pg, storage: str, given: bool = True) -> str:
