@@ -301,7 +301,7 @@ def test_seed_aware_verdicts_in_the_ablation_table(exploratory_run):
     small, large = sorted([wobbly["p_both"], steady["p_both"]])
     assert steady["p_holm"] == pytest.approx(2 * small) and wobbly["p_holm"] == pytest.approx(max(2 * small, large))
     text = (exploratory_run / "REPORT.md").read_text()
-    assert "Exploratory: Holm over the 2 arms compared with the reference of this table." in text
+    assert "Exploratory: Holm over the arms compared with the reference of this table (2)." in text
     md = (exploratory_run / "tables" / "ablation_lr.md").read_text()
     assert "| 0.01 " in md and "(n=5)" in md and "± 0.0 " not in md
     # a write-up's number for an arm ('reported') stands beside ours
@@ -324,7 +324,7 @@ def test_a_comparison_that_is_a_claim_has_the_claims_verdict_everywhere(verdict_
     assert steady["verdict"] == ("confirmed (claim steady_helps); no effect ≥ 5 pp (claim steady_by_5pp); "
                                  "contradicted (claim ref_beats_steady)")
     text = (verdict_run / "REPORT.md").read_text()
-    assert "Exploratory: Holm over the 0 arms compared with the reference of this table; 4 row(s) make" in text
+    assert "Exploratory: Holm over the arms compared with the reference of this table (0); 4 row(s) make" in text
 
 
 def test_claim_verdicts(verdict_run):

@@ -10,7 +10,8 @@ Each claim is measured once (``measure_claims``): better minus worse on test, ov
 * **inconclusive**: neither: what this run cannot resolve;
 * no verdict: fewer than ``MIN_SEEDS`` seeds, no stored logits, not measured, not in this grid.
 
-A verdict measured at another setting than its seed's names the setting it holds for. The two groups (the seed
+A verdict measured at another setting than its seed's names the setting it holds for, and so does every verdict
+of the grid's own questions (they have no seed setting to stand for). The two groups (the seed
 write-ups' claims, the grid's own questions) are separate families: Holm runs within each. ``ClaimIndex`` hands
 the verdicts to the exploratory tables, which show a claim's verdict on the rows that make the same comparison.
 """
@@ -163,7 +164,8 @@ def _row(run: RunData, c: Claim) -> dict[str, Any]:
             "compared": c.compared(), "margin_pp": c.margin, "null_pp": 0.0,
             "equivalence_pp": c.margin or c.equivalence,  # a claim of a margin is refuted below its margin
             "setting": here.text() if here else "", "seed_setting": ST.seed_text(seed),
-            "scope": here.scope() if here and ST.differs(here, seed) else ""}
+            # a verdict holds for its setting: said where it differs from the seed's, and always for the grid's own
+            "scope": here.scope() if here and (c.group == "grid" or ST.differs(here, seed)) else ""}
 
 
 def measure_claims(run: RunData, n_boot: int = N_BOOT) -> list[ClaimResult]:

@@ -139,7 +139,7 @@ def _with_verdicts(rows: list[dict], claimed: ClaimIndex | None = None, what: st
     S.family_verdicts(family)
     for r in rows:
         r.pop("pair", None)  # a value for the lookup, not a column
-    note = f"Exploratory: Holm over the {len(family)} {what} of this table"
+    note = f"Exploratory: Holm over the {what} of this table ({len(family)})"
     if as_claims:
         note += (f"; {len(as_claims)} row(s) make the same comparison as a claim ({', '.join(as_claims)}) and show its "
                  f"verdict (the confirmatory family, see Claims)")
@@ -154,8 +154,8 @@ LEVEL_COLUMNS = [
     Col("What", text("description"), note=True),
     Col("Best config (by val)", lambda r: r["best_config"] if isinstance(r.get("best_config"), str)
         else f"no finished trial yet ({r.get('status_counts')})"),
-    Col("Configs searched", lambda r: (f"{r['configs_finished']}" if r["configs_finished"] == r["configs_planned"]
-                                       else f"{r['configs_finished']} of {r['configs_planned']}")
+    Col("Configs searched", lambda r: (f"{r['configs_finished']:.0f}" if r["configs_finished"] == r["configs_planned"]
+                                       else f"{r['configs_finished']:.0f} of {r['configs_planned']:.0f}")
         if finite(r.get("configs_planned")) else EMPTY),
     Col("Seeds", lambda r: str(int(r["seeds"])) if finite(r.get("seeds")) else "0"),
     Col("Val acc %", per_seed("val_acc")),
@@ -317,7 +317,8 @@ def ablation_table(run: RunData, axis: str, level: str | None = None, n_boot: in
         for r in rows:
             if "p_both" in r:
                 adaptive.apply(r, f"{axis}/{r['arm']}")
-    columns = [Col("Arm", lambda r: r["arm"] + (" (reference)" if r["is_reference"] else "")),
+    columns = [Col("Arm", lambda r: (f"{r['level']}'s reference recipe" if r["arm"] == "reference" else r["arm"])
+                   + (" (reference)" if r["is_reference"] else "")),
                Col("Changes vs reference", text("changes"), note=True),
                Col("Seeds", lambda r: f"{r['seeds']}" + (f" ({r['pending']})" if r.get("pending") else "")),
                Col("Val acc %", per_seed("val_acc")), Col("Test acc %", per_seed("test_acc"))]

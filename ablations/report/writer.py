@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import UserError, one_line
+from pipeline.provenance import code_version
 
 from .. import stats as S
 from ..claims import DEFAULT_EQUIVALENCE_PP
@@ -190,7 +191,7 @@ def header(ctx: Context) -> list[str]:
            f"Data `{d.get('source')}`: train {sizes.get('train', '?')}{sub_txt}, validation {sizes.get('val', '?')} "
            f"(stratified split of the training set, split seed {d.get('split_seed')}), test {n_test}. {test_txt}", "",
            f"Run `{run.folder.path.name}`; code {meta.get('code_version') or 'not recorded'} (its last command); "
-           f"report written {now()}.", ""]
+           f"report written {now()} by code {code_version()}.", ""]
     mixed = code_versions_line(run.fin)
     if mixed:
         out += [mixed, ""]
