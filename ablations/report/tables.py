@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats as _st
 
 from .. import stats as S
-from ..claims import Claim, arm_name
+from ..claims import Claim, absent_classes, arm_name, not_testable
 from ..stats import finite
 from .rundata import RunData, normalise_trials
 from .tablespec import (
@@ -635,6 +635,10 @@ def claims_table(run: RunData, n_boot: int = N_BOOT, adaptive=None) -> Table:
                                "compared": c.compared(), "margin_pp": c.margin, "null_pp": 0.0}
         if c.not_in_grid:
             row["verdict"] = f"not in this grid ({c.not_in_grid})"
+            rows.append(row)
+            continue
+        if absent_classes(c, run.classes):
+            row["verdict"] = not_testable(absent_classes(c, run.classes))
             rows.append(row)
             continue
         try:
