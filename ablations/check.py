@@ -147,9 +147,10 @@ def check_data(args) -> str:
     source = D.resolve_source(args.data)
     if source == "torchvision":
         return "torchvision CIFAR-10 (downloaded on first use; needs internet once)"
-    D.fingerprint(source)  # raises DataError with one line if missing
-    cached = D.was_cached(source)
-    return f"{source} ({'decoded copy cached' if cached else 'not decoded yet: the first run decodes it'})"
+    c = D.count(source)  # raises DataError with one line if missing or not in ImageFolder layout
+    decoded = ("decoded before" if c.how == "counted in the decoded cache" else
+               "not decoded yet: the first run decodes it")
+    return f"{source}: {len(c.classes)} classes, {sum(c.train)} training and {sum(c.test)} test images ({decoded})"
 
 
 def check_weights(backbones: list[str]) -> str | tuple[str, str]:
@@ -201,7 +202,7 @@ def check_micro_run(args, res) -> str:
     from pipeline import data as D
     from pipeline.config import TrialConfig
 
-    ds = D.load(D.resolve_source(args.data))
+    ds = D.load(D.resolve_source(args.data), largest_resolution=args.resolution)
     n_classes = len(ds.classes)
     smallest = min(int((ds.train_y == c).sum()) for c in range(n_classes))
     s = D.make_splits(ds, val_size=5 * n_classes, train_per_class=max(2, min(32, smallest - 6)), test_per_class=2)

@@ -153,6 +153,24 @@ def _seed_setting(where: str, value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((k, str(value[k]).strip()) for k in SETTING_KEYS if k in value)
 
 
+NOT_TESTABLE = "not testable here (classes absent)"
+
+
+def absent_classes(claim: Claim, classes: Iterable[str]) -> list[str]:
+    """The classes a class claim names that the data does not have (compared without case); none for other
+    claims. Such a claim is listed as ``NOT_TESTABLE`` (``not_testable``), neither an error nor dropped: a grid's
+    class claims name CIFAR-10's classes, and a run on other data cannot test them."""
+    if claim.kind != "classes":
+        return []
+    have = {str(c).lower() for c in classes}
+    return [c for c in (*claim.better, *claim.worse) if c.lower() not in have]
+
+
+def not_testable(absent: Iterable[str]) -> str:
+    """The verdict of a claim whose classes are absent: 'not testable here (classes absent): ship, truck'."""
+    return f"{NOT_TESTABLE}: {', '.join(absent)}"
+
+
 def check(claims: Iterable[Claim], levels: Iterable[str], axis_arms: Mapping[str, Iterable[str]],
           classes: Iterable[str]) -> None:
     """Every level, axis, arm and class a claim names exists in the grid (one-line ``ClaimError`` if not)."""

@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from pipeline import data as D
+
 from . import grids
 from .driver import adaptive as A
 from .driver.cluster import GpuMemory, Resources
@@ -24,56 +26,62 @@ from .stats import sequential as Q
 GpuChoice = tuple[float, "str | None"]  # (--gpu-speed, --gpu-model) for the estimate
 
 
-def data_sizes(plan: grids.Plan) -> tuple[int, int, int]:
+def data_sizes(plan: grids.Plan, counts: D.Counts) -> tuple[int, int, int]:
+    """(train, val, test) images a run of the plan takes from data with these counts (``pipeline.data``'s
+    ``split_counts``: limits the data cannot meet are one ``DataError`` line)."""
     s = plan.data_settings()
-    n_classes = 10
-    n_train = s["train_per_class"] * n_classes if s["train_per_class"] else 50000 - s["val_size"]
-    n_test = s["test_per_class"] * n_classes if s["test_per_class"] else 10000
-    return n_train, s["val_size"], n_test
+    n = D.split_counts(counts.classes, counts.train, counts.test, s["val_size"], s["split_seed"],
+                       s["train_per_class"], s["test_per_class"])
+    return n["train"], n["val"], n["test"]
 
 
-def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str = "", gpu: GpuChoice = (1.0, None),
-                  adaptive: A.Settings | None = None) -> None:
+def print_dry_run(plan: grids.Plan, res: Resources, as_json: bool, note: str, gpu: GpuChoice,
+                  adaptive: A.Settings | None, counts: D.Counts, sizes: tuple[int, int, int]) -> None:
+    """``sizes``: ``data_sizes(plan, counts)``."""
     trials = plan.trials()
+    n_train, n_val, n_test = sizes
+    claims = grids.describe_claims(plan, counts.classes)
     if as_json:
         cfgs = {tid: with_execution(cfg, res).to_dict() for tid, cfg in trials.items()}
         rows = [{**p.row(), **cfgs[p.trial_id]} for p in plan.points]
         out = {"grid": plan.grid, "resources": res.__dict__, "points": rows,
-               "claims": grids.describe_claims(plan), "ensembles": grids.describe_ensembles(plan),
+               "data": {"source": counts.source, "classes": list(counts.classes), "train": n_train, "val": n_val,
+                        "test": n_test, "counted": counts.how},
+               "claims": claims, "ensembles": grids.describe_ensembles(plan),
                "lineage": grids.describe_lineage(plan)}
         if adaptive is not None:
-            out["until_decided"] = until_decided_plan(plan, adaptive, res, gpu)
+            out["until_decided"] = until_decided_plan(plan, adaptive, res, gpu, sizes)
         print(json.dumps(out, indent=1))
         return
     from tabulate import tabulate
 
-    n_train, n_val, n_test = data_sizes(plan)
     seeds = len({p.seed for p in plan.points})
     print(f"grid {plan.grid}: {len(trials)} trials ({len(plan.points)} plan points), {seeds} seed(s) each")
-    print(f"data: train {n_train}, val {n_val}, test {n_test} images (CIFAR-10 sizes assumed)")
+    print(f"data: {counts.source}: train {n_train}, val {n_val}, test {n_test} images of {len(counts.classes)} classes "
+          f"({counts.how})")
     print(tabulate(grids.summarize(plan), headers="keys", tablefmt="github"))
     if plan.eval_axes:
         print(f"evaluation-only axes (computed from stored logits, no extra trials): {', '.join(plan.eval_axes)}")
     for title, lines in (("init_from (trained models carried from one level to the next)", grids.describe_lineage(plan)),
-                         ("claims (verdicts in REPORT.md)", grids.describe_claims(plan)),
+                         ("claims (verdicts in REPORT.md)", claims),
                          ("ensembles (formed by the report from stored logits)", grids.describe_ensembles(plan))):
         print(f"{title}:" + "".join(f"\n  {line}" for line in lines) if lines else f"{title}: none")
     print(f"resources: {res.describe()}{note}")
-    print(estimate_line(trials, res, (n_train, n_val, n_test), gpu))
+    print(estimate_line(trials, res, sizes, gpu))
     if adaptive is not None:
-        print("\n".join(until_decided_lines(plan, adaptive, res, gpu)))
+        print("\n".join(until_decided_lines(plan, adaptive, res, gpu, sizes)))
 
 
-def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources,
-                       gpu: GpuChoice = (1.0, None)) -> dict:
+def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, gpu: GpuChoice,
+                       sizes: tuple[int, int, int]) -> dict:
     """--dry-run --until-decided: the planned seeds, the comparisons that drive the rounds, and the worst case
-    (every compared config at --max-seeds) with its estimated time."""
+    (every compared config at --max-seeds) with its estimated time (``sizes``: the run's train, val and test
+    images)."""
     comps = Q.comparisons_from_plan(plan)
     planned = A.planned_seeds(plan)
     worst = Q.worst_case(comps, planned, settings.max_seeds)
     # its added time: the whole worst-case plan's estimate less the planned one's (on CPUs, prefix-cache entries
     # the added seeds share are paid once, as in the dry run's own estimate line)
-    sizes = data_sizes(plan)
     added_s = (sum(trial_estimates(A.worst_case_plan(plan, comps, settings.max_seeds).trials(), res, sizes,
                                    gpu).values()) - sum(trial_estimates(plan.trials(), res, sizes, gpu).values()))
     worst = dataclasses.replace(worst, hours=max(added_s, 0.0) / res.concurrency / 3600)
@@ -87,9 +95,9 @@ def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources,
             "worst_case_line": worst.line()}
 
 
-def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources,
-                        gpu: GpuChoice = (1.0, None)) -> list[str]:
-    u = until_decided_plan(plan, settings, res, gpu)
+def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources, gpu: GpuChoice,
+                        sizes: tuple[int, int, int]) -> list[str]:
+    u = until_decided_plan(plan, settings, res, gpu, sizes)
     comps = Q.comparisons_from_plan(plan)
     n_claims = sum(c.kind == "claim" for c in comps)
     seeds = "/".join(str(n) for n in u["planned_seeds"])
@@ -104,7 +112,7 @@ def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources,
             f"  verdicts: {settings.procedure.name}, Holm over the {len(comps)} comparisons at {settings.alpha:g}; "
             f"{earliest}",
             f"  {u['worst_case_line']}",
-            f"  worst case {estimate_line(worst.trials(), res, data_sizes(plan), gpu)}"]
+            f"  worst case {estimate_line(worst.trials(), res, sizes, gpu)}"]
 
 
 def estimate_target(res: Resources, gpu: GpuChoice = (1.0, None)) -> Target:
@@ -156,13 +164,18 @@ def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, i
     return plan_seconds(configs, *sizes, target or estimate_target(res, gpu))
 
 
+def wall_estimate(estimates: dict[str, float], res: Resources, target: Target) -> float:
+    """A run's estimated wall time: its trials' estimated seconds over the concurrency, and its start once."""
+    return sum(estimates.values()) / res.concurrency + target.start_s
+
+
 def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
                   gpu: GpuChoice = (1.0, None)) -> str:
-    """The dry run's time estimate: the trials' estimated seconds over the concurrency the resources allow, and
-    what in it is not a measurement."""
+    """The dry run's time estimate: the trials' estimated seconds, the wall time they take over the concurrency
+    the resources allow with the run's start (``wall_estimate``), and what in it is not a measurement."""
     target = estimate_target(res, gpu)
     total = sum(trial_estimates(configs, res, sizes, target=target).values())
-    wall = total / res.concurrency
+    wall = wall_estimate({"all": total}, res, target)
     basis = target.describe()
     if target.gpu:
         gpus_used = max(1.0, res.concurrency * res.gpus * res.workers)

@@ -14,7 +14,8 @@ trial's throughput together, measured, not k times. The prefix cache is not mode
 decides per trial there).
 
 Every trial adds ``TRIAL_OVERHEAD_S`` of its device kind and trial runner (Ray's start of the trial; on a GPU the
-CUDA context and cuDNN's first-epoch autotuning). Where a number is not a measurement, ``Target.notes`` collects
+CUDA context and cuDNN's first-epoch autotuning); a run's wall time adds ``RUN_START_S`` once (``Target.start_s``:
+Ray's start before the first trial). Where a number is not a measurement, ``Target.notes`` collects
 what was assumed, and the dry run prints it.
 """
 from __future__ import annotations
@@ -51,6 +52,14 @@ class Target:
         if key in S.OVERHEAD_NOTES:
             self.notes.add(S.OVERHEAD_NOTES[key])
         return S.TRIAL_OVERHEAD_S[key]
+
+    @property
+    def start_s(self) -> float:
+        """Seconds before a run's first trial trains (``speeds.RUN_START_S``), once per run."""
+        key = "cuda" if self.gpu else "cpu"
+        if key in S.RUN_START_NOTES:
+            self.notes.add(S.RUN_START_NOTES[key])
+        return S.RUN_START_S[key]
 
     def describe(self) -> str:
         if not self.gpu:

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline.config import DATA_KEYS, ConfigError, TrialConfig, coerce, from_dict
 from pipeline.data import CIFAR10_CLASSES
@@ -601,9 +601,10 @@ def describe_ensembles(plan: Plan) -> list[str]:
     return out
 
 
-def describe_claims(plan: Plan) -> list[str]:
+def describe_claims(plan: Plan, classes: Sequence[str] | None = None) -> list[str]:
     """The plan's claims, one line each, the seeds' first and then the grid's own questions (Holm runs within each
-    group; the latter marked so), marked where this selection cannot measure them."""
+    group; the latter marked so), marked where this selection cannot measure them, or (``classes``: the data's)
+    the data lacks the classes they name."""
     levels = {p.level for p in plan.points}
     axes = {p.axis for p in plan.points}
     out = []
@@ -611,8 +612,10 @@ def describe_claims(plan: Plan) -> list[str]:
         group = "" if c.group == "seeds" else "(the grid's own question) "
         need_levels = {c.level} if c.kind == "classes" else ({c.better, c.worse} if c.kind == "levels" else set())
         missing = sorted(need_levels - levels) + ([c.axis] if c.kind == "arms" and c.axis not in axes else [])
+        absent = C.absent_classes(c, classes) if classes is not None else []
         note = (f" [not in this grid: {c.not_in_grid}]" if c.not_in_grid else
-                f" [not in this selection: {', '.join(missing)}]" if missing else "")
+                f" [not in this selection: {', '.join(missing)}]" if missing else
+                f" [{C.not_testable(absent)}]" if absent else "")
         out.append(f"{c.id}: {group}{c.says} -- measures {c.compared()}; source: {c.source}{note}")
     return out
 

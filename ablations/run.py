@@ -48,7 +48,15 @@ from .driver.ledger import Ledger
 from .driver.progress import Eta, Progress, duration, estimate_comparison, labels
 from .driver.session import Session
 from .driver.trackers import DEFAULT_LOG, TRACKERS, Trackers, parse_log
-from .dryrun import data_sizes, planned_gpu, print_dry_run, trial_estimates, trial_estimator
+from .dryrun import (
+    data_sizes,
+    estimate_target,
+    planned_gpu,
+    print_dry_run,
+    trial_estimates,
+    trial_estimator,
+    wall_estimate,
+)
 from .gpu_memory import heaviest
 from .report.timing import where_the_time_went
 from .results import RunFolder, RunFolderError, now
@@ -185,16 +193,20 @@ def run(args) -> int:
 
 
 def dry_run(args) -> int:
+    from pipeline import data as D
+
     parse_log(args.log)  # an unknown tracker is bad input here too
     plan = make_plan(args)
     settings = A.settings_from_args(args, min(A.planned_seeds(plan).values()))
     if settings is not None:
         settings.check(max(A.planned_seeds(plan).values()))
+    counts = D.count(args.data)  # the data's own images per class; limits it cannot meet are refused here too
+    sizes = data_sizes(plan, counts)
     opts = ClusterOptions.from_args(args)
     cluster, note = local_resources(opts)
     trials = plan.trials()
     res = plan_resources(opts, cluster, len(trials), peak=heaviest(trials.values()), gpu=planned_gpu(args.gpu_model))
-    print_dry_run(plan, res, args.json, note, (args.gpu_speed, args.gpu_model), settings)
+    print_dry_run(plan, res, args.json, note, (args.gpu_speed, args.gpu_model), settings, counts, sizes)
     return 0
 
 
@@ -228,7 +240,7 @@ class Command:
         self._prepare_data(plan)
         self.storage = args.storage or str((self.folder.path / "ray").resolve())
         self.meta = run_meta(self.plan, self.folder, self.source, self.fingerprint, self.splits, self.storage,
-                             self.old_meta)
+                             self.old_meta, self.stored)
         self.ledger = Ledger(self.folder, self.plan)
         self.collector = Collector(self.folder, args.keep_models, set(self.plan.parents().values()))
         self.pending = self.ledger.pending()
@@ -238,19 +250,26 @@ class Command:
         self._prepare_rounds()
 
     def _prepare_data(self, plan: grids.Plan) -> None:
+        """The data decoded (or read from its cache) at its stored size, the folder checked against it, the
+        splits; limits the data cannot meet are one line (``pipeline.data.split_counts``)."""
         from pipeline import data as D
 
         self.source = D.resolve_source(self.args.data)
-        self.fingerprint = D.fingerprint(self.source)
+        size = stored_size_wanted(plan, self.folder)
+        cap = max(c.resolution for c in plan.trials().values())  # mixed sizes are stored at most this large
+        cached = D.was_cached(self.source, data_size=size, largest_resolution=cap)
+        ds = D.load(self.source, data_size=size, largest_resolution=cap)
+        self.fingerprint, self.stored = ds.fingerprint, ds.stored()
         self.plan, self.old_meta = plan_in_folder(self.folder, plan, self.fingerprint, self.args.extend)
         if self.args.resume and self.old_meta is None:
             raise RunFolderError(f"--resume: {self.folder.path} holds no run to resume")
         if self.settings is not None:
             self.settings.check(max(self.planned.values()), (self.old_meta or {}).get("adaptive"))
-        cached = D.was_cached(self.source)
-        self.splits = D.make_splits(D.load(self.source), **self.plan.data_settings())
-        print(f"data: {self.source} ({'cache' if cached else 'decoded'} in {time.time() - self.t0:.1f} s); "
-              f"{self.splits.describe()}", flush=True)
+        s = self.plan.data_settings()
+        self.splits = D.make_splits(ds, val_size=s["val_size"], split_seed=s["split_seed"],
+                                    train_per_class=s["train_per_class"], test_per_class=s["test_per_class"])
+        print(f"data: {self.source} ({'cache' if cached else 'decoded'} in {time.time() - self.t0:.1f} s; "
+              f"{D.describe_stored(self.stored)}); {self.splits.describe()}", flush=True)
 
     def _prepare_rounds(self) -> None:
         """--until-decided: the rounds of seeds (``driver.adaptive``); a later fixed run keeps a folder's adaptive
@@ -322,9 +341,9 @@ class Command:
         self.demand = AutoscalerDemand(res, enabled=bool(cluster_address(self.opts)))
         self.demand.update(len(self.pending))
         start_folder(self.folder, self.meta, self.splits, self.ledger, self.mirror)
-        self.sizes = data_sizes(self.plan)
+        self.sizes = (len(self.splits.train_y), len(self.splits.val_y), len(self.splits.test_y))
         estimates = trial_estimates({t: self.ledger.trials[t] for t in self.pending}, res, self.sizes, self.gpu)
-        self.estimated_wall = sum(estimates.values()) / res.concurrency
+        self.estimated_wall = wall_estimate(estimates, res, estimate_target(res, self.gpu))  # the dry run's
         self.progress = Progress(labels(self.plan), self.ledger.counts, Eta(estimates, res.concurrency),
                                  quiet=self.args.quiet, start=self.t0)
         self.progress.status(force=True)
@@ -419,6 +438,15 @@ class Command:
                   f"same command again to retry them")
             return EXIT_FAILED_TRIALS
         return 0
+
+
+def stored_size_wanted(plan: grids.Plan, folder: RunFolder) -> int:
+    """The side to store images at: the grid's ``data_size``; if it leaves the choice to the data (0), the size a
+    run in this folder stored them at, so that a resumed or extended run finds the same data."""
+    size = plan.data_settings()["data_size"]
+    if size or not folder.exists():
+        return size
+    return int(((folder.read_meta().get("data") or {}).get("stored") or {}).get("size") or 0)
 
 
 def stopped_adding(rounds: A.Rounds | None) -> bool:

@@ -39,8 +39,9 @@ def refuse_stale(folder: RunFolder, state) -> None:
 
 
 def run_meta(plan: grids.Plan, folder: RunFolder, source: str, fingerprint: str, splits, storage: str,
-             old_meta: dict | None) -> dict:
-    """run.json. Paths are relative to the run folder (``ablations.portable``): the folder can move."""
+             old_meta: dict | None, stored: dict | None = None) -> dict:
+    """run.json. Paths are relative to the run folder (``ablations.portable``): the folder can move. ``stored``:
+    what decoding did (``pipeline.data.Dataset.stored``)."""
     trials = plan.trials()
     return {
         "grid": plan.grid, "grid_spec": plan.spec, "argv": portable.command(sys.argv[1:], folder.path),
@@ -49,7 +50,7 @@ def run_meta(plan: grids.Plan, folder: RunFolder, source: str, fingerprint: str,
         "data": {"source": portable.relative_to(source, folder.path), "fingerprint": fingerprint,
                  **plan.data_settings(),
                  "sizes": {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)},
-                 "classes": list(splits.classes)},
+                 "classes": list(splits.classes), **({"stored": stored} if stored else {})},
         "started": (old_meta or {}).get("started", now()), "updated": now(), "finished": None,
         "storage": portable.relative_to(storage, folder.path), **environment(),
     }

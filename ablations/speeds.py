@@ -113,6 +113,14 @@ TRIAL_OVERHEAD_S: dict[tuple[str, str], float] = {
 OVERHEAD_NOTES = {("cuda", "actor"): "a trial in its reused actor on a GPU: overhead not yet measured (taken as "
                                      "a Ray Train run's)"}
 
+# seconds from a run's start to its first trial training, once per run: the local Ray instance's start, Tune's, the
+# first trial processes (torch imported) and the model's first build. Measured on the 2-core CPU machine (from
+# run.json's session and the trials' t_fit_start): 8.4-11.3 s in examples/smoke, cpu and bn_pilot; 34 s with two
+# busy processes beside the run (tests/test_own_data.py's tiny run). Taken as 15 s, between the two. On a GPU not
+# measured apart from TRIAL_OVERHEAD_S (which holds each trial's CUDA start): taken as the CPU machine's.
+RUN_START_S: dict[str, float] = {"cpu": 15.0, "cuda": 15.0}
+RUN_START_NOTES = {"cuda": "the run's start (Ray's local instance) measured on the CPU machine, not on a GPU"}
+
 # a backbone without GPU speeds: its CPU forward speed times this (the median of measured backbones' GPU training
 # speed at 224 px over their CPU forward speed at 224 px), stated in the dry run
 def _gpu_per_cpu() -> float:

@@ -53,6 +53,7 @@ class TrialConfig:
     val_size: int = 5000
     test_per_class: int = 0
     split_seed: int = 0
+    data_size: int = 0  # the side images are stored at (pipeline.data.stored_size); 0: chosen from the data
     # --- randomness
     seed: int = 0
     # --- lineage: the config id of the trial whose trained model this one starts from (at the same seed); set
@@ -117,7 +118,7 @@ class TrialConfig:
         return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
 
-DATA_KEYS = ("train_per_class", "val_size", "test_per_class", "split_seed")
+DATA_KEYS = ("train_per_class", "val_size", "test_per_class", "split_seed", "data_size")
 
 CHOICES: dict[str, Collection[str]] = {  # the registered ones (pipeline.registry, live) and this module's own
     "backbone": R.BACKBONES.keys(),
@@ -151,6 +152,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "val_size": (0, 10**7),
     "test_per_class": (0, 10**7),
     "split_seed": (0, 2**31 - 1),
+    "data_size": (0, 4096),
     "seed": (0, 2**31 - 1),
     "eval_batch_size": (0, 65536),
     "threads": (0, 1024),

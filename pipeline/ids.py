@@ -49,6 +49,7 @@ ID_BASELINE = MappingProxyType({
     "weights": "",  # schema 2: a weights file is identified by its content
     "init_from": "",  # added with schema 2's code: no trial started from another before
     "new_stage_bn": "batch",  # added with schema 3: a child's newly trained stages always used batch statistics
+    "data_size": 0,  # images stored at a size chosen from the data: as their files hold them, as before the key
 })
 
 # Schema 1 hashed these keys' values as given (normalize resolved); frozen.

@@ -73,6 +73,43 @@ def mini_archive(subset_archive, tmp_path_factory) -> Path:
     return make_mini_archive(subset_archive, tmp_path_factory.mktemp("data") / "mini.tar.gz", 40, 20)
 
 
+# another domain's classes, not CIFAR-10's
+OTHER_CLASSES = ("barley", "clover", "fennel", "heather", "juniper", "lichen", "moss", "nettle", "sorrel", "thistle")
+SUFFIX = {"RGB": ".jpg", "L": ".png", "RGBA": ".png", "P": ".png"}
+
+
+def make_imagefolder(root: Path, counts: dict[str, tuple[int, int]], sizes=((48, 48),), modes=("RGB",),
+                     seed: int = 0) -> Path:
+    """An ImageFolder of generated images: for each class, (train, test) images of a pattern of its own (a colour
+    and stripes of its own frequency, at a random phase, with noise), so that a model can learn them. Image i of a
+    class's split has size ``sizes[i % len(sizes)]`` and mode ``modes[(i // len(sizes)) % len(modes)]``, so every
+    size meets every mode; RGB is saved as JPEG, the other modes as PNG (P: an adaptive palette)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, (cls, split_counts) in enumerate(counts.items()):
+        colour = np.array([(97 * k) % 256, (53 * k + 80) % 256, (191 * k + 40) % 256], dtype=np.float32)
+        for split, n in zip(("train", "test"), split_counts):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = sizes[i % len(sizes)]
+                mode = modes[(i // len(sizes)) % len(modes)]
+                yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+                stripes = np.sin(2 * np.pi * ((k % 5 + 1) * (xx if k < 5 else yy) + rng.random()))
+                pixels = colour * (0.6 + 0.4 * stripes[..., None]) + rng.normal(0, 12, (h, w, 3))
+                im = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                if mode == "RGBA":
+                    im = im.convert("RGBA")
+                    im.putalpha(Image.fromarray(rng.integers(128, 256, (h, w), dtype=np.uint8)))
+                elif mode == "P":
+                    im = im.convert("P", palette=Image.ADAPTIVE, colors=64)
+                elif mode != "RGB":
+                    im = im.convert(mode)
+                im.save(folder / f"{cls}_{i:04d}{SUFFIX[mode]}")
+    return root
+
+
 def digest_rows(x: np.ndarray) -> set[bytes]:
     return {row.tobytes() for row in x.reshape(len(x), -1)}
 

@@ -115,7 +115,8 @@ def test_builtin_grids_expand_and_per_level_grids_select_one_level():
     assert {p.axis for p in cpu.points} == {"reference", "augment", "freeze_depth", "augment_x_finetune", "tta",
                                            "architecture", "head", "augment_2x_epochs", "continuation"}
     assert {p.seed for p in cpu.points} == {0, 1, 2}
-    assert cpu.data_settings() == {"train_per_class": 1000, "val_size": 5000, "test_per_class": 0, "split_seed": 0}
+    assert cpu.data_settings() == {"train_per_class": 1000, "val_size": 5000, "test_per_class": 0, "split_seed": 0,
+                                   "data_size": 0}
     # equal budgets: every trained arm of cpu's wave 1 runs 3 epochs (L4 continues L3's model for 2 more), but the
     # budget pair at twice that, which does not compete for L2's best config
     assert {p.config.epochs for p in cpu.points if p.level != "L4" and p.axis != "augment_2x_epochs"} == {3}

@@ -261,7 +261,7 @@ def _image_folder(root: Path, sizes: dict[tuple[str, str], tuple[int, int]]) -> 
     return root
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "shape", "classes"])
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "limits", "classes"])
 def test_bad_data_fails_at_once(case, existing_run, tmp_path):
     if case == "missing":
         data, message = tmp_path / "nope.tar.gz", "data path not found"
@@ -271,9 +271,10 @@ def test_bad_data_fails_at_once(case, existing_run, tmp_path):
     elif case == "corrupt":
         data, message = tmp_path / "corrupt.tar.gz", "not a readable tar archive"
         data.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(3000))
-    elif case == "shape":
-        data, message = _image_folder(tmp_path / "shape", {("train", "a"): (32, 32), ("train", "b"): (28, 28),
-                                                           ("test", "a"): (32, 32), ("test", "b"): (32, 32)}), "shape"
+    elif case == "limits":  # (images of mixed sizes are taken; 3 per class cannot give val_size=100)
+        data, message = _image_folder(tmp_path / "limits", {("train", "a"): (32, 32), ("train", "b"): (28, 28),
+                                                            ("test", "a"): (32, 32), ("test", "b"): (32, 32)}), \
+            "the data cannot meet the grid's limits: val_size=100"
     else:
         data, message = _image_folder(tmp_path / "cls", {("train", "a"): (32, 32), ("train", "b"): (32, 32),
                                                          ("test", "a"): (32, 32), ("test", "c"): (32, 32)}), "do not match"

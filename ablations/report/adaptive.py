@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import grids
 from .. import stats as S
+from ..claims import NOT_TESTABLE
 from ..stats import sequential as Q
 from ..stats.sequential import Settings
 from .rundata import RunData
@@ -126,8 +127,8 @@ class StudyVerdicts:
         v = self.verdicts.get(cid)
         if v is None or v.n == 0:
             row.update(seeds_used=0, status="not measured", p_holm=math.nan)
-            row["verdict"] = row.get("verdict") if str(row.get("verdict", "")).startswith("not measured") \
-                else "not measured"
+            kept = str(row.get("verdict", "")).startswith(("not measured", NOT_TESTABLE))
+            row["verdict"] = row.get("verdict") if kept else "not measured"
             return
         words = CLAIM_WORDS if claim else AXIS_WORDS
         verdict = words[v.verdict]

@@ -222,7 +222,7 @@ def load_test_images(run: RunData):
         raise Skip("run.json names no data source")
     source = _data_here(resolve(d["source"], run.folder.path), d.get("fingerprint"))
     try:
-        ds = D.load(source)
+        ds = D.load(source, data_size=int((d.get("stored") or {}).get("size") or d.get("data_size") or 0))
         splits = D.make_splits(ds, val_size=int(d.get("val_size", 5000)), split_seed=int(d.get("split_seed", 0)),
                                train_per_class=int(d.get("train_per_class", 0)),
                                test_per_class=int(d.get("test_per_class", 0)))
@@ -246,7 +246,7 @@ def _data_here(source: str, fingerprint: str | None) -> str:
     if available(source):
         return source
     here = D.resolve_source("auto")
-    if fingerprint and here != source and available(here) and D.fingerprint(here) == fingerprint:
+    if fingerprint and here != source and available(here) and D.fingerprint(here) == D.content_of(fingerprint):
         return here
     if source == "torchvision":
         raise Skip("the torchvision CIFAR-10 cache is absent on this machine (the report does not download)")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pipeline.data import describe_stored
 from pipeline.errors import UserError, one_line
 from pipeline.provenance import code_version
 
@@ -186,10 +187,12 @@ def header(ctx: Context) -> list[str]:
     else:
         test_txt = f"Test set: the full official test set ({n_test} images)."
     sub_txt = f", {d['train_per_class']} training images per class" if d.get("train_per_class") else ""
+    stored_txt = f" ({describe_stored(d['stored'])})" if d.get("stored") else ""
     out = [f"# Ablation report: {meta.get('grid')}", "",
            state + f" Trials: {ctx.status_line() or 'none recorded yet'}.", "",
-           f"Data `{d.get('source')}`: train {sizes.get('train', '?')}{sub_txt}, validation {sizes.get('val', '?')} "
-           f"(stratified split of the training set, split seed {d.get('split_seed')}), test {n_test}. {test_txt}", "",
+           f"Data `{d.get('source')}`{stored_txt}: train {sizes.get('train', '?')}{sub_txt}, "
+           f"validation {sizes.get('val', '?')} (stratified split of the training set, split seed "
+           f"{d.get('split_seed')}), test {n_test}. {test_txt}", "",
            f"Run `{run.folder.path.name}`; code {meta.get('code_version') or 'not recorded'} (its last command); "
            f"report written {now()} by code {code_version()}.", ""]
     mixed = code_versions_line(run.fin)
