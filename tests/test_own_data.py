@@ -132,8 +132,8 @@ def test_class_claims_on_classes_the_data_lacks_are_listed_not_testable():
 
 
 def test_the_claims_table_lists_a_class_claim_on_other_classes_as_not_testable(tmp_path):
+    from ablations.report.claimtable import claims_table, measure_claims
     from ablations.report.rundata import RunData
-    from ablations.report.tables import claims_table
     from ablations.results import RunFolder
 
     spec = {"base": {"epochs": 1}, "levels": {"L1": {"set": {}}},
@@ -147,7 +147,8 @@ def test_the_claims_table_lists_a_class_claim_on_other_classes_as_not_testable(t
                        "data": {"source": "own", **plan.data_settings(), "classes": list(OTHER_CLASSES)}})
     folder.write_labels({"val": np.arange(10), "test": np.arange(10)}, OTHER_CLASSES)
     folder.write_trials([{**p.row(), "status": "pending", "error": None} for p in plan.points])
-    table = claims_table(RunData(folder.path)).frame.set_index("claim")
+    run = RunData(folder.path)
+    table = claims_table(run, measure_claims(run)).frame.set_index("claim")
     assert table.loc["rigid", "verdict"] == "not testable here (classes absent): ship, cat"
 
 
