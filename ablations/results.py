@@ -98,6 +98,7 @@ def environment() -> dict[str, Any]:
     try:
         import torch
 
+        machine["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         if torch.cuda.is_available():
             machine["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             machine["cuda_build"] = torch.version.cuda

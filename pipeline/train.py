@@ -470,6 +470,9 @@ def _result(cfg: TrialConfig, model, data: TrialData, state: TrainState, logits,
         "compiled": bool(cfg.compile),
         "world_size": world()[1],  # torch.distributed's, so a process group that was not set up shows as 1
         "code_version": code_version(),  # the code this trial ran (pipeline.provenance)
+        # the instruction set torch's CPU kernels use (AVX2, AVX512, ...): oneDNN picks kernels by it, and their
+        # rounding differs, so CPU numbers repeat digit for digit only on the same capability
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     })
     return TrialResult(config=cfg.to_dict(), history=state.rows(), logits=logits, metrics=metrics,
                        state=trained_state(model, cfg.train_stages))

@@ -112,6 +112,9 @@ def test_trials_parquet_reads_back(tiny_run):
     assert (df["code_version"] == code_version()).all() and code_version().startswith("git:")
     assert json.loads((folder / "run.json").read_text())["code_version"] == code_version()
     assert (df["tta_combine"] == "logits").all()
+    import torch
+
+    assert (df["cpu_capability"] == torch.backends.cpu.get_cpu_capability()).all()  # oneDNN's kernels follow it
 
 
 def test_epochs_logits_labels_and_report(tiny_run):
