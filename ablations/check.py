@@ -91,10 +91,21 @@ def check_task_gpus(args) -> str | tuple[str, str]:
             raise RuntimeError("--device cuda but the Ray cluster has no GPU resource (nodes with GPUs not joined "
                                "yet, or Ray started without them)")
         return "--", "no GPU resource in the cluster: trials will run on CPUs"
-    r = ray.get(ray.remote(num_gpus=1)(device_report).remote(True), timeout=args.timeout)
-    if not r["cuda_ok"]:
-        raise RuntimeError(cuda_failure(r))
-    return f"a task with 1 GPU on {r['node_ip']} sees {r['gpu']} (CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']})"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1]
+    reports = ray.get([ray.remote(num_gpus=1)(device_report).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(True) for node in nodes],
+        timeout=args.timeout)
+    if not reports:
+        return "--", f"{gpus:g} GPUs in the cluster, but no node with a whole one"
+    for r in reports:  # every node that offers a GPU: its container must see it
+        if not r["cuda_ok"]:
+            raise RuntimeError(cuda_failure(r))
+    r = reports[0]
+    more = f" (and on {len(reports) - 1} more GPU node(s))" if len(reports) > 1 else ""
+    return (f"a task with 1 GPU on {r['node_ip']} sees {r['gpu']} (CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']})"
+            f"{more}")
 
 
 def _preflight_on_cluster(args) -> str:
