@@ -93,11 +93,21 @@ def check_task_gpus(args) -> str | tuple[str, str]:
             raise RuntimeError("--device cuda but the Ray cluster has no GPU resource (nodes with GPUs not joined "
                                "yet, or Ray started without them)")
         return "--", "no GPU resource in the cluster: trials will run on CPUs"
-    r = ray.get(ray.remote(num_gpus=1)(device_report).remote(True), timeout=args.timeout)
-    if not r["cuda_ok"]:
-        raise RuntimeError(cuda_failure(r))
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1]
+    reports = ray.get([ray.remote(num_gpus=1)(device_report).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(True) for node in nodes],
+        timeout=args.timeout)
+    if not reports:
+        return "--", f"{gpus:g} GPUs in the cluster, but no node with a whole one"
+    for r in reports:  # every node that offers a GPU: its container must see it
+        if not r["cuda_ok"]:
+            raise RuntimeError(cuda_failure(r))
+    r = reports[0]
+    more = f" (and on {len(reports) - 1} more GPU node(s))" if len(reports) > 1 else ""
     return (f"a task with 1 GPU on {r['node_ip']} sees {r['gpu']}, {r['gpu_total_mib']:,.0f} MiB "
-            f"({r['gpu_free_mib']:,.0f} free; CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']})")
+            f"({r['gpu_free_mib']:,.0f} free; CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']}){more}")
 
 
 def _preflight_on_cluster(args) -> str:
@@ -250,10 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true")
     a = p.add_argument_group("AWS (--aws: the account cluster.yaml will use, read back; nothing else runs)")
     a.add_argument("--aws", action="store_true", help="check the roles, policies, instance profiles and bucket "
-                   "(python -m ablations.aws setup), the instance type's offering, the P-instance quota and the AMI "
-                   "parameter")
+                   "(python -m ablations.aws setup), that every node type's instance type is offered in the region and "
+                   "declares its resources, the vCPU quota of each instance family, a subnet `ray up` can use, one "
+                   "image for all node types, and instances of the cluster running without a head")
     a.add_argument("--bucket", help="the bucket (default: the one in --storage s3://...)")
-    a.add_argument("--cluster-config", default="cluster.yaml", help="region, GPU instance type and max_workers")
+    a.add_argument("--cluster-config", default="cluster.yaml",
+                   help="the cluster config: its name, region, node types, their counts, resources and image")
     a.add_argument("--region", help="default: the cluster config's")
     a.add_argument("--aws-prefix", default="cifar-ablations", help="the roles <prefix>-head and <prefix>-worker")
     a.add_argument("--ami-parameter", help="default: the one ablations.aws sets up")
@@ -263,18 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
 def aws_checks(args, c: Checks) -> int:
     from . import aws
 
-    settings = aws.cluster_settings(args.cluster_config)
+    cluster = aws.read_cluster(args.cluster_config)
     bucket = args.bucket or ((args.storage or "").split("://", 1)[1].split("/")[0]
                              if (args.storage or "").startswith("s3://") else None)
     if not bucket:
         raise UserError("--aws needs --bucket (or --storage s3://BUCKET/...)")
-    region = args.region or settings["region"]
-    chain = aws.Chain(bucket, region, args.aws_prefix, args.ami_parameter or aws.AMI_PARAMETER)
-    account = c.run("aws", lambda: f"account {aws.account_id(region)}, region {region}, bucket {bucket}")
+    if args.region and args.region != cluster.region:
+        import dataclasses
+
+        cluster = dataclasses.replace(cluster, region=args.region)
+    chain = aws.Chain(bucket, cluster.region, args.aws_prefix, args.ami_parameter or aws.AMI_PARAMETER)
+    account = c.run("aws", lambda: f"account {aws.account_id(cluster.region)}, region {cluster.region}, "
+                                   f"bucket {bucket}")
     if account is None:
         return _finish(c)
     chain = aws.Chain(**{**chain.__dict__, "account": account.split()[1].rstrip(",")})
-    for what, fn in aws.checks(chain, settings["instance_type"], settings["max_workers"]):
+    for what, fn in aws.checks(chain, cluster):
         c.run(what, fn)
     return _finish(c)
 

@@ -9,11 +9,14 @@ or modification time changed.
 
 ``pull`` brings a mirrored run folder down: ``python -m ablations.run ... --storage URI`` on a new head continues
 a run whose folder is only in the mirror, and ``python -m ablations.report s3://BUCKET/PREFIX/RUN`` reports on it
-from a laptop.
+from a laptop. From a laptop, without the AWS CLI:
+
+    python -m ablations.mirror s3://BUCKET/PREFIX/RUN results/RUN     # the whole run folder, into results/RUN
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 SKIP_DIRS = ("ray", "logs")  # Ray's checkpoints live in the storage already; tracker files are not results
@@ -96,3 +99,28 @@ def pull(uri: str, dest: Path) -> int:
         os.replace(tmp, target)
         n += 1
     return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from pipeline.errors import one_line
+
+    p = argparse.ArgumentParser(prog="python -m ablations.mirror",
+                                description="bring a run folder mirrored by --storage down to this machine")
+    p.add_argument("uri", help="the mirrored run folder: <--storage>/<run name>, e.g. s3://BUCKET/ablations/full")
+    p.add_argument("dest", help="the local folder to write it into (created; files there are replaced)")
+    args = p.parse_args(argv)
+    try:
+        if not Mirror(Path(args.dest), args.uri).exists():
+            raise FileNotFoundError(f"no run folder at {args.uri} (no run.json there)")
+        n = pull(args.uri, Path(args.dest))
+    except Exception as e:  # a bad URI, no credentials, access denied, nothing there
+        print(f"error: {args.uri}: {one_line(e)}", file=sys.stderr)
+        return 2
+    print(f"{n} files from {args.uri} in {args.dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """``python -m ablations.check``: one line per check, and for each failure a one-line ``error:`` and exit 2."""
 from __future__ import annotations
 
+import glob
 import subprocess
 import sys
 import time
@@ -47,3 +48,16 @@ def test_a_storage_that_cannot_be_written_is_one_failure(mini_archive, tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: storage: "), proc.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(bool(glob.glob("/dev/nvidia[0-9]*")), reason="this machine has a GPU its processes can see")
+def test_a_node_that_offers_a_gpu_its_processes_cannot_see_is_one_failure(mini_archive):
+    """A Ray node that declares a GPU (as cluster.yaml's node types do) whose processes see no NVIDIA device (a
+    container started without --gpus all): a Ray GPU with nothing behind it, not a faked CUDA device."""
+    proc = check("--num-gpus", "1", "--num-cpus", "2", "--data", str(mini_archive), "--no-micro-run",
+                 "--backbones", "efficientnet_lite0")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: gpus: Ray gave a task GPU 0 on node "), proc.stderr
+    assert "no GPU is visible to it" in err[0] and "--gpus all" in err[0]

@@ -208,3 +208,112 @@ def test_results_outlive_the_cluster_in_s3(autoscaling, s3, mini_archive, tmp_pa
     assert (after.status == "finished").all() and len(after) == len(before) + 1
     for tid, row in before.iterrows():  # not run again
         assert after.loc[tid, "t_fit_end"] == row.t_fit_end
+
+
+# ----------------------------------------------------------------------------- runs that share a cluster
+
+DRIVER = """
+import sys
+import ray
+from ablations.driver.cluster import AutoscalerDemand, Resources
+ray.init(address={address!r}, logging_level="ERROR", log_to_driver=False)
+res = Resources(cpus=1, gpus=1, workers=1, gpu_resource="accel", concurrency={n}, cluster=True)
+demand = AutoscalerDemand(res, enabled=True, timeout_s={timeout})
+demand.update({n})
+print(demand.run, flush=True)
+if sys.stdin.readline().strip() == "end":
+    demand.clear()
+    print("withdrawn", flush=True)
+"""
+
+
+class Driver:
+    """A driver's demand, as ``ablations.run`` holds it (``AutoscalerDemand``), for ``n`` trials waiting for
+    nodes, in a process of its own: ``end()`` is the run's end, ``kill()`` its death."""
+
+    def __init__(self, address: str, n: int, log, timeout_s: float = 60.0):
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER.format(address=address, n=n, timeout=timeout_s)], cwd=REPO, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"), start_new_session=True)
+        self.run = self._line()
+
+    def _line(self, timeout: float = 300) -> str:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().strip() if ready else ""
+        assert line, f"the driver said nothing within {timeout:.0f} s:\n{open(self.log).read()[-3000:]}"
+        return line
+
+    def end(self) -> None:
+        self.proc.stdin.write("end\n")
+        self.proc.stdin.flush()
+        assert self._line() == "withdrawn"
+        self.proc.wait(timeout=120)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def keeper_parts(address: str) -> dict[str, int]:
+    """The cluster's demand keeper: each run's part, in bundles ({} without a keeper)."""
+    out = in_cluster(address, "import json\n"
+                              "try:\n"
+                              "    keeper = ray.get_actor('ablations-demand', namespace='ablations')\n"
+                              "    parts = ray.get(keeper.demand.remote(), timeout=60)\n"
+                              "except ValueError:\n"
+                              "    parts = {}\n"
+                              "print(json.dumps({run: len(b) for run, b in parts.items()}))")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def requested_bundles(address: str) -> int:
+    """How many accel bundles the autoscaler is asked for (request_resources), as `ray status` shows them."""
+    import re
+
+    return sum(int(n) for n in re.findall(r"\{[^}]*'accel'[^}]*\}: (\d+) from request_resources\(\)",
+                                          ray_status(address)))
+
+
+def until(predicate, timeout: float, address: str, what: str) -> None:
+    """``wait_for``, whose failure shows the autoscaler's view and the keeper's parts."""
+    try:
+        wait_for(predicate, timeout, every=3)
+    except AssertionError:
+        raise AssertionError(f"{what}: not within {timeout:.0f} s\n{ray_status(address)}\nkeeper's parts: "
+                             f"{keeper_parts(address)}") from None
+
+
+def test_runs_that_share_a_cluster_keep_each_others_demand(autoscaling, tmp_path):
+    """Run A (3 trials, the cluster's max) and run B (2 more, queued behind A's) on one cluster. A ends while B's
+    trials still wait: B's demand stays in force (request_resources replaces the cluster's whole request; the
+    keeper sends the sum of the runs' parts) and B's nodes come. Run C, killed, loses only its own part."""
+    address, drivers = autoscaling.address, []
+    try:
+        a = Driver(address, 3, tmp_path / "a.log")
+        drivers.append(a)
+        b = Driver(address, 2, tmp_path / "b.log")
+        drivers.append(b)
+        assert keeper_parts(address) == {a.run: 3, b.run: 2}
+        a.end()
+        assert keeper_parts(address) == {b.run: 2}  # A's end withdrew A's part only
+        until(lambda: requested_bundles(address) == 2, 120, address, "B's 2 bundles requested")
+        until(lambda: worker_nodes(address) >= 2, 300, address, "B's 2 nodes up")
+
+        c = Driver(address, 1, tmp_path / "c.log", timeout_s=15.0)
+        drivers.append(c)
+        assert keeper_parts(address) == {b.run: 2, c.run: 1}
+        c.kill()  # no heartbeat from now on: its part goes after 15 s, B's stays
+        until(lambda: keeper_parts(address) == {b.run: 2}, 120, address, "C's part dropped, B's kept")
+        until(lambda: requested_bundles(address) == 2, 120, address, "B's 2 bundles requested")
+
+        b.end()
+        until(lambda: not requested(address), 120, address, "no request once B ended")
+        until(lambda: worker_nodes(address) == 0, 300, address, "no worker node left")  # idle timeout 12 s
+    finally:
+        for d in drivers:
+            d.kill()

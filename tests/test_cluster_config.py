@@ -100,3 +100,69 @@ def test_validation_rejects_broken_configs(config, break_it):
     break_it(bad)
     with pytest.raises(Exception):
         _validate(bad)
+
+
+# ----------------------------------------------------------------------------- declared resources, the containers' GPU
+
+
+def _gpu_nodes_for(node_types: dict, head: str) -> dict:
+    """The nodes Ray's autoscaler would add for one GPU trial's bundle (its resource demand scheduler)."""
+    from functools import partial
+
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+
+    scorer = partial(_default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary({}))
+    added, _ = get_nodes_for(node_types, {}, head, 4, [{"CPU": 3, "GPU": 0.25}], scorer)
+    return dict(added)
+
+
+def test_node_types_declare_their_resources_so_a_failed_detection_hides_no_gpu(config):
+    """As Ray has the config when its instance-type detection failed (a denied DescribeInstanceTypes, a type not
+    offered in the region: a warning, then the config as written), the autoscaler still starts a GPU node for a
+    GPU trial; with the resources left to detection ({}), it starts none."""
+    full = _validate(config)
+    types, head = full["available_node_types"], full["head_node_type"]
+    assert types["gpu"]["resources"].keys() >= {"CPU", "GPU", "memory"} and types["gpu"]["resources"]["GPU"] == 1
+    assert types[head]["resources"].keys() >= {"CPU", "memory"}
+    assert _gpu_nodes_for(types, head) == {"gpu": 1}
+    undeclared = copy.deepcopy(types)
+    for t in undeclared.values():
+        t["resources"] = {}
+    assert _gpu_nodes_for(undeclared, head) == {}
+
+
+def test_declared_resources_are_what_ray_detects_for_the_instance_types(config, s3, monkeypatch):
+    """Ray's own detection (``AWSNodeProvider.fillout_available_node_types_resources``, EC2's instance-type data
+    from a moto server) on the config without its resources: the GPU type's CPU, GPU and memory are what it
+    declares; the head declares no more memory than its type has, and no CPU (no task that needs one runs there)."""
+    from ray.autoscaler._private.aws import utils as ray_utils
+    from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
+
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    ray_utils.resource_cache.cache_clear(), ray_utils.client_cache.cache_clear()
+    bare = copy.deepcopy(config)
+    for t in bare["available_node_types"].values():
+        t["resources"] = {}
+    try:
+        detected = AWSNodeProvider.fillout_available_node_types_resources(bare)["available_node_types"]
+    finally:
+        ray_utils.resource_cache.cache_clear(), ray_utils.client_cache.cache_clear()
+    declared = config["available_node_types"]
+    gpu = detected["gpu"]["resources"]
+    assert {k: declared["gpu"]["resources"][k] for k in ("CPU", "GPU", "memory")} == \
+        {k: gpu[k] for k in ("CPU", "GPU", "memory")}, gpu
+    import boto3
+
+    head_type = declared[config["head_node_type"]]
+    ec2 = boto3.client("ec2", region_name=config["provider"]["region"])
+    (info,) = ec2.describe_instance_types(InstanceTypes=[head_type["node_config"]["InstanceType"]])["InstanceTypes"]
+    assert head_type["resources"]["CPU"] == 0
+    assert 0 < head_type["resources"]["memory"] <= info["MemoryInfo"]["SizeInMiB"] * 2**20
+
+
+def test_the_gpu_reaches_the_workers_containers_only(config):
+    docker = config["docker"]
+    assert "--gpus all" in docker["worker_run_options"]
+    assert not any("--gpus" in o for o in docker.get("run_options", []) + docker.get("head_run_options", []))

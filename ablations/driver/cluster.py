@@ -386,107 +386,188 @@ def connect(opts: ClusterOptions, env_vars: dict[str, str] | None = None) -> Non
 # ----------------------------------------------------------------------------- autoscaler demand
 
 
-DEMAND_TIMEOUT_S = 60.0  # a request outlives its driver's last heartbeat by at most this
+DEMAND_TIMEOUT_S = 60.0  # a run's part of the request outlives its driver's last heartbeat by at most this
 HEARTBEAT_S = 10.0
+KEEPER_IDLE_S = 10.0  # a keeper with no run's part left exits after this
+KEEPER_NAME, KEEPER_NAMESPACE = "ablations-demand", "ablations"
+
+
+class KeeperClosing(RuntimeError):
+    """The keeper is exiting (no run's part left): ask again, a new keeper takes the request."""
 
 
 class DemandKeeper:
-    """A detached actor on the head node that holds the run's request to the autoscaler and withdraws it when the
-    driver's heartbeats stop for ``timeout_s`` (the driver was SIGKILLed, OOM-killed or stopped by `ray job stop`
-    without running its ``finally``), then exits. A request made with ``request_resources`` stays in force until
-    replaced, so without this a dead run could keep every GPU node of the cluster up until the next run."""
+    """The one detached actor per cluster, on the head node, that holds the autoscaler's request for every run on
+    the cluster. ``request_resources`` replaces the whole cluster's request, so runs that share a cluster must not
+    each send their own: each run gives the keeper its part (its bundles, under its run id) and keeps it alive with
+    heartbeats, and the keeper requests the sum of the parts. A run's end withdraws its part (``withdraw``); a run
+    whose heartbeats stop for its ``timeout_s`` (the driver SIGKILLed, OOM-killed or stopped by `ray job stop`
+    without running its ``finally``) loses its part. Either way the others' parts stay in force. With no part
+    left for ``KEEPER_IDLE_S`` the keeper exits, its request withdrawn."""
 
-    def __init__(self, timeout_s: float = DEMAND_TIMEOUT_S):
+    def __init__(self):
         import threading
 
-        self.timeout_s, self.last = timeout_s, time.monotonic()
+        self.parts: dict[str, dict] = {}  # run id -> {"bundles", "timeout_s", "last"}
+        self.sent: list[dict] | None = None
+        self.closing = False
+        self.lock = threading.Lock()
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def request(self, bundles: list[dict]) -> None:
+    def request(self, run: str, bundles: list[dict], timeout_s: float = DEMAND_TIMEOUT_S) -> None:
+        with self.lock:
+            if self.closing:
+                raise KeeperClosing("the demand keeper is exiting")
+            self.parts[run] = {"bundles": list(bundles), "timeout_s": timeout_s, "last": time.monotonic()}
+            self._send()
+
+    def beat(self, run: str) -> bool:
+        """False when the keeper holds no part for ``run`` (it timed out, or this is a new keeper): send it again."""
+        with self.lock:
+            if run not in self.parts or self.closing:
+                return False
+            self.parts[run]["last"] = time.monotonic()
+            return True
+
+    def withdraw(self, run: str) -> None:
+        with self.lock:
+            self.parts.pop(run, None)
+            self._send()
+
+    def demand(self) -> dict[str, list[dict]]:
+        """Each run's part now."""
+        with self.lock:
+            return {run: part["bundles"] for run, part in self.parts.items()}
+
+    def _send(self) -> None:
         from ray.autoscaler.sdk import request_resources
 
-        request_resources(bundles=bundles)
-        self.last = time.monotonic()
-
-    def beat(self) -> None:
-        self.last = time.monotonic()
-
-    def clear(self) -> None:
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=[])
+        bundles = [b for part in self.parts.values() for b in part["bundles"]]
+        if bundles != self.sent:
+            request_resources(bundles=bundles)
+            self.sent = bundles
 
     def _watch(self) -> None:
-        while time.monotonic() - self.last < self.timeout_s:
+        idle_since = None
+        while True:
             time.sleep(1.0)
-        try:
-            self.clear()
-        finally:
-            os._exit(0)  # the actor's process: nothing else lives in it
+            with self.lock:
+                now = time.monotonic()
+                for run in [r for r, p in self.parts.items() if now - p["last"] > p["timeout_s"]]:
+                    del self.parts[run]
+                try:
+                    self._send()
+                except Exception:  # the GCS busy or restarting: the next second sends again
+                    continue
+                if self.parts:
+                    idle_since = None
+                    continue
+                idle_since = idle_since or now
+                if now - idle_since >= KEEPER_IDLE_S:
+                    self.closing = True
+                    os._exit(0)  # the actor's process: nothing else lives in it
+
+
+class _Part:
+    """This process's side of one run's part: what it asked for, and its heartbeat."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.bundles: list[dict] | None = None  # None: nothing asked for (or withdrawn)
+        self.requested = -1
+        self.stop = None
+
+
+# by run id: a copy of an AutoscalerDemand (a Tuner pickles its callbacks, which hold one) shares the original's
+_PARTS: dict[str, _Part] = {}
+_KEEPER_CLASS: list = []  # ray.remote(DemandKeeper), made once per process
 
 
 class AutoscalerDemand:
     """Keeps the autoscaler asking for the worker resources of the trials still to run (at most ``concurrency``
     at once), so that an autoscaling cluster grows toward its ``max_workers`` while trials wait and may shrink as
-    they finish. The request is held by a ``DemandKeeper`` the driver keeps alive with a heartbeat: ``clear()``
-    withdraws it when the run ends, and if the driver dies without doing so, the keeper withdraws it within
-    ``DEMAND_TIMEOUT_S``. A no-op on a local instance."""
+    they finish. This run's request is its part of the cluster's ``DemandKeeper``, which the driver keeps alive
+    with a heartbeat: ``clear()`` withdraws the part when the run ends, and if the driver dies without doing so,
+    the keeper drops it within ``timeout_s``; the parts of other runs on the cluster stay in force. A no-op on a
+    local instance."""
 
     def __init__(self, res: Resources, enabled: bool, timeout_s: float = DEMAND_TIMEOUT_S):
+        import uuid
+
         self.res, self.enabled, self.timeout_s = res, enabled, timeout_s
-        self.requested = -1
-        self.keeper = None
-        self._stop = None
+        self.run = uuid.uuid4().hex
 
-    def _keeper(self):
-        if self.keeper is None:
-            import threading
-            import uuid
-
-            import ray
-
-            actor = ray.remote(DemandKeeper).options(
-                name=f"ablations-demand-{uuid.uuid4().hex[:12]}", namespace="ablations", lifetime="detached", num_cpus=0,
-                resources={"node:__internal_head__": 0.001}, max_restarts=0)
-            self.keeper = actor.remote(self.timeout_s)
-            self._stop = threading.Event()
-            threading.Thread(target=self._beat, args=(self.keeper, self._stop), daemon=True).start()
-        return self.keeper
-
-    def __getstate__(self) -> dict:  # a Tuner pickles its callbacks, which hold this: not the heartbeat's event
-        return {**self.__dict__, "_stop": None}
+    @property
+    def part(self) -> _Part:
+        return _PARTS.setdefault(self.run, _Part())
 
     @staticmethod
-    def _beat(keeper, stop) -> None:
-        while not stop.wait(HEARTBEAT_S):
+    def keeper():
+        """The cluster's keeper: the running one, or a new one on the head node."""
+        import ray
+
+        if not _KEEPER_CLASS:
+            _KEEPER_CLASS.append(ray.remote(DemandKeeper))
+        return _KEEPER_CLASS[0].options(
+            name=KEEPER_NAME, namespace=KEEPER_NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0,
+            resources={"node:__internal_head__": 0.001}, max_restarts=0).remote()
+
+    @classmethod
+    def _call(cls, method: str, *args, timeout: float = 60.0):
+        """A call to the keeper; one that finds it exiting (or gone) asks the next one."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                keeper.beat.remote()
-            except Exception:  # the driver is shutting down
-                return
+                return ray.get(getattr(cls.keeper(), method).remote(*args), timeout=timeout)
+            except (RayActorError, RayTaskError) as e:
+                closing = isinstance(e, RayActorError) or isinstance(getattr(e, "cause", None), KeeperClosing)
+                if not closing or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def _beat(self, stop) -> None:
+        part, every = self.part, min(HEARTBEAT_S, self.timeout_s / 4)
+        while not stop.wait(every):
+            try:
+                with part.lock:
+                    if stop.is_set():
+                        return
+                    if not self._call("beat", self.run, timeout=30.0) and part.bundles is not None:
+                        # the keeper lost this run's part (a heartbeat later than the timeout, a new keeper)
+                        self._call("request", self.run, part.bundles, self.timeout_s)
+            except Exception:  # the driver is shutting down, or the cluster is gone
+                pass
 
     def update(self, trials_left: int) -> None:
         n = max(0, min(trials_left, self.res.concurrency))
-        if not self.enabled or n == self.requested:
+        part = self.part
+        if not self.enabled or n == part.requested:
             return
-        import ray
+        import threading
 
-        ray.get(self._keeper().request.remote([self.res.worker_bundle()] * (n * self.res.workers)), timeout=60)
-        self.requested = n
+        with part.lock:
+            part.bundles = [self.res.worker_bundle()] * (n * self.res.workers)
+            self._call("request", self.run, part.bundles, self.timeout_s)
+            part.requested = n
+            if part.stop is None:
+                part.stop = threading.Event()
+                threading.Thread(target=self._beat, args=(part.stop,), daemon=True).start()
 
     def clear(self) -> None:
-        if not self.enabled or self.keeper is None:
+        part = self.part
+        if not self.enabled or part.bundles is None:
             return
-        import ray
-
-        if self._stop is not None:
-            self._stop.set()
-        try:
-            ray.get(self.keeper.clear.remote(), timeout=30)
-            self.requested = 0
-        except Exception:  # the cluster is gone: nothing left to withdraw
-            pass
-        try:
-            ray.kill(self.keeper)
-        except Exception:
-            pass
-        self.keeper = None
+        with part.lock:
+            if part.stop is not None:
+                part.stop.set()
+                part.stop = None
+            part.bundles, part.requested = None, 0
+            try:
+                self._call("withdraw", self.run, timeout=30.0)
+            except Exception:  # the cluster is gone: nothing left to withdraw
+                pass

@@ -66,10 +66,14 @@ def device_report(want_cuda: bool) -> dict[str, Any]:
     import ray
     import torch
 
+    import glob
+
     driver, driver_cuda = nvidia_driver()
     out: dict[str, Any] = {"node_ip": ray.util.get_node_ip_address(), "torch": torch.__version__,
                            "torch_cuda": torch.version.cuda, "driver": driver, "driver_cuda": driver_cuda,
-                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                           "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+                           "nvidia_devices": sorted(glob.glob("/dev/nvidia[0-9]*"))}
     try:
         torch.cuda.init()
         x = torch.arange(4.0, device="cuda")
@@ -134,6 +138,10 @@ def _remote_options(res: Resources, pg, index: int) -> dict[str, Any]:
 
 def cuda_failure(r: dict[str, Any]) -> str:
     where = f"on node {r['node_ip']}"
+    if r.get("gpu_ids") and not r.get("nvidia_devices") and not r.get("driver"):
+        return (f"Ray gave a task GPU {','.join(r['gpu_ids'])} {where}, but no GPU is visible to it (no /dev/nvidia*, no "
+                f"nvidia-smi): a node's container needs --gpus all (cluster.yaml: docker.worker_run_options) on a host "
+                f"with the NVIDIA driver and container toolkit, and a node without a GPU must not declare one")
     build = f"torch {r['torch']} is built for CUDA {r['torch_cuda']}" if r["torch_cuda"] else \
         f"torch {r['torch']} is a CPU-only build"
     if not r["torch_cuda"]:
