@@ -337,7 +337,7 @@ def setup(chain: Chain, dry_run: bool = False, cluster_config: str = "cluster.ya
         lines = [f"would ensure {what}" for what, _ in steps(chain, cluster_config, launcher_user)]
         for name in ("worker", "head", "launcher"):
             lines += [f"policy {name}.json:", json.dumps(chain.policy(name), indent=1)]
-        return lines + [f"the user who runs `ray up` and `ray down` needs launcher.json"
+        return lines + ["the user who runs `ray up` and `ray down` needs launcher.json"
                         + (f" (put on {launcher_user})" if launcher_user else " (--attach-launcher USER puts it)")]
     read_cluster(cluster_config)
     chain = Chain(**{**chain.__dict__, "account": account_id(chain.region)})
@@ -345,8 +345,8 @@ def setup(chain: Chain, dry_run: bool = False, cluster_config: str = "cluster.ya
     for what, do in steps(chain, cluster_config, launcher_user, settle_s):
         out.append(f"{what}: {do()}")
     if not launcher_user:
-        out.append(f"the user who runs `ray up` and `ray down` needs ablations/aws_policies/launcher.json "
-                   f"(--attach-launcher USER puts it on an IAM user)")
+        out.append("the user who runs `ray up` and `ray down` needs ablations/aws_policies/launcher.json "
+                   "(--attach-launcher USER puts it on an IAM user)")
     return out
 
 

@@ -19,12 +19,12 @@ from typing import Any, Callable
 from pipeline.errors import UserError, one_line
 from pipeline.registry import BACKBONES
 
-from .driver.cluster import gpu_share
+from ablations.driver.cluster import gpu_share
 
 
 def _opts(args):
     """The cluster flags of this command as ``driver.cluster`` takes them."""
-    from .driver.cluster import ClusterOptions
+    from ablations.driver.cluster import ClusterOptions
 
     return ClusterOptions.from_args(args)
 
@@ -56,7 +56,7 @@ class Checks:
 def check_torch(device: str) -> str | tuple[str, str]:
     import torch
 
-    from .driver.preflight import nvidia_driver
+    from ablations.driver.preflight import nvidia_driver
 
     driver, driver_cuda = nvidia_driver()
     text = (f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU-only)'}, NVIDIA driver "
@@ -69,8 +69,8 @@ def check_torch(device: str) -> str | tuple[str, str]:
 def check_ray(args) -> str:
     import ray
 
-    from .driver.cluster import cluster_address, connect, fmt_resources
-    from .driver.torch_backend import lazy_backend_supported
+    from ablations.driver.cluster import cluster_address, connect, fmt_resources
+    from ablations.driver.torch_backend import lazy_backend_supported
 
     connect(_opts(args))
     missing = lazy_backend_supported()
@@ -82,8 +82,8 @@ def check_ray(args) -> str:
 def check_task_gpus(args) -> str | tuple[str, str]:
     import ray
 
-    from .driver.cluster import cluster_address, wants_gpu
-    from .driver.preflight import cuda_failure, device_report
+    from ablations.driver.cluster import cluster_address, wants_gpu
+    from ablations.driver.preflight import cuda_failure, device_report
 
     if cluster_address(_opts(args)) and wants_gpu(_opts(args)):  # an autoscaling cluster may have no GPU node yet: get one
         return _preflight_on_cluster(args)
@@ -114,8 +114,8 @@ def _preflight_on_cluster(args) -> str:
     """The run's own preflight: ask the autoscaler for one trial's resources, wait for a node, check CUDA there."""
     import ray
 
-    from .driver import preflight
-    from .driver.cluster import AutoscalerDemand, max_cluster_resources, plan_resources
+    from ablations.driver import preflight
+    from ablations.driver.cluster import AutoscalerDemand, max_cluster_resources, plan_resources
 
     res = plan_resources(_opts(args), ray.cluster_resources(), 1, on_cluster=True, max_resources=max_cluster_resources())
     demand = AutoscalerDemand(res, enabled=True)
@@ -132,8 +132,8 @@ def check_storage(args) -> str | tuple[str, str]:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from .driver import preflight
-    from .driver.cluster import cluster_address, max_cluster_resources, plan_resources
+    from ablations.driver import preflight
+    from ablations.driver.cluster import cluster_address, max_cluster_resources, plan_resources
 
     if not args.storage:
         return "--", ("no --storage given: checkpoints go to <run folder>/ray on the driver's machine, which a run "
@@ -225,7 +225,7 @@ def check_micro_run(args, res) -> str:
         cfg.to_dict(), {"arrays": s.arrays(), "classes": list(s.classes)}, res.use_gpu), timeout=args.timeout)
     peak = ""
     if r["device"] == "cuda":  # the packing's table against the GPU (--gpus-per-trial auto plans with the table)
-        from .gpu_memory import trial_peak
+        from ablations.plan.gpu_memory import trial_peak
 
         table = trial_peak(cfg)
         peak = (f", peak GPU memory {r['gpu_peak_mib']:,.0f} MiB (--gpus-per-trial auto plans "
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def aws_checks(args, c: Checks) -> int:
-    from . import aws
+    from ablations import aws
 
     cluster = aws.read_cluster(args.cluster_config)
     bucket = args.bucket or ((args.storage or "").split("://", 1)[1].split("/")[0]
@@ -313,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     if ray_ok and not args.no_micro_run and not c.failures:
         import ray
 
-        from .driver.cluster import plan_resources
+        from ablations.driver.cluster import plan_resources
 
         def micro() -> str:
-            from .driver.cluster import cluster_address
+            from ablations.driver.cluster import cluster_address
 
             res = plan_resources(_opts(args), ray.cluster_resources(), 1, on_cluster=bool(cluster_address(_opts(args))))
             return check_micro_run(args, res)

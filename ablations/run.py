@@ -1,8 +1,8 @@
 """``python -m ablations.run``: expand a grid, run every trial on Ray, write the results folder and report.
 
 Top to bottom (``Command``):
-  1. prepare: grid spec -> plan of trial configs (``ablations.grids``; ``--dry-run`` prints it, ``ablations.dryrun``),
-     the run folder checked (another grid or data refused; the same plan resumes; ``ablations.runfolder``), the data
+  1. prepare: grid spec -> plan of trial configs (``ablations.plan.grids``; ``--dry-run`` prints it, ``ablations.command.dryrun``),
+     the run folder checked (another grid or data refused; the same plan resumes; ``ablations.store.runfolder``), the data
      decoded once (disk cache) and split. Nothing is written yet.
   2. execute: Ray (``ablations.driver``): connect, check the cluster's resources against a trial's, the preflight
      (a node for a trial, CUDA, NCCL, the storage), the data ``ray.put`` once, then Tune runs one trial per pending
@@ -23,11 +23,11 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError, UserError, one_line
 
-from . import grids
-from .config import parse_overrides
-from .driver import adaptive as A
-from .driver import preflight
-from .driver.cluster import (
+from ablations.plan import grids
+from ablations.plan.overrides import parse_overrides
+from ablations.command import rounds as A
+from ablations.driver import preflight
+from ablations.driver.cluster import (
     DEFAULT_CLUSTER_WAIT_S,
     AutoscalerDemand,
     ClusterOptions,
@@ -43,12 +43,12 @@ from .driver.cluster import (
     max_cluster_resources,
     plan_resources,
 )
-from .driver.collector import Collector
-from .driver.ledger import Ledger
-from .driver.progress import Eta, Progress, duration, estimate_comparison, labels
-from .driver.session import Session
-from .driver.trackers import DEFAULT_LOG, TRACKERS, Trackers, parse_log
-from .dryrun import (
+from ablations.store.collector import Collector
+from ablations.store.ledger import Ledger
+from ablations.command.progress import Eta, Progress, duration, estimate_comparison, labels
+from ablations.driver.session import Session
+from ablations.driver.trackers import DEFAULT_LOG, TRACKERS, Trackers, parse_log
+from ablations.command.dryrun import (
     data_sizes,
     estimate_target,
     planned_gpu,
@@ -57,12 +57,12 @@ from .dryrun import (
     trial_estimator,
     wall_estimate,
 )
-from .gpu_memory import heaviest
-from .report.timing import where_the_time_went
-from .results import RunFolder, RunFolderError, now
-from .runfolder import plan_in_folder, refuse_stale, results_mirror, run_meta, start_folder
-from .speeds import DEFAULT_GPU, GPU
-from .stats import sequential as Q
+from ablations.plan.gpu_memory import heaviest
+from ablations.report.timing import where_the_time_went
+from ablations.store.results import RunFolder, RunFolderError, now
+from ablations.store.runfolder import plan_in_folder, refuse_stale, results_mirror, run_meta, start_folder
+from ablations.plan.speeds import DEFAULT_GPU, GPU
+from ablations.stats import sequential as Q
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "preflight; with --dry-run, --gpu-model's, or this machine's GPU)")
     r.add_argument("--trial-gpu-memory", type=float, metavar="GIB",
                    help="the heaviest trial's peak GPU memory for --gpus-per-trial auto (default: from the measured "
-                        "peaks of ablations/gpu_memory.py)")
+                        "peaks of ablations/plan/gpu_memory.py)")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial worker (default: 1, or 2 on CPU machines with 8+ cores)")
     r.add_argument("--workers", type=int, default=1, help="Ray Train workers (data-parallel processes) per trial")
     r.add_argument("--trial-runner", choices=("auto", "actor", "train"), default="auto",
@@ -353,7 +353,7 @@ class Command:
                      "classes": list(self.splits.classes)}                                          # augmentation
 
     def run_trials(self, tids: list[str]) -> None:
-        from .driver.tune import run_in_lineage_order
+        from ablations.driver.tune import run_in_lineage_order
 
         self.ran.extend(tids)
         run_in_lineage_order(self.session, tids, self.res, self.data, self.storage, self.args.retries,
@@ -417,7 +417,7 @@ class Command:
 
     def _report(self) -> None:
         if not self.args.no_report:
-            from .report import write_report
+            from ablations.report import write_report
 
             print(f"report: {write_report(self.folder.path)}")
             for line in self.trackers.log_report(self.folder.path):

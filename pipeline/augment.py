@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .registry import NORMALIZATION, TTA_MODES, TTA_VIEWS  # noqa: F401  (re-exported)
-from .views import ViewParams
+from pipeline.registry import NORMALIZATION, TTA_MODES, TTA_VIEWS  # noqa: F401  (re-exported)
+from pipeline.views import ViewParams
 
 TTA_SHIFT = 2  # pixels at the native resolution
 

@@ -12,9 +12,9 @@ import difflib
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Collection
 
-from . import registry as R
-from .errors import ConfigError  # noqa: F401  (re-exported)
-from .ids import ID_SCHEMA, trial_id
+from pipeline import registry as R
+from pipeline.errors import ConfigError  # noqa: F401  (re-exported)
+from pipeline.ids import ID_SCHEMA, trial_id
 
 EXECUTION_KEYS = frozenset(
     {"device", "amp", "channels_last", "compile", "feature_cache", "eval_batch_size", "threads", "workers"}

@@ -41,7 +41,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import (
+from pipeline.errors import (
     DataError,  # noqa: F401  (re-exported)
     one_line,
 )

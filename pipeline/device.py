@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from .config import TrialConfig
+from pipeline.config import TrialConfig
 
 
 def resolve_device(name: str) -> torch.device:

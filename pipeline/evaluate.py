@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import TTA_MODES
+from pipeline.registry import TTA_MODES
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

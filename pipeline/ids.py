@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
 
-from .errors import ConfigError
+from pipeline.errors import ConfigError
 
 ID_SCHEMA = 3
 

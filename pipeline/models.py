@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import TrialConfig
-from .errors import ModelError  # noqa: F401  (re-exported)
-from .registry import BACKBONES, HEADS
+from pipeline.config import TrialConfig
+from pipeline.errors import ModelError  # noqa: F401  (re-exported)
+from pipeline.registry import BACKBONES, HEADS
 
 
 class Backbone(nn.Module):

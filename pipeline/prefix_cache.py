@@ -45,7 +45,7 @@ class Entry:
 
 
 def default_directory() -> Path:
-    from .data import default_cache_dir
+    from pipeline.data import default_cache_dir
 
     return Path(os.environ.get(DIR_ENV) or default_cache_dir() / "prefix")
 

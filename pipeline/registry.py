@@ -3,7 +3,7 @@
 * ``BACKBONES``: every backbone, with everything the code needs to know about it in one entry: its builder
   (``pipeline.models``), where its ImageNet weights come from and the input normalization those weights expect.
   A new backbone is one entry here and its builder function (its measured speeds, for the dry run's estimate, go
-  in ``ablations.speeds``; without them the estimate uses a stated stand-in).
+  in ``ablations.plan.speeds``; without them the estimate uses a stated stand-in).
 * ``HEADS``, ``OPTIMIZERS``, ``SCHEDULES``: the heads, optimizers and learning-rate schedules (``head``,
   ``optimizer``, ``schedule`` keys): a new one is one entry here (and its class or function).
 * ``AUGMENT_PRESETS``: the augmentation policies (``augment`` key) and what each draws (``pipeline.views``).

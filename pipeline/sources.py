@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import augment as aug
-from . import views
-from .config import TrialConfig, effective_normalization, prefix_refusal, stages_at
-from .device import Precision, eval_batch
-from .models import Classifier, Prefix, Top, prefix_cut, weights_digest
-from .prefix_cache import BUDGET_ENV, PrefixCache
+from pipeline import augment as aug
+from pipeline import views
+from pipeline.config import TrialConfig, effective_normalization, prefix_refusal, stages_at
+from pipeline.device import Precision, eval_batch
+from pipeline.models import Classifier, Prefix, Top, prefix_cut, weights_digest
+from pipeline.prefix_cache import BUDGET_ENV, PrefixCache
 
 SPLITS = ("train", "val", "test")
 PREFIX_FORMAT = 1  # bump when what a prefix computes changes (model code), so old entries are not read

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import augment as aug
-from . import registry as R
-from .config import TrialConfig, stages_at
-from .device import Precision, resolve_device
-from .evaluate import summary
-from .models import (
+from pipeline import augment as aug
+from pipeline import registry as R
+from pipeline.config import TrialConfig, stages_at
+from pipeline.device import Precision, resolve_device
+from pipeline.evaluate import summary
+from pipeline.models import (
     build_model,
     count_trainable,
     set_trainable,
@@ -37,9 +37,9 @@ from .models import (
     trained_modules,
     trained_state,
 )
-from .prefix_cache import PrefixCache
-from .provenance import code_version
-from .sources import (
+from pipeline.prefix_cache import PrefixCache
+from pipeline.provenance import code_version
+from pipeline.sources import (
     CachedPrefix,
     Inputs,
     RawImages,

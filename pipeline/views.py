@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .registry import AUGMENT_PRESETS  # noqa: F401  (re-exported)
+from pipeline.registry import AUGMENT_PRESETS  # noqa: F401  (re-exported)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

@@ -7,13 +7,13 @@ Every folder under FOLDER holding a trials.parquet is a run, in the order the ru
 
 1. per trial: when it ran (seconds from the run's first trial start), where its slot went, its last epoch's
    training speed, how many other trials trained at the same time, its peak GPU memory against the peak the
-   packing plans with (``ablations.gpu_memory``), and which path the prefix cache's cost model chose;
+   packing plans with (``ablations.plan.gpu_memory``), and which path the prefix cache's cost model chose;
 2. where the time went, per run: slot time is the span from the first trial's start to the last result, times
    the run's concurrency (the runs may have been stopped by the check's limits, so not the session's wall time);
 3. GPU memory, per run with samples (NAME.gpu.csv beside its folder, nvidia-smi every 0.5 s): the most one
    process held (its CUDA context, torch's cache and all) against the footprint ``--gpus-per-trial auto`` plans for
    the run's heaviest trial, and the most the GPU held in all;
-4. the estimate against the measured trial times (``ablations.estimate`` for the run's GPU, trials per GPU and
+4. the estimate against the measured trial times (``ablations.plan.estimate`` for the run's GPU, trials per GPU and
    runner); for the issue-20 runs also the estimate their run printed (H100 speeds, 16 s per trial).
 """
 from __future__ import annotations
@@ -26,10 +26,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablations import speeds as S  # noqa: E402
-from ablations.driver.packing import footprint_mib  # noqa: E402
-from ablations.estimate import Target, trial_seconds  # noqa: E402
-from ablations.gpu_memory import trial_peak  # noqa: E402
+from ablations.plan import speeds as S  # noqa: E402
+from ablations.plan.packing import footprint_mib  # noqa: E402
+from ablations.plan.estimate import Target, trial_seconds  # noqa: E402
+from ablations.plan.gpu_memory import trial_peak  # noqa: E402
 from ablations.report.timing import where_the_time_went  # noqa: E402
 from pipeline.config import TrialConfig  # noqa: E402
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablations.driver import adaptive as A
-from ablations.driver.ledger import Ledger
+from ablations.command import rounds as A
+from ablations.store.ledger import Ledger
 from ablations.report.adaptive import run_plan
 from ablations.report.rundata import RunData
-from ablations.results import RunFolder
+from ablations.store.results import RunFolder
 from ablations.stats import sequential as Q
 from pipeline.ids import trial_id
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.results import RunFolder
+from ablations.store.results import RunFolder
 from pipeline import data as D
 
 SUBSET = Path(__file__).resolve().parent / "data" / "cifar10-subset.tar.gz"

@@ -1,4 +1,4 @@
-"""``--until-decided`` in the driver and the report (ablations.driver.adaptive, ablations.report.adaptive).
+"""``--until-decided`` in the driver and the report (ablations.command.rounds, ablations.report.adaptive).
 
 Without Ray: the round loop on a real results folder (a real grid expansion, the driver's ledger, run.json as the
 driver writes it) whose trials are synthetic: a reference, an arm that cannot learn (lr 1e-8: a large effect), an
@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import grids
-from ablations.driver import adaptive as A
-from ablations.driver.ledger import Ledger
+from ablations.plan import grids
+from ablations.command import rounds as A
+from ablations.store.ledger import Ledger
 from ablations.report import write_report
-from ablations.results import RunFolder, RunFolderError
+from ablations.store.results import RunFolder, RunFolderError
 from ablations.run import main
-from ablations.runfolder import plan_in_folder
+from ablations.store.runfolder import plan_in_folder
 from ablations.stats import sequential as Q
 from pipeline.data import CIFAR10_CLASSES
 from pipeline.errors import ConfigError

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import grids
+from ablations.plan import grids
 from ablations.report import main, write_report
 from ablations.report.rundata import best_config_ids
-from ablations.results import RunFolder
+from ablations.store.results import RunFolder
 from pipeline.evaluate import summary
 
 from .conftest import run_cli
@@ -138,7 +138,7 @@ def test_citations_match_the_seed_write_ups():
     assert "003" in grids.SEED_REPORTED["L3"] and "CNN from scratch (001 and 003)" in grids.SEED_REPORTED["L3"]
     assert "82.1% (002, ResNet-50" in grids.SEED_REPORTED["L1"] and "SE head (002" in grids.SEED_REPORTED["L3"]
     assert "94.6% (002, ResNet-50)" in grids.SEED_REPORTED["L2"]
-    full = (REPO / "ablations" / "builtin_grids" / "full.yaml").read_text()
+    full = (REPO / "ablations" / "plan" / "builtin_grids" / "full.yaml").read_text()
     assert "(003)" not in full and "001/002" not in full and "(seeds 000, 001, 003)" not in full
 
 

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import grids, portable
+from ablations.plan import grids
+from ablations.store import portable
 from ablations.bench.sections import SCALE_GRID, synthetic_checkpoint
-from ablations.driver.collector import Collector
-from ablations.driver.ledger import Ledger
-from ablations.driver.progress import (
+from ablations.store.collector import Collector
+from ablations.store.ledger import Ledger
+from ablations.command.progress import (
     Eta,
     Progress,
     duration,
@@ -24,7 +25,7 @@ from ablations.driver.progress import (
     labels,
 )
 from ablations.driver.session import Session, epoch_row
-from ablations.results import LEDGER, RunFolder
+from ablations.store.results import LEDGER, RunFolder
 from pipeline.data import CIFAR10_CLASSES
 
 EPOCHS = SCALE_GRID["base"]["epochs"]

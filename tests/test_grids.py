@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ablations import grids
-from ablations.config import parse_overrides
+from ablations.plan import grids
+from ablations.plan.overrides import parse_overrides
 from pipeline.config import ConfigError, TrialConfig
 
 from .conftest import run_cli

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import grids
-from ablations.driver.ledger import Ledger
-from ablations.results import RunFolder, RunFolderError
-from ablations.runfolder import plan_in_folder, refuse_stale
+from ablations.plan import grids
+from ablations.store.ledger import Ledger
+from ablations.store.results import RunFolder, RunFolderError
+from ablations.store.runfolder import plan_in_folder, refuse_stale
 from pipeline.config import TrialConfig
 from pipeline.errors import ConfigError
 from pipeline.ids import ID_BASELINE, ID_SCHEMA, identity, legacy_trial_id

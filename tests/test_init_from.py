@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ablations import grids
+from ablations.plan import grids
 from pipeline import views
 from pipeline.config import TrialConfig
 from pipeline.train import epoch_seed, fit

@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from ablations.mirror import Mirror
+from ablations.store.mirror import Mirror
 
 from .conftest import BUCKET, REPO
 

@@ -147,7 +147,7 @@ def test_a_new_backbone_is_one_registry_entry(monkeypatch, small_splits):
     prefix cache, gets a dry-run estimate (a stated stand-in speed: it has none measured) and an offline-weights
     line from ablations.check."""
     from ablations.check import check_weights
-    from ablations.estimate import Target, plan_seconds
+    from ablations.plan.estimate import Target, plan_seconds
     from pipeline import registry as R
     from pipeline.config import ConfigError, effective_normalization
     from pipeline.train import fit

@@ -9,11 +9,11 @@ import re
 import numpy as np
 import pytest
 
-from ablations import claims as C
-from ablations import grids
+from ablations.plan import claims as C
+from ablations.plan import grids
 from pipeline import data as D
 
-from .conftest import GRIDS, OTHER_CLASSES, REPO, make_imagefolder, run_cli
+from .conftest import GRIDS, OTHER_CLASSES, make_imagefolder, run_cli
 
 MIXED = ((48, 48), (48, 48), (32, 32), (64, 40), (40, 56))  # 48x48 the most common
 MODES = ("RGB", "L", "RGBA", "P")
@@ -134,7 +134,7 @@ def test_class_claims_on_classes_the_data_lacks_are_listed_not_testable():
 def test_the_claims_table_lists_a_class_claim_on_other_classes_as_not_testable(tmp_path):
     from ablations.report.claimtable import claims_table, measure_claims
     from ablations.report.rundata import RunData
-    from ablations.results import RunFolder
+    from ablations.store.results import RunFolder
 
     spec = {"base": {"epochs": 1}, "levels": {"L1": {"set": {}}},
             "claims": {"rigid": {"says": "ships beat cats", "source": "s", "level": "L1", "better": ["ship"],

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from ablations import grids
+from ablations.plan import grids
 
 from .conftest import REPO
 
@@ -39,7 +39,7 @@ def run_installed(site, *args: str, cwd) -> subprocess.CompletedProcess:
 def test_the_wheel_holds_every_builtin_grid_and_the_aws_policies(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"ablations/builtin_grids/{g}.yaml" for g in grids.builtin_names()} <= names
+    assert {f"ablations/plan/builtin_grids/{g}.yaml" for g in grids.builtin_names()} <= names
     assert {f"ablations/aws_policies/{p}.json" for p in ("head", "worker", "launcher", "ec2-trust")} <= names
     assert "pipeline/train.py" in names and "ablations/run.py" in names
 

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from ablations.driver import packing
+from ablations.plan import packing
 from ablations.driver.cluster import (
     HEAD_MEMORY_SHARE,
     HEAD_MIB_PER_TRIAL,
@@ -17,8 +17,8 @@ from ablations.driver.cluster import (
     gpu_share,
     plan_resources,
 )
-from ablations.estimate import Target, packing_gain, trial_seconds
-from ablations.gpu_memory import PEAK_MIB, Peak, heaviest, trial_peak
+from ablations.plan.estimate import Target, packing_gain, trial_seconds
+from ablations.plan.gpu_memory import PEAK_MIB, Peak, heaviest, trial_peak
 from pipeline.config import TrialConfig
 
 
@@ -101,7 +101,7 @@ def test_gpu_tables_are_keyed_by_model_and_say_what_is_not_measured():
 
 
 def test_cpu_estimates_pay_for_each_prefix_cache_entry_once():
-    from ablations.estimate import plan_seconds
+    from ablations.plan.estimate import plan_seconds
 
     l2 = TrialConfig(backbone="efficientnet_lite0", resolution=96, train_stages="1", epochs=4, augment="strong")
     same_views = l2.replace(lr=3e-4)  # shares every entry of l2 (same seed, cut, views)

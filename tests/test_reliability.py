@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.results import RunFolder
+from ablations.store.results import RunFolder
 
 from .conftest import (
     GRIDS,

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import grids
+from ablations.plan import grids
 from ablations.report import main, write_report
 from ablations.report.rundata import best_config_ids, finished
-from ablations.results import RunFolder
+from ablations.store.results import RunFolder
 from pipeline import data as D
 from pipeline.evaluate import summary
 

@@ -4,7 +4,7 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
     """Results are shared (a cluster's head, a group's server): not the 0600 of a temporary file."""
     import os
 
-    from ablations.results import atomic_write_text
+    from ablations.store.results import atomic_write_text
 
     path = tmp_path / "REPORT.md"
     atomic_write_text(path, "x")

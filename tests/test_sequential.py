@@ -233,7 +233,7 @@ def test_verdicts_status_and_the_image_condition():
 
 
 def test_comparisons_from_the_smoke_grid():
-    from ablations import grids
+    from ablations.plan import grids
 
     plan = grids.expand(*grids.load_spec("smoke"))
     ref = {p.level: p.config_id for p in plan.points if p.axis == "reference"}

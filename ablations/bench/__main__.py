@@ -1,5 +1,5 @@
 import sys
 
-from .sections import main
+from ablations.bench.sections import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 * ``speed``: training images/s of ``fit`` per backbone, resolution and freeze depth, evaluation images/s and
   peak GPU memory, with the precision a GPU trial uses by default (bf16 autocast, channels_last). These rows
-  replace assumed GPU speeds in ``ablations.estimate`` (``examples/bench/gpu/bench.json``).
+  replace assumed GPU speeds in ``ablations.plan.estimate`` (``examples/bench/gpu/bench.json``).
 * ``precision``: the same small real trials in fp32, bf16, fp16 and bf16 + ``torch.compile``: accuracy and
   speed of each against fp32.
 * ``packing``: k processes training at once on one GPU (what ``--gpus-per-trial 1/k`` does): the aggregate

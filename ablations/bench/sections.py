@@ -160,7 +160,7 @@ def machine() -> dict[str, Any]:
     out = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "python": platform.python_version(), "platform": platform.platform()}
     if torch.cuda.is_available():
-        from .gpu import gpu_machine
+        from ablations.bench.gpu import gpu_machine
 
         out.update(gpu_machine())
     return out
@@ -317,7 +317,7 @@ def _note(config: dict, times: dict) -> None:
 
 
 def empty_trial(tune_config: dict, data: dict) -> None:
-    from ..driver.trainable import run_trial
+    from ablations.driver.trainable import run_trial
 
     run_trial(tune_config, data, loop=empty_loop)
     _note(tune_config["trial"]["config"], {"returned": time.time()})
@@ -348,7 +348,7 @@ def empty_trial_stock(tune_config: dict, data: dict) -> None:
     """The same, with Ray's own ``TorchConfig`` (which imports torch in the Train controller)."""
     from ray.train.torch import TorchConfig
 
-    from ..driver.trainable import run_trial
+    from ablations.driver.trainable import run_trial
 
     run_trial(tune_config, data, loop=empty_loop, torch_config=TorchConfig())
 
@@ -359,8 +359,8 @@ def bench_overhead(n_trials: int) -> dict:
 
     from pipeline.config import TrialConfig
 
-    from ..driver import tune as R
-    from ..driver.cluster import RAY_TRAIN_ENV, Resources
+    from ablations.driver import tune as R
+    from ablations.driver.cluster import RAY_TRAIN_ENV, Resources
 
     res = Resources(cpus=1, gpus=0, workers=1, gpu_resource="GPU", concurrency=1)
     out: dict[str, Any] = {"trials": n_trials}
@@ -406,7 +406,7 @@ def waiting_loop(loop_config: dict) -> None:
 
 
 def waiting_trial(tune_config: dict, data: dict) -> None:
-    from ..driver.trainable import run_trial
+    from ablations.driver.trainable import run_trial
 
     run_trial(tune_config, data, loop=waiting_loop)
 
@@ -454,8 +454,8 @@ def bench_head_memory(concurrency: tuple[int, ...] = (2, 8), hold_s: float = 25.
 
     from pipeline.config import TrialConfig
 
-    from ..driver import tune as R
-    from ..driver.cluster import RAY_TRAIN_ENV, Resources
+    from ablations.driver import tune as R
+    from ablations.driver.cluster import RAY_TRAIN_ENV, Resources
 
     out: dict[str, Any] = {"hold_s": hold_s, "runs": {}}
     n_cpus = max(concurrency)
@@ -573,11 +573,11 @@ class DriverFeed:
     to the TensorBoard callback (``ablations.driver.trackers``), timed apart."""
 
     def __init__(self, plan, folder_dir: Path, concurrency: int, tensorboard_dir: Path | None, trace_memory: bool):
-        from ..driver.collector import Collector
-        from ..driver.ledger import Ledger
-        from ..driver.progress import Eta, Progress, labels
-        from ..driver.session import Session
-        from ..results import RunFolder
+        from ablations.store.collector import Collector
+        from ablations.store.ledger import Ledger
+        from ablations.command.progress import Eta, Progress, labels
+        from ablations.driver.session import Session
+        from ablations.store.results import RunFolder
 
         self.folder = RunFolder(folder_dir)
         self.folder.path.mkdir(parents=True)
@@ -592,7 +592,7 @@ class DriverFeed:
         self.memory: list[int] = []
         self.tb, self.tb_trials, self.tb_seconds = None, {}, []
         if tensorboard_dir is not None:
-            from ..driver.trackers import tensorboard_callback
+            from ablations.driver.trackers import tensorboard_callback
 
             self.tb = tensorboard_callback(tensorboard_dir)
 
@@ -630,7 +630,7 @@ class DriverFeed:
     def finish(self, tid: str, checkpoint: Path, epochs: int) -> None:
         metrics = self.timed(self.session.finished, tid, checkpoint)
         if self.tb is not None:
-            from ..driver.trackers import final_metrics
+            from ablations.driver.trackers import final_metrics
 
             self.to_tensorboard(tid, {"kind": "final", "val_acc": 0.41, "test_acc": 0.40,
                                       "training_iteration": epochs + 1, "final": final_metrics(metrics), **TUNE_KEYS})
@@ -644,7 +644,7 @@ def feed_driver(n_trials: int, epochs: int, concurrency: int, folder_dir: Path, 
     reading the live tables and compacting them at the end took."""
     import tracemalloc
 
-    from .. import grids
+    from ablations.plan import grids
 
     plan = grids.expand("scale", SCALE_GRID, seeds=n_trials)
     feed = DriverFeed(plan, folder_dir, concurrency, tensorboard_dir, trace_memory)
@@ -902,7 +902,7 @@ def render_smoke(sm: dict) -> list[str]:
 
 
 def render_sequential(sq: dict) -> list[str]:
-    from ..stats.simulation import markdown as sequential_markdown
+    from ablations.stats.simulation import markdown as sequential_markdown
 
     return sequential_markdown(sq)
 
@@ -963,7 +963,7 @@ def _throughput(c: Context) -> list[dict]:
 
 def _gpu(name: str) -> Callable[[Context], Any]:
     def measure(c: Context):
-        from . import gpu
+        from ablations.bench import gpu
 
         if name == "compile":  # rows beside the precision section's, compared with its fp32
             return gpu.bench_compile(c.quick, progress=c.progress("precision"), into=c.report.get("precision"))
@@ -972,7 +972,7 @@ def _gpu(name: str) -> Callable[[Context], Any]:
 
 
 def _sequential(c: Context) -> dict:
-    from ..stats.simulation import bench_sequential
+    from ablations.stats.simulation import bench_sequential
 
     return bench_sequential(c.out, quick=c.quick)
 
@@ -1004,7 +1004,7 @@ GPU_DEFAULT = ("speed", "precision", "throughput", "packing", "compile", "runner
 
 
 def gpu_render(name: str, result) -> list[str]:
-    from .gpu import render
+    from ablations.bench.gpu import render
 
     return render(name, result)
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from pipeline.errors import UserError, one_line
 
-from ..gpu_memory import Peak
-from . import packing
+from ablations.plan.gpu_memory import Peak
+from ablations.plan import packing
 
 # Ray Train settings for many short trials (measured by ``python -m ablations.bench``): the controller polls
 # its workers every 0.25 s instead of 2 s (a finished trial is noticed sooner), per-run helper actors we do
@@ -128,7 +128,7 @@ class ClusterOptions:
     num_gpus: int | None = None
     gpu_resource: str = "GPU"
     gpu_memory: float | None = None  # GiB of each GPU (default: measured on the node by the preflight)
-    trial_gpu_memory: float | None = None  # GiB at the heaviest trial's peak (default: ablations.gpu_memory)
+    trial_gpu_memory: float | None = None  # GiB at the heaviest trial's peak (default: ablations.plan.gpu_memory)
     trial_runner: str = "auto"
     verbose: bool = False
     wait_for_resources: float | None = None

@@ -18,8 +18,8 @@ from typing import Any
 
 from pipeline.errors import one_line
 
-from ..mirror import filesystem
-from .cluster import GpuMemory, ResourceError, Resources, fmt_resources
+from ablations.store.mirror import filesystem
+from ablations.driver.cluster import GpuMemory, ResourceError, Resources, fmt_resources
 
 
 def needed(res: Resources, on_cluster: bool) -> bool:

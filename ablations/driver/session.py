@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .collector import Collector
-from .ledger import Ledger
-from .progress import Progress
-from .trackers import final_metrics
+from ablations.store.collector import Collector
+from ablations.store.ledger import Ledger
+from ablations.command.progress import Progress
+from ablations.driver.trackers import final_metrics
 
 # what Tune adds to every result, and our own markers: the rest of an epoch result is the epoch's row
 NOT_EPOCH_COLUMNS = {"kind", "trial_id", "checkpoint_path", "checkpoint_dir_name", "done", "should_checkpoint",
@@ -77,7 +77,7 @@ def make_recorder(session: Session, storage: str, demand=None):
     Tune hands to every callback after it (only the headline numbers travel through Tune itself)."""
     from ray import tune
 
-    from .trainable import fetch_checkpoint
+    from ablations.driver.trainable import fetch_checkpoint
 
     def trial_id(trial) -> str:
         return trial.config["trial"]["trial_id"]

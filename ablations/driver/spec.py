@@ -8,7 +8,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from .cluster import Resources
+from ablations.driver.cluster import Resources
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def with_execution(cfg, res: Resources):
 
 @functools.cache
 def lazy_backend() -> bool:
-    from .torch_backend import lazy_backend_supported
+    from ablations.driver.torch_backend import lazy_backend_supported
 
     missing = lazy_backend_supported()
     if missing:

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..mirror import filesystem
-from .spec import TrialSpec
+from ablations.store.mirror import filesystem
+from ablations.driver.spec import TrialSpec
 
 FINAL_FILES = ("final.json", "logits.npz", "model.pt")
 
@@ -268,7 +268,7 @@ def run_trial(tune_config: dict[str, Any], data: dict[str, Any], loop=train_loop
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .torch_backend import make_trainer
+    from ablations.driver.torch_backend import make_trainer
 
     res = spec.resources
     trainer = make_trainer(

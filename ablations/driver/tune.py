@@ -8,11 +8,11 @@ from typing import Any
 
 from pipeline.config import EXECUTION_KEYS
 
-from .cluster import AutoscalerDemand, Resources
-from .progress import quiet_ray
-from .session import Session, make_recorder, root_error
-from .spec import TrialSpec
-from .trackers import trial_name
+from ablations.driver.cluster import AutoscalerDemand, Resources
+from ablations.command.progress import quiet_ray
+from ablations.driver.session import Session, make_recorder, root_error
+from ablations.driver.spec import TrialSpec
+from ablations.driver.trackers import trial_name
 
 
 def run_in_lineage_order(session: Session, pending: list[str], res: Resources, data: dict, storage: str,
@@ -67,7 +67,7 @@ def run_tune(session: Session, pending: list[str], res: Resources, data: dict, s
              verbose: bool, demand: AutoscalerDemand | None = None, trackers: list | None = None,
              inits: dict[str, Any] | None = None) -> None:
     """Tune runs the pending trials; ``session`` hears every event first, the trackers' callbacks after it."""
-    from .trainable import run_trial, run_trial_in_actor
+    from ablations.driver.trainable import run_trial, run_trial_in_actor
 
     specs = [TrialSpec.of(tid, session.ledger.trials[tid], res, storage, retries, session.progress.labels[tid],
                           (inits or {}).get(tid)) for tid in pending]

@@ -9,4 +9,4 @@
 May import ``ablations.stats``, the top-level contracts (results, grids, claims, mirror, portable) and
 ``pipeline``; never Ray or ``ablations.driver`` (tests/test_layers.py).
 """
-from .writer import main, write_report  # noqa: F401
+from ablations.report.writer import main, write_report  # noqa: F401

@@ -1,5 +1,5 @@
 import sys
 
-from .writer import main
+from ablations.report.writer import main
 
 sys.exit(main())

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import grids
-from .. import stats as S
-from ..claims import NOT_TESTABLE
-from ..stats import sequential as Q
-from ..stats.sequential import Settings
-from .rundata import RunData
-from .claimtable import NotMeasured, class_claim_data
-from .tables import BOOT_SEED, CONFIDENCE
+from ablations.plan import grids
+from ablations import stats as S
+from ablations.plan.claims import NOT_TESTABLE
+from ablations.stats import sequential as Q
+from ablations.stats.sequential import Settings
+from ablations.report.rundata import RunData
+from ablations.report.claimtable import NotMeasured, class_claim_data
+from ablations.report.tables import BOOT_SEED, CONFIDENCE
 
 CLAIM_WORDS = {Q.HIGHER: "confirmed", Q.LOWER: "contradicted", Q.OPEN: S.INCONCLUSIVE}
 AXIS_WORDS = {Q.HIGHER: "higher", Q.LOWER: "lower", Q.OPEN: S.INCONCLUSIVE}

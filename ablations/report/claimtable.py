@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import stats as S
-from ..claims import GROUPS, Claim, absent_classes, not_testable
-from ..stats import finite
-from . import setting as ST
-from .comparisons import ClaimIndex, ClaimVerdict, Pair, Side
-from .rundata import RunData
-from .tables import BOOT_SEED, CONFIDENCE, N_BOOT, compare, mde_note
-from .tablespec import Col, Table, adaptive_columns, both_ci, boot_ci, p_value, per_seed_diff, text
+from ablations import stats as S
+from ablations.plan.claims import GROUPS, Claim, absent_classes, not_testable
+from ablations.stats import finite
+from ablations.report import setting as ST
+from ablations.report.comparisons import ClaimIndex, ClaimVerdict, Pair, Side
+from ablations.report.rundata import RunData
+from ablations.report.tables import BOOT_SEED, CONFIDENCE, N_BOOT, compare, mde_note
+from ablations.report.tablespec import Col, Table, adaptive_columns, both_ci, boot_ci, p_value, per_seed_diff, text
 
 CLAIM_VERDICTS = {"higher": "confirmed", "lower": "contradicted"}
 

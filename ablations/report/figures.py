@@ -10,10 +10,10 @@ import pandas as pd
 
 from pipeline.registry import TRAIN_STAGES
 
-from ..results import atomic_write
-from ..stats import MIN_SEEDS, finite
-from .rundata import RunData, config_keys
-from .tablespec import fmt_value, seed_values
+from ablations.store.results import atomic_write
+from ablations.stats import MIN_SEEDS, finite
+from ablations.report.rundata import RunData, config_keys
+from ablations.report.tablespec import fmt_value, seed_values
 
 GRADCAM_PER_CLASS = 3
 ORDINAL = {"train_stages": TRAIN_STAGES}
@@ -215,7 +215,7 @@ def load_test_images(run: RunData):
     """The run's test images (uint8), rebuilt from its data settings and checked against labels.npz."""
     from pipeline import data as D
 
-    from ..portable import resolve
+    from ablations.store.portable import resolve
 
     d = run.meta.get("data") or {}
     if not d.get("source"):

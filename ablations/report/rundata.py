@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..results import RunFolder
-from ..stats import finite
+from ablations.store.results import RunFolder
+from ablations.stats import finite
 
 LOGITS_CACHE = 24  # trials whose logits stay in memory at once
 
@@ -139,7 +139,7 @@ class RunData:
         except Exception as e:  # a malformed trials table: list the trials, skip the comparisons
             self.notes.append(f"cannot choose the levels' best configs ({type(e).__name__}: {e}).")
             self.best = {}
-        from .. import grids
+        from ablations.plan import grids
 
         self.reported = {**grids.SEED_REPORTED, **{str(k): str(v) for k, v in (self.spec.get("reported") or {}).items()}}
         self.level_labels = dict(grids.LEVEL_LABELS)
@@ -152,7 +152,7 @@ class RunData:
     def _read_claims(self) -> list:
         """The claims of the grid this run was made with; for a run whose run.json predates claims, those of the
         built-in grid of the same name today (claims it cannot measure say so in the report)."""
-        from .. import claims, grids
+        from ablations.plan import claims, grids
 
         value = self.spec.get("claims")
         grid = str(self.meta.get("grid") or "")

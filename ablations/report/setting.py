@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from ..claims import SETTING_KEYS
+from ablations.plan.claims import SETTING_KEYS
 
 BACKBONE_NAMES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet34": "ResNet-34",
                   "resnet50": "ResNet-50", "resnet101": "ResNet-101", "small_cnn": "4-block CNN"}

@@ -12,28 +12,25 @@ fewer than ``MIN_SEEDS`` seeds there is no verdict. The exact McNemar test per s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from .. import stats as S
-from ..claims import arm_name
-from ..stats import finite
-from .comparisons import ClaimIndex, Pair, Side
-from .rundata import RunData, normalise_trials
-from .tablespec import (
+from ablations import stats as S
+from ablations.plan.claims import arm_name
+from ablations.stats import finite
+from ablations.report.comparisons import ClaimIndex, Pair, Side
+from ablations.report.rundata import RunData, normalise_trials
+from ablations.report.tablespec import (
     EMPTY,
     Col,
     Table,
     adaptive_columns,
-    boot_ci,
     comparison_columns,
     fmt_value,
     number,
-    p_value,
     pct,
     pct_text,
     per_seed,
@@ -368,7 +365,7 @@ def tta_table(run: RunData, n_boot: int = N_BOOT, claimed: ClaimIndex | None = N
 
 def ensemble_specs(run: RunData) -> list[tuple[str, list[tuple[str, str]], str]]:
     """[(name, [(level, config_id), ...], why)] from the grid spec's 'ensembles', or all levels' best."""
-    from ..grids import ensembles_of
+    from ablations.plan.grids import ensembles_of
 
     out = []
     for name, e in ensembles_of(run.spec, [lv for lv in run.levels if lv in run.best]).items():

@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .. import stats as S
-from ..stats import finite
+from ablations import stats as S
+from ablations.stats import finite
 
 Row = Mapping[str, Any]
 Formatter = Callable[[Row], str]

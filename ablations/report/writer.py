@@ -27,13 +27,13 @@ from pipeline.data import describe_stored
 from pipeline.errors import UserError, one_line
 from pipeline.provenance import code_version
 
-from .. import stats as S
-from ..claims import DEFAULT_EQUIVALENCE_PP
-from ..mirror import is_remote
-from ..results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
-from . import timing
-from .adaptive import StudyVerdicts
-from .figures import (
+from ablations import stats as S
+from ablations.plan.claims import DEFAULT_EQUIVALENCE_PP
+from ablations.store.mirror import is_remote
+from ablations.store.results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
+from ablations.report import timing
+from ablations.report.adaptive import StudyVerdicts
+from ablations.report.figures import (
     GRADCAM_PER_CLASS,
     Skip,
     fig_axis,
@@ -43,10 +43,10 @@ from .figures import (
     fig_per_class_f1,
     load_test_images,
 )
-from .rundata import RunData
-from .claimtable import ClaimResult, claim_index, claims_table, measure_claims
-from .comparisons import ClaimIndex
-from .tables import (
+from ablations.report.rundata import RunData
+from ablations.report.claimtable import ClaimResult, claim_index, claims_table, measure_claims
+from ablations.report.comparisons import ClaimIndex
+from ablations.report.tables import (
     BOOT_SEED,
     N_BOOT,
     POWER,
@@ -57,7 +57,7 @@ from .tables import (
     trials_table,
     tta_table,
 )
-from .tablespec import Col, Table, number, pct, text
+from ablations.report.tablespec import Col, Table, number, pct, text
 
 # ============================================================================ writing
 
@@ -518,11 +518,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_on_mirror(uri: str, **kw) -> int:
-    """A run mirrored under a remote storage (``ablations.mirror``), from any machine: brought down into a
+    """A run mirrored under a remote storage (``ablations.store.mirror``), from any machine: brought down into a
     temporary folder, reported there, and the report (REPORT.md, tables/, figures/) put back beside it."""
     import tempfile
 
-    from ..mirror import Mirror, pull
+    from ablations.store.mirror import Mirror, pull
 
     with tempfile.TemporaryDirectory() as d:
         local = Path(d) / uri.rstrip("/").rsplit("/", 1)[-1]

@@ -7,7 +7,7 @@
 * ``simulation``: their error rates and seed counts under simulated studies (``python -m ablations.bench --only
   sequential``).
 """
-from .paired import (  # noqa: F401
+from ablations.stats.paired import (  # noqa: F401
                      ALPHA,
                      INCONCLUSIVE,
                      MIN_SEEDS,

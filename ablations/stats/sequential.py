@@ -107,10 +107,10 @@ from scipy import stats as _st
 
 from pipeline.errors import ConfigError
 
-from .. import stats as S
+from ablations import stats as S
 
 if TYPE_CHECKING:  # grids imports torch; the core here needs only numpy and scipy
-    from ..grids import Plan
+    from ablations.plan.grids import Plan
 
 ALPHA = S.ALPHA
 PRIOR_G = 4.0  # variance of the standardised effect under the alternative's prior (its SD: 2 seed SDs)

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
-from ..stats import ALPHA, t_test_power
-from . import sequential as Q
+from ablations.stats import ALPHA, t_test_power
+from ablations.stats import sequential as Q
 
 # ============================================================================ building blocks
 

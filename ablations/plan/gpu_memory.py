@@ -1,5 +1,5 @@
 """How much GPU memory a trial needs at its peak, from measured peaks, for ``--gpus-per-trial auto``
-(``ablations.driver.packing``), and how much memory each GPU model of the speed tables has.
+(``ablations.plan.packing``), and how much memory each GPU model of the speed tables has.
 
 ``PEAK_MIB``: per backbone and resolution, the most memory one trial's process allocated on the GPU
 (``torch.cuda.max_memory_allocated``, the ``gpu_peak_mib`` of every trial row) at batch 64, bf16 autocast,

@@ -15,12 +15,12 @@ which rerun each write-up's own configuration, are not variants of the level the
 Every point runs once per seed. The same config reached twice (e.g. an axis arm equal to its level's
 reference) has one trial id and runs once; each way of reaching it is a row ("membership") of the plan.
 
-Grids are YAML files: the built-in ones live in ``ablations/builtin_grids/`` (``--grid full``), a user's
+Grids are YAML files: the built-in ones live in ``ablations/plan/builtin_grids/`` (``--grid full``), a user's
 own is passed by path (``--grid my_grid.yaml``; JSON works too). Other sections: ``seeds`` (default
 number of seeds), ``base`` (config keys shared by every level), ``ensembles`` (formed by the reporter
 from stored logits: ``{name: {axis: AXIS}}`` or ``{name: {levels: [L2, L3]}}``), ``reported`` (the seed
 write-ups' numbers per level, shown beside ours), ``claims`` (the study's hypotheses, each with its source,
-given a verdict in the report: see ``ablations.claims``), ``run_levels`` (the levels to run by default), and
+given a verdict in the report: see ``ablations.plan.claims``), ``run_levels`` (the levels to run by default), and
 ``extends: OTHER`` (start from another grid and replace or extend its parts, see ``merge_specs``).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pipeline.errors import UserError, one_line
 from pipeline.ids import ID_SCHEMA
 from pipeline.registry import TTA_MODES
 
-from . import claims as C
+from ablations.plan import claims as C
 
 
 class GridError(UserError, ValueError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..results import RunFolder, atomic_write
+from ablations.store.results import RunFolder, atomic_write
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Collector:
             return
         import pandas as pd
 
-        from ..report.rundata import best_config_ids
+        from ablations.report.rundata import best_config_ids
 
         keep_cfg = set(best_config_ids(pd.DataFrame(rows)).values())
         keep = {r["trial_id"] for r in rows if r["config_id"] in keep_cfg} | self.parents

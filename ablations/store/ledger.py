@@ -1,7 +1,7 @@
 """The driver's ledger: the status and results of every trial of a run, persisted as they change.
 
 Each event (a trial started, an epoch, a trial finished or failed) costs one line appended to the run folder's
-``ledger.jsonl`` (format: ``ablations.results``), whatever the size of the plan. The tables ``trials.parquet``
+``ledger.jsonl`` (format: ``ablations.store.results``), whatever the size of the plan. The tables ``trials.parquet``
 and ``epochs.parquet`` are rewritten in full only when the ledger is compacted into them: when a session
 starts (``open``: the plan's rows, with what earlier sessions finished) and when it ends (``close``). Readers
 fold the ledger's events into the tables meanwhile (``RunFolder.read_trials``), so a report on a running run or
@@ -21,8 +21,8 @@ from typing import IO, Any
 
 from pipeline.config import EXECUTION_KEYS
 
-from ..grids import Plan
-from ..results import RunFolder
+from ablations.plan.grids import Plan
+from ablations.store.results import RunFolder
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The plan as ``--dry-run`` prints it, and the time estimates a run and its dry run share.
 
 ``print_dry_run``: trials per level and axis, lineage, claims, ensembles, resources and the estimated time (the
-trials' estimated seconds, ``ablations.estimate``, over the concurrency the resources allow), and with
+trials' estimated seconds, ``ablations.plan.estimate``, over the concurrency the resources allow), and with
 ``--until-decided`` the rounds' plan and worst case. Starts no Ray.
 """
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 
 from pipeline import data as D
 
-from . import grids
-from .driver import adaptive as A
-from .driver.cluster import GpuMemory, Resources
-from .driver.spec import with_execution
-from .estimate import Target, plan_seconds, trial_seconds
-from .gpu_memory import GPU_MEMORY_MIB
-from .speeds import DEFAULT_GPU, GPU_NAMES
-from .stats import sequential as Q
+from ablations.plan import grids
+from ablations.command import rounds as A
+from ablations.driver.cluster import GpuMemory, Resources
+from ablations.driver.spec import with_execution
+from ablations.plan.estimate import Target, plan_seconds, trial_seconds
+from ablations.plan.gpu_memory import GPU_MEMORY_MIB
+from ablations.plan.speeds import DEFAULT_GPU, GPU_NAMES
+from ablations.stats import sequential as Q
 
 GpuChoice = tuple[float, "str | None"]  # (--gpu-speed, --gpu-model) for the estimate
 
@@ -130,7 +130,7 @@ def planned_gpu(gpu_model: str | None) -> GpuMemory:
     GPU (nvidia-smi), else the default model's."""
     if gpu_model:
         return GpuMemory(GPU_MEMORY_MIB[gpu_model], name=gpu_model)
-    from .driver.preflight import nvidia_gpus
+    from ablations.driver.preflight import nvidia_gpus
 
     here = nvidia_gpus()
     if here:
@@ -151,7 +151,7 @@ def local_gpu_model() -> str:
 
 
 def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu: GpuChoice = (1.0, None)):
-    """config -> its estimated seconds alone (``ablations.estimate.trial_seconds``: it pays for every prefix-cache
+    """config -> its estimated seconds alone (``ablations.plan.estimate.trial_seconds``: it pays for every prefix-cache
     entry it reads, so a round of added seeds is costed on the safe side)."""
     target = estimate_target(res, gpu)
     return lambda c: trial_seconds(c, *sizes, target)
@@ -159,7 +159,7 @@ def trial_estimator(res: Resources, sizes: tuple[int, int, int], gpu: GpuChoice 
 
 def trial_estimates(configs: dict[str, Any], res: Resources, sizes: tuple[int, int, int],
                     gpu: GpuChoice = (1.0, None), target: Target | None = None) -> dict[str, float]:
-    """Each trial's estimated seconds (``ablations.estimate.plan_seconds``): measured speeds, on CPUs the prefix
+    """Each trial's estimated seconds (``ablations.plan.estimate.plan_seconds``): measured speeds, on CPUs the prefix
     cache's entries paid for once, packed GPU trials slowed by their measured sharing of a GPU."""
     return plan_seconds(configs, *sizes, target or estimate_target(res, gpu))
 

@@ -13,7 +13,7 @@ one more seed, on both sides. The rounds stop when every comparison is decided, 
   them, so it makes the plan the uninterrupted run would have made.
 * A failed seed counts as tried: its comparison moves on to the next seed within the run (a resumed command
   retries failed trials, as for any run).
-* The cost of one more seed of a config is the dry run's estimate (``ablations.estimate``) times the session's
+* The cost of one more seed of a config is the dry run's estimate (``ablations.plan.estimate``) times the session's
   ETA calibration (measured over estimated seconds of its finished trials), over the run's concurrency, in wall
   hours; a config that starts from another's model (``init_from``) adds its parent's. The budget counts the wall
   time of every session of the run.
@@ -31,13 +31,13 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
-from ..grids import Plan
-from ..stats import finite
-from ..stats import sequential as Q
+from ablations.plan.grids import Plan
+from ablations.stats import finite
+from ablations.stats import sequential as Q
 
 # the settings of the procedure (Ray-free, read by the report too) live with it; re-exported here for the CLI
-from ..stats.sequential import DEFAULT_MAX_SEEDS, TESTS, Settings  # noqa: E402,F401
-from .ledger import Ledger
+from ablations.stats.sequential import DEFAULT_MAX_SEEDS, TESTS, Settings  # noqa: E402,F401
+from ablations.store.ledger import Ledger
 
 
 def settings_from_args(args, planned: int) -> Settings | None:

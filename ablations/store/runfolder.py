@@ -1,14 +1,15 @@
 """A run's folder as a command finds and leaves it: the plan it holds (under its id schema; another grid, plan or
 data refused, ``--extend`` merged), ``run.json``'s contents, the first writes, and the copy under a remote
-``--storage`` (``ablations.mirror``)."""
+``--storage`` (``ablations.store.mirror``)."""
 from __future__ import annotations
 
 import sys
 
-from . import grids, portable
-from .driver.ledger import Ledger
-from .mirror import Mirror, is_remote, pull
-from .results import RunFolder, RunFolderError, environment, now
+from ablations.plan import grids
+from ablations.store import portable
+from ablations.store.ledger import Ledger
+from ablations.store.mirror import Mirror, is_remote, pull
+from ablations.store.results import RunFolder, RunFolderError, environment, now
 
 
 def plan_in_folder(folder: RunFolder, plan: grids.Plan, fingerprint: str | None,
@@ -40,7 +41,7 @@ def refuse_stale(folder: RunFolder, state) -> None:
 
 def run_meta(plan: grids.Plan, folder: RunFolder, source: str, fingerprint: str, splits, storage: str,
              old_meta: dict | None, stored: dict | None = None) -> dict:
-    """run.json. Paths are relative to the run folder (``ablations.portable``): the folder can move. ``stored``:
+    """run.json. Paths are relative to the run folder (``ablations.store.portable``): the folder can move. ``stored``:
     what decoding did (``pipeline.data.Dataset.stored``)."""
     trials = plan.trials()
     return {
@@ -66,7 +67,7 @@ def start_folder(folder: RunFolder, meta: dict, splits, ledger: Ledger, mirror: 
 
 
 def results_mirror(folder: RunFolder, storage: str | None) -> Mirror | None:
-    """With a remote --storage, the run folder's copy under ``<storage>/<run name>`` (``ablations.mirror``): a run
+    """With a remote --storage, the run folder's copy under ``<storage>/<run name>`` (``ablations.store.mirror``): a run
     whose folder exists only there (a new head node after ``ray down``) is brought down first."""
     if not is_remote(storage):
         return None
@@ -81,7 +82,7 @@ def _merge_plans(old_meta: dict, plan: grids.Plan) -> grids.Plan:
     """The folder's plan with this command's points added: --extend (another grid's trials), or the same grid
     with other seeds (a later --seeds k, the seeds --until-decided added). Claims: this command's for its own
     grid, else those of the grid the folder holds."""
-    from . import claims as C
+    from ablations.plan import claims as C
 
     claims = plan.claims
     if old_meta.get("grid") != plan.grid:

@@ -1,6 +1,6 @@
 """``--gpus-per-trial auto``: how many one-worker trials share one GPU.
 
-As many as the GPU's memory holds at the heaviest planned trial's peak (``ablations.gpu_memory``), with a margin,
+As many as the GPU's memory holds at the heaviest planned trial's peak (``ablations.plan.gpu_memory``), with a margin,
 and no more than the CPUs beside each GPU can feed (``--cpus-per-trial`` each) or ``MAX_TRIALS_PER_GPU``. A batch-64
 trial leaves a large GPU mostly idle, so packing is where the speed of one GPU comes from (examples/gpu: four
 trials on an H200 each ran at 0.88-1.09x their speed alone). Without the GPU's memory (no --gpu-memory and the

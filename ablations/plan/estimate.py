@@ -1,4 +1,4 @@
-"""Time estimates for ``--dry-run`` and the ETA, from the measured speeds in ``ablations.speeds``.
+"""Time estimates for ``--dry-run`` and the ETA, from the measured speeds in ``ablations.plan.speeds``.
 
 CPU: a model's forward images/s at a reference resolution and the share of that time in its stem and each stage
 give the cost of every part of a trial; time scales with pixels. A trained image costs ``train_mult`` times its
@@ -26,7 +26,7 @@ from pipeline.config import TrialConfig, prefix_refusal, stages_at
 from pipeline.models import prefix_cut
 from pipeline.registry import TTA_MODES
 
-from . import speeds as S
+from ablations.plan import speeds as S
 
 # a trained image on cached prefix outputs: the gather and conversion of its row and the head, in forward passes
 CACHED_ROW_COST = 0.02

@@ -14,7 +14,7 @@
 Every file is written atomically (temporary file + rename), so a crash never leaves a torn file, except the
 ledger, which is only ever appended to: a line is one event, a torn last line (a crash mid-write) is skipped.
 The driver writes the tables in full only when it compacts the ledger into them (at the start and the end of a
-session, ``ablations.driver.ledger``); in between, ``read_trials`` and ``read_epochs`` fold the ledger's events into the
+session, ``ablations.store.ledger``); in between, ``read_trials`` and ``read_epochs`` fold the ledger's events into the
 tables, so every reader (the reporter, a resumed run, a report on a running run) sees the rows as of its last
 event. Folding is idempotent: the ledger is read before the tables, so a compaction between the two reads
 folds events that are already in the tables again, to the same rows.

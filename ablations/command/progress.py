@@ -2,7 +2,7 @@
 
     [12/40 done, 4 running, 23 pending, 1 failed | 6m10s elapsed, ETA 14m (dry-run estimate x1.21, from 12 trials)]
 
-The ETA starts from the dry run's per-trial estimate (``ablations.estimate.plan_seconds``) and is calibrated
+The ETA starts from the dry run's per-trial estimate (``ablations.plan.estimate.plan_seconds``) and is calibrated
 as trials finish: the factor is the finished trials' measured seconds (Tune starting the trial to its final
 result in the driver) over their estimates. Remaining work is the calibrated estimate of every pending trial
 plus what is left of every running one, spread over the run's concurrency. Every update is O(1) (running
@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
-from ..grids import Plan
+from ablations.plan.grids import Plan
 
 
 def labels(plan: Plan) -> dict[str, str]:

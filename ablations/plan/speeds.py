@@ -1,4 +1,4 @@
-"""The measured speeds behind the dry run's estimate and the ETA (``ablations.estimate``), each with its source.
+"""The measured speeds behind the dry run's estimate and the ETA (``ablations.plan.estimate``), each with its source.
 
 * ``CPU``: per backbone, on this project's 2-core AVX2 machine, per trial while two 1-thread trials share it
   (fp32, channels_last, evaluation in batches of 64): forward images/s at a reference resolution, the share of the
