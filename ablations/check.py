@@ -19,12 +19,12 @@ from typing import Any, Callable
 from pipeline.errors import UserError, one_line
 from pipeline.registry import BACKBONES
 
-from ablations.driver.cluster import gpu_share
+from ablations.plan.resources import gpu_share
 
 
 def _opts(args):
-    """The cluster flags of this command as ``driver.cluster`` takes them."""
-    from ablations.driver.cluster import ClusterOptions
+    """The cluster flags of this command as ``plan.resources`` takes them."""
+    from ablations.plan.resources import ClusterOptions
 
     return ClusterOptions.from_args(args)
 
@@ -69,7 +69,8 @@ def check_torch(device: str) -> str | tuple[str, str]:
 def check_ray(args) -> str:
     import ray
 
-    from ablations.driver.cluster import cluster_address, connect, fmt_resources
+    from ablations.driver.cluster import connect
+    from ablations.plan.resources import cluster_address, fmt_resources
     from ablations.driver.torch_backend import lazy_backend_supported
 
     connect(_opts(args))
@@ -82,7 +83,7 @@ def check_ray(args) -> str:
 def check_task_gpus(args) -> str | tuple[str, str]:
     import ray
 
-    from ablations.driver.cluster import cluster_address, wants_gpu
+    from ablations.plan.resources import cluster_address, wants_gpu
     from ablations.driver.preflight import cuda_failure, device_report
 
     if cluster_address(_opts(args)) and wants_gpu(_opts(args)):  # an autoscaling cluster may have no GPU node yet: get one
@@ -115,7 +116,8 @@ def _preflight_on_cluster(args) -> str:
     import ray
 
     from ablations.driver import preflight
-    from ablations.driver.cluster import AutoscalerDemand, max_cluster_resources, plan_resources
+    from ablations.driver.cluster import AutoscalerDemand, max_cluster_resources
+    from ablations.plan.resources import plan_resources
 
     res = plan_resources(_opts(args), ray.cluster_resources(), 1, on_cluster=True, max_resources=max_cluster_resources())
     demand = AutoscalerDemand(res, enabled=True)
@@ -133,7 +135,8 @@ def check_storage(args) -> str | tuple[str, str]:
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from ablations.driver import preflight
-    from ablations.driver.cluster import cluster_address, max_cluster_resources, plan_resources
+    from ablations.driver.cluster import max_cluster_resources
+    from ablations.plan.resources import cluster_address, plan_resources
 
     if not args.storage:
         return "--", ("no --storage given: checkpoints go to <run folder>/ray on the driver's machine, which a run "
@@ -313,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     if ray_ok and not args.no_micro_run and not c.failures:
         import ray
 
-        from ablations.driver.cluster import plan_resources
+        from ablations.plan.resources import plan_resources
 
         def micro() -> str:
-            from ablations.driver.cluster import cluster_address
+            from ablations.plan.resources import cluster_address
 
             res = plan_resources(_opts(args), ray.cluster_resources(), 1, on_cluster=bool(cluster_address(_opts(args))))
             return check_micro_run(args, res)

@@ -27,22 +27,8 @@ from ablations.plan import grids
 from ablations.plan.overrides import parse_overrides
 from ablations.command import rounds as A
 from ablations.driver import preflight
-from ablations.driver.cluster import (
-    DEFAULT_CLUSTER_WAIT_S,
-    AutoscalerDemand,
-    ClusterOptions,
-    GpuMemory,
-    Resources,
-    awaits_gpu_memory,
-    cluster_address,
-    connect,
-    fmt_resources,
-    gpu_share,
-    head_memory_mib,
-    local_resources,
-    max_cluster_resources,
-    plan_resources,
-)
+from ablations.driver.cluster import AutoscalerDemand, connect, head_memory_mib, max_cluster_resources
+from ablations.plan.resources import DEFAULT_CLUSTER_WAIT_S, ClusterOptions, GpuMemory, Resources, awaits_gpu_memory, cluster_address, fmt_resources, gpu_share, local_resources, plan_resources
 from ablations.store.collector import Collector
 from ablations.store.ledger import Ledger
 from ablations.command.progress import Eta, Progress, duration, estimate_comparison, labels
@@ -57,12 +43,12 @@ from ablations.command.dryrun import (
     trial_estimator,
     wall_estimate,
 )
+from ablations.plan.compared import comparisons_from_plan
 from ablations.plan.gpu_memory import heaviest
 from ablations.report.timing import where_the_time_went
 from ablations.store.results import RunFolder, RunFolderError, now
 from ablations.store.runfolder import plan_in_folder, refuse_stale, results_mirror, run_meta, start_folder
 from ablations.plan.speeds import DEFAULT_GPU, GPU
-from ablations.stats import sequential as Q
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_TRIALS = 1
@@ -282,7 +268,7 @@ class Command:
         spent_before = sum(float(x.get("wall_s") or 0) for x in old.get("sessions", [])) / 3600
         folder, splits = self.folder, self.splits
         self.rounds = A.Rounds(
-            self.ledger, self.settings, self.planned, Q.comparisons_from_plan(self.plan),
+            self.ledger, self.settings, self.planned, comparisons_from_plan(self.plan),
             spent_hours=lambda: spent_before + (time.time() - self.t0) / 3600,
             class_recall=A.recall_from_logits(lambda t: folder.read_logits(t) if folder.logits_path(t).exists()
                                               else None, splits.val_y, len(splits.classes)),
@@ -462,7 +448,7 @@ def wait_seconds(opts: ClusterOptions) -> float:
 
 
 def cluster_resources(opts: ClusterOptions, n_trials: int, peak=None, gpu: GpuMemory | None = None) -> Resources:
-    """Per-trial resources on the connected cluster (``driver.cluster.plan_resources``), printed. ``gpu``: the
+    """Per-trial resources on the connected cluster (``plan.resources.plan_resources``), printed. ``gpu``: the
     GPU the preflight measured (before it: --gpus-per-trial auto plans one trial per GPU, and says that the
     preflight measures next)."""
     import ray

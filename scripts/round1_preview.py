@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from ablations.command import rounds as A
+from ablations.plan.compared import comparisons_from_plan
 from ablations.store.ledger import Ledger
 from ablations.report.adaptive import run_plan
 from ablations.report.rundata import RunData
 from ablations.store.results import RunFolder
-from ablations.stats import sequential as Q
 from pipeline.ids import trial_id
 
 
@@ -41,7 +41,7 @@ def preview(src: Path) -> None:
         for settings in (A.Settings(), A.Settings(max_seeds=6, test="repeated-t", first_look=3)):
             ledger = Ledger(folder, plan)
             ledger.open()
-            rounds = A.Rounds(ledger, settings, A.planned_seeds(plan), Q.comparisons_from_plan(plan),
+            rounds = A.Rounds(ledger, settings, A.planned_seeds(plan), comparisons_from_plan(plan),
                               class_recall=recall, classes=classes, cost_hours=hours)
             rp = rounds.next()
             print(f"{settings.test}, cap {settings.max_seeds}: {rp.line()}")

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from ablations.plan import grids
+from ablations.plan.compared import comparisons_from_plan
 from ablations.command import rounds as A
 from ablations.store.ledger import Ledger
 from ablations.report import write_report
@@ -115,7 +116,7 @@ def session(folder: RunFolder, world: World, settings: A.Settings, stop_after: i
     folder.write_labels(LABELS, CIFAR10_CLASSES)
     ledger = Ledger(folder, plan)
     ledger.open()
-    rounds = A.Rounds(ledger, settings, A.planned_seeds(command_plan()), Q.comparisons_from_plan(plan),
+    rounds = A.Rounds(ledger, settings, A.planned_seeds(command_plan()), comparisons_from_plan(plan),
                       cost_hours=cost, spent_hours=spent,
                       class_recall=A.recall_from_logits(folder.read_logits, LABELS["val"], 10),
                       classes=list(CIFAR10_CLASSES))
@@ -163,14 +164,15 @@ def adaptive_run(tmp_path_factory):
 
 def test_rounds_add_seeds_to_open_comparisons_until_decided_or_the_cap(adaptive_run):
     folder, world, rounds, lines, result = adaptive_run
-    comps = {c.id for c in rounds.comparisons}
+    comps = {str(c.id) for c in rounds.comparisons}
     assert comps == {"probe/frozen", "probe/same", "claim/learning_helps", "claim/ships_easier"}
     # 4 comparisons: 8 one-sided hypotheses; the mixture cannot call anything at 4 seeds (2 * 17^1.5 = 140 < 160),
     # so the large effect is decided at 5 seeds, under the cap of 6; the null arm goes on to the cap
     assert seeds_by_arm(rounds.ledger.plan) == {"reference": [0, 1, 2, 3, 4, 5], "frozen": [0, 1, 2, 3, 4],
                                                "same": [0, 1, 2, 3, 4, 5]}
-    assert result.stop_reason == "max_seeds" and set(result.decided) == {"probe/frozen", "claim/learning_helps"}
-    assert set(result.at_cap) == {"probe/same", "claim/ships_easier"}
+    assert result.stop_reason == "max_seeds" and set(map(str, result.decided)) == {"probe/frozen",
+                                                                                  "claim/learning_helps"}
+    assert set(map(str, result.at_cap)) == {"probe/same", "claim/ships_easier"}
     # one line per round: the round, the verdicts still open, the trials added
     assert lines == ["round 1: 4 of 4 verdicts open on validation; adding 3 trials (~0.00 h)",
                      "round 2: 4 of 4 verdicts open on validation; adding 3 trials (~0.00 h)",
@@ -184,8 +186,9 @@ def test_rounds_add_seeds_to_open_comparisons_until_decided_or_the_cap(adaptive_
     assert set(meta["trial_ids"]) == set(world.runs) and len(meta["plan"]) == len(rounds.ledger.plan.points)
     assert meta["adaptive"] == {**A.Settings(max_seeds=CAP).meta(), "planned_seeds": PLANNED, "rounds": 3,
                                      "comparisons": 4, "stop_reason": "max_seeds",
-                                     "decided_on_validation": result.decided,
-                                     "open_on_validation": [*result.open, *result.at_cap, *result.deferred]}
+                                     "decided_on_validation": [str(k) for k in result.decided],
+                                     "open_on_validation": [str(k) for k in (*result.open, *result.at_cap,
+                                                                             *result.deferred)]}
     # the tables hold every added trial, finished
     df = folder.read_trials().drop_duplicates("trial_id")
     assert len(df) == len(world.runs) and (df.status == "finished").all()
@@ -198,14 +201,15 @@ def test_the_rounds_decide_on_validation_only(adaptive_run):
     # the planner's series are the validation accuracies of the trials, and a class claim's per-seed difference
     # of validation recalls (from the stored validation logits)
     df = folder.read_trials().drop_duplicates("trial_id")
-    ref = next(c for c in rounds.comparisons if c.id == "probe/frozen").worse
-    want = {int(r.seed): r.val_acc for r in df[df.config_id == ref].itertuples()}
+    ref = next(c for c in rounds.comparisons if str(c.id) == "probe/frozen").worse
+    want = {int(r.seed): r.val_acc for r in df[df.config_id == ref.config_id].itertuples()}
     assert state.val[ref] == pytest.approx(want)
-    tid = df[(df.config_id == ref) & (df.seed == 0)].trial_id.iloc[0]
+    tid = df[(df.config_id == ref.config_id) & (df.seed == 0)].trial_id.iloc[0]
     pred = folder.read_logits(tid)["val"]["none"].argmax(1)
     y = LABELS["val"]
     ship, cat = CIFAR10_CLASSES.index("ship"), CIFAR10_CLASSES.index("cat")
-    assert state.val["classes:ships_easier"][0] == pytest.approx((pred[y == ship] == ship).mean()
+    ships = next(c for c in rounds.comparisons if str(c.id) == "claim/ships_easier").better
+    assert ships.class_claim == "ships_easier" and state.val[ships][0] == pytest.approx((pred[y == ship] == ship).mean()
                                                                         - (pred[y == cat] == cat).mean())
     # test accuracies play no part: scrambling them changes no plan
     plan_before = rounds.next()
@@ -223,7 +227,7 @@ def test_a_round_is_planned_only_when_all_its_trials_ended(tmp_path):
     ledger.open()
     world.run(ledger, ledger.pending()[:-1])
     rounds = A.Rounds(ledger, A.Settings(max_seeds=CAP), A.planned_seeds(command_plan()),
-                      Q.comparisons_from_plan(command_plan()))
+                      comparisons_from_plan(command_plan()))
     assert rounds.run(lambda tids: pytest.fail("must not run")) is None and rounds.last is None
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from ablations.plan import grids
 from ablations.report import main, write_report
-from ablations.report.rundata import best_config_ids
+from ablations.store.best import best_config_ids
 from ablations.store.results import RunFolder
 from pipeline.evaluate import summary
 

@@ -215,7 +215,8 @@ def test_results_outlive_the_cluster_in_s3(autoscaling, s3, mini_archive, tmp_pa
 DRIVER = """
 import sys
 import ray
-from ablations.driver.cluster import AutoscalerDemand, Resources
+from ablations.driver.cluster import AutoscalerDemand
+from ablations.plan.resources import Resources
 ray.init(address={address!r}, logging_level="ERROR", log_to_driver=False)
 res = Resources(cpus=1, gpus=1, workers=1, gpu_resource="accel", concurrency={n}, cluster=True)
 demand = AutoscalerDemand(res, enabled=True, timeout_s={timeout})

@@ -1,4 +1,4 @@
-"""Per-trial resources and concurrency (``ablations.driver.cluster.plan_resources``) from flags and cluster resources,
+"""Per-trial resources and concurrency (``ablations.plan.resources.plan_resources``) from flags and cluster resources,
 without Ray: a local instance is fixed, an existing cluster may grow, impossible requests fail at once; trials
 packed on a GPU by its memory (``--gpus-per-trial auto``)."""
 from __future__ import annotations
@@ -8,15 +8,7 @@ import argparse
 import pytest
 
 from ablations.plan import packing
-from ablations.driver.cluster import (
-    HEAD_MEMORY_SHARE,
-    HEAD_MIB_PER_TRIAL,
-    ClusterOptions,
-    GpuMemory,
-    ResourceError,
-    gpu_share,
-    plan_resources,
-)
+from ablations.plan.resources import HEAD_MEMORY_SHARE, HEAD_MIB_PER_TRIAL, ClusterOptions, GpuMemory, ResourceError, gpu_share, plan_resources
 from ablations.plan.estimate import Target, packing_gain, trial_seconds
 from ablations.plan.gpu_memory import PEAK_MIB, Peak, heaviest, trial_peak
 from pipeline.config import TrialConfig

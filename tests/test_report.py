@@ -26,7 +26,7 @@ import pytest
 
 from ablations.plan import grids
 from ablations.report import main, write_report
-from ablations.report.rundata import best_config_ids, finished
+from ablations.store.best import best_config_ids, finished
 from ablations.store.results import RunFolder
 from pipeline import data as D
 from pipeline.evaluate import summary

@@ -360,7 +360,8 @@ def bench_overhead(n_trials: int) -> dict:
     from pipeline.config import TrialConfig
 
     from ablations.driver import tune as R
-    from ablations.driver.cluster import RAY_TRAIN_ENV, Resources
+    from ablations.driver.cluster import RAY_TRAIN_ENV
+    from ablations.plan.resources import Resources
 
     res = Resources(cpus=1, gpus=0, workers=1, gpu_resource="GPU", concurrency=1)
     out: dict[str, Any] = {"trials": n_trials}
@@ -455,7 +456,8 @@ def bench_head_memory(concurrency: tuple[int, ...] = (2, 8), hold_s: float = 25.
     from pipeline.config import TrialConfig
 
     from ablations.driver import tune as R
-    from ablations.driver.cluster import RAY_TRAIN_ENV, Resources
+    from ablations.driver.cluster import RAY_TRAIN_ENV
+    from ablations.plan.resources import Resources
 
     out: dict[str, Any] = {"hold_s": hold_s, "runs": {}}
     n_cpus = max(concurrency)

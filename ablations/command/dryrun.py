@@ -16,8 +16,9 @@ from pipeline import data as D
 
 from ablations.plan import grids
 from ablations.command import rounds as A
-from ablations.driver.cluster import GpuMemory, Resources
+from ablations.plan.resources import GpuMemory, Resources
 from ablations.driver.spec import with_execution
+from ablations.plan.compared import comparisons_from_plan
 from ablations.plan.estimate import Target, plan_seconds, trial_seconds
 from ablations.plan.gpu_memory import GPU_MEMORY_MIB
 from ablations.plan.speeds import DEFAULT_GPU, GPU_NAMES
@@ -77,7 +78,7 @@ def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, g
     """--dry-run --until-decided: the planned seeds, the comparisons that drive the rounds, and the worst case
     (every compared config at --max-seeds) with its estimated time (``sizes``: the run's train, val and test
     images)."""
-    comps = Q.comparisons_from_plan(plan)
+    comps = comparisons_from_plan(plan)
     planned = A.planned_seeds(plan)
     worst = Q.worst_case(comps, planned, settings.max_seeds)
     # its added time: the whole worst-case plan's estimate less the planned one's (on CPUs, prefix-cache entries
@@ -89,7 +90,7 @@ def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, g
     earliest = next((n for n in range(2, settings.max_seeds + 1)
                      if math.isfinite(settings.procedure.critical_t(n, settings.alpha / family))), None)
     return {**settings.meta(), "planned_seeds": sorted(set(planned.values())),
-            "comparisons": [c.id for c in comps], "compared_configs": len(A.compared_configs(comps)),
+            "comparisons": [str(c.id) for c in comps], "compared_configs": len(A.compared_configs(comps)),
             "earliest_decision_seeds": earliest, "worst_case_trials": worst.trials,
             "worst_case_added_trials": worst.added_trials, "worst_case_added_hours": worst.hours,
             "worst_case_line": worst.line()}
@@ -98,7 +99,7 @@ def until_decided_plan(plan: grids.Plan, settings: A.Settings, res: Resources, g
 def until_decided_lines(plan: grids.Plan, settings: A.Settings, res: Resources, gpu: GpuChoice,
                         sizes: tuple[int, int, int]) -> list[str]:
     u = until_decided_plan(plan, settings, res, gpu, sizes)
-    comps = Q.comparisons_from_plan(plan)
+    comps = comparisons_from_plan(plan)
     n_claims = sum(c.kind == "claim" for c in comps)
     seeds = "/".join(str(n) for n in u["planned_seeds"])
     budget = f", or until --budget {settings.budget_hours:g} h is spent" if math.isfinite(settings.budget_hours) else ""

@@ -1,4 +1,4 @@
-"""``--until-decided`` (issue 16): the adaptive rounds of a run, between the driver and the statistical core
+"""``--until-decided``: the adaptive rounds of a run, between the driver and the statistical core
 (``ablations.stats.sequential``).
 
 After the grid's planned seeds have run, each round asks ``sequential.plan_round`` which comparisons (every claim
@@ -31,6 +31,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
+from ablations.plan.compared import Series
 from ablations.plan.grids import Plan
 from ablations.stats import finite
 from ablations.stats import sequential as Q
@@ -109,25 +110,25 @@ def round_count(plan: Plan, planned: Mapping[str, int]) -> int:
 
 def val_series(plan: Plan, metrics: Mapping[str, Mapping[str, Any]], comparisons: Sequence[Q.Comparison],
                class_recall: Callable[[str], Sequence[float] | None] | None = None,
-               classes: Sequence[str] = ()) -> dict[str, dict[int, float]]:
+               classes: Sequence[str] = ()) -> dict[Series, dict[int, float]]:
     """{series: {seed: validation value}} that ``sequential`` decides on, from the finished trials' row metrics
-    (``metrics``: trial id -> metrics, finished trials only): a config's accuracy under its config id, a TTA
-    mode's (``val_acc_<mode>``) under ``series_key(config, mode)``, and a class claim's per-seed difference of mean
-    validation recalls under 'classes:<claim id>' (``class_recall(trial id)``: the per-class recalls on the
-    validation split, in the order of ``classes``). Never test numbers."""
+    (``metrics``: trial id -> metrics, finished trials only): a config's accuracy in a TTA mode (``val_acc`` or
+    ``val_acc_<mode>``), and a class claim's per-seed difference of mean validation recalls
+    (``class_recall(trial id)``: the per-class recalls on the validation split, in the order of ``classes``).
+    Never test numbers."""
     by_config: dict[str, dict[int, str]] = {}
     for p in plan.points:
         if p.trial_id in metrics:
             by_config.setdefault(p.config_id, {})[p.seed] = p.trial_id
-    out: dict[str, dict[int, float]] = {}
-    claims = {f"claim/{c.id}": c for c in plan.claims}
+    out: dict[Series, dict[int, float]] = {}
+    claims = {c.id: c for c in plan.claims}
     index = {str(c).lower(): i for i, c in enumerate(classes)}
     for c in comparisons:
         for key in (c.better, c.worse):
             if key is None or key in out:
                 continue
-            if key.startswith("classes:"):
-                claim = claims.get(c.id)
+            if key.class_claim:
+                claim = claims.get(key.class_claim)
                 if claim is None or class_recall is None or not all(k.lower() in index
                                                                      for k in (*claim.better, *claim.worse)):
                     continue
@@ -141,9 +142,8 @@ def val_series(plan: Plan, metrics: Mapping[str, Mapping[str, Any]], comparisons
                 if values:
                     out[key] = values
                 continue
-            cid, _, mode = key.partition("@")
-            column = f"val_acc_{mode}" if mode else "val_acc"
-            values = {s: float(metrics[t][column]) for s, t in by_config.get(cid, {}).items()
+            column = "val_acc" if key.mode == "none" else f"val_acc_{key.mode}"
+            values = {s: float(metrics[t][column]) for s, t in by_config.get(key.config_id, {}).items()
                       if finite(metrics[t].get(column))}
             if values:
                 out[key] = values
@@ -235,6 +235,6 @@ class Rounds:
                "stop_reason": None, "decided_on_validation": [], "open_on_validation": []}
         rp = self.last
         if rp is not None:
-            out.update(stop_reason=rp.stop_reason, decided_on_validation=list(rp.decided),
-                       open_on_validation=[*rp.open, *rp.at_cap, *rp.deferred])
+            out.update(stop_reason=rp.stop_reason, decided_on_validation=[str(k) for k in rp.decided],
+                       open_on_validation=[str(k) for k in (*rp.open, *rp.at_cap, *rp.deferred)])
         return out

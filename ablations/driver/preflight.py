@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.errors import one_line
 
 from ablations.store.mirror import filesystem
-from ablations.driver.cluster import GpuMemory, ResourceError, Resources, fmt_resources
+from ablations.plan.resources import GpuMemory, ResourceError, Resources, fmt_resources
 
 
 def needed(res: Resources, on_cluster: bool) -> bool:

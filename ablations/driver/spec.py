@@ -8,7 +8,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from ablations.driver.cluster import Resources
+from ablations.plan.resources import Resources
 
 
 @dataclass(frozen=True)

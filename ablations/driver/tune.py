@@ -8,7 +8,8 @@ from typing import Any
 
 from pipeline.config import EXECUTION_KEYS
 
-from ablations.driver.cluster import AutoscalerDemand, Resources
+from ablations.driver.cluster import AutoscalerDemand
+from ablations.plan.resources import Resources
 from ablations.command.progress import quiet_ray
 from ablations.driver.session import Session, make_recorder, root_error
 from ablations.driver.spec import TrialSpec

@@ -1,6 +1,6 @@
 """The report of an ``--until-decided`` run: one anytime-valid verdict per claim and axis arm, on test.
 
-``StudyVerdicts.of(run)`` rebuilds the run's comparisons from its plan (``sequential.comparisons_from_plan``: every
+``StudyVerdicts.of(run)`` rebuilds the run's comparisons from its plan (``plan.compared.comparisons_from_plan``: every
 claim and every axis arm, one family), measures each on the test set (per-seed differences on the seeds both
 sides finished, and the paired image bootstrap of their mean at those seeds) and hands them to
 ``sequential.verdicts`` with the settings and the stop reason run.json recorded (``adaptive``). Holm runs over the
@@ -23,6 +23,7 @@ import numpy as np
 from ablations.plan import grids
 from ablations import stats as S
 from ablations.plan.claims import NOT_TESTABLE
+from ablations.plan.compared import Key, comparisons_from_plan
 from ablations.stats import sequential as Q
 from ablations.stats.sequential import Settings
 from ablations.report.rundata import RunData
@@ -46,11 +47,6 @@ def run_plan(run: RunData) -> grids.Plan:
                       eval_axes=tuple(meta.get("eval_axes") or ()), claims=tuple(run.claims))
 
 
-def _side(key: str) -> tuple[str, str]:
-    cid, _, mode = key.partition("@")
-    return cid, mode or "none"
-
-
 @dataclass
 class Measured:
     diffs: dict[int, float]
@@ -65,7 +61,7 @@ def measure(run: RunData, c: Q.Comparison, claims: dict[str, Any], n_boot: int,
     those seeds (``sequential.image_p_from``)."""
     if c.worse is None:  # a class claim
         try:
-            data = class_claim_data(run, claims[c.id])
+            data = class_claim_data(run, claims[c.better.class_claim])
         except NotMeasured:
             return Measured({}, (math.nan, math.nan))
         values = dict(list(data.values.items())[:int(min(limit, len(data.values)))])
@@ -74,7 +70,7 @@ def measure(run: RunData, c: Q.Comparison, claims: dict[str, Any], n_boot: int,
         data = dataclasses.replace(data, values=values, correct=data.correct[:len(values)])
         return Measured(values, Q.image_p_from(lambda null: data.bootstrap(n_boot, null), c.margin),
                         len(data.values))
-    (ca, ma), (cb, mb) = _side(c.better), _side(c.worse)
+    (ca, ma), (cb, mb) = (c.better.config_id, c.better.mode), (c.worse.config_id, c.worse.mode)
     a, b = run.seeds(ca), run.seeds(cb)
     paired = {}
     for s in sorted(set(a) & set(b)):
@@ -96,13 +92,13 @@ def measure(run: RunData, c: Q.Comparison, claims: dict[str, Any], n_boot: int,
 
 @dataclass
 class StudyVerdicts:
-    """The anytime-valid verdicts of an adaptive run, by comparison id ('<axis>/<arm>', 'claim/<id>')."""
+    """The anytime-valid verdicts of an adaptive run, by comparison (``plan.compared.Key``)."""
 
     settings: Settings
     record: dict
     comparisons: list[Q.Comparison]
-    verdicts: dict[str, Q.Verdict]
-    measured: dict[str, Measured]
+    verdicts: dict[Key, Q.Verdict]
+    measured: dict[Key, Measured]
 
     @classmethod
     def of(cls, run: RunData, n_boot: int) -> "StudyVerdicts | None":
@@ -110,21 +106,24 @@ class StudyVerdicts:
         if not record:
             return None
         settings = Settings.from_meta(record)
-        comps = Q.comparisons_from_plan(run_plan(run))
-        claims = {f"claim/{c.id}": c for c in run.claims}
+        comps = comparisons_from_plan(run_plan(run))
+        claims = {c.id: c for c in run.claims}
+        keys = {str(c.id): c.id for c in comps}  # run.json names them as text
         measured = {c.id: measure(run, c, claims, n_boot, settings.horizon) for c in comps}
         rows = Q.verdicts({k: m.diffs for k, m in measured.items()}, comps,
                           {k: m.image_p for k, m in measured.items()}, max_seeds=settings.max_seeds,
-                          stop_reason=record.get("stop_reason"), val_decided=record.get("decided_on_validation", ()),
+                          stop_reason=record.get("stop_reason"),
+                          val_decided=[keys[k] for k in record.get("decided_on_validation", ()) if k in keys],
                           alpha=settings.alpha, procedure=settings.procedure)
         return cls(settings, record, comps, {v.id: v for v in rows}, measured)
 
     # ------------------------------------------------------------------ rows of the tables
 
-    def apply(self, row: dict[str, Any], cid: str, claim: bool = False) -> None:
-        """A table row (a claim's, or an axis arm's) takes the anytime-valid verdict of comparison ``cid``:
+    def apply(self, row: dict[str, Any], key: Key) -> None:
+        """A table row (a claim's, or an axis arm's) takes the anytime-valid verdict of comparison ``key``:
         its p-values, Holm over the whole study, the verdict, the seeds it used and how they stopped."""
-        v = self.verdicts.get(cid)
+        claim = key.kind == "claim"
+        v = self.verdicts.get(key)
         if v is None or v.n == 0:
             row.update(seeds_used=0, status="not measured", p_holm=math.nan)
             kept = str(row.get("verdict", "")).startswith(("not measured", NOT_TESTABLE))

@@ -27,6 +27,7 @@ import pandas as pd
 from ablations import stats as S
 from ablations.plan.claims import GROUPS, Claim, absent_classes, not_testable
 from ablations.stats import finite
+from ablations.plan.compared import Key
 from ablations.report import setting as ST
 from ablations.report.comparisons import ClaimIndex, ClaimVerdict, Pair, Side
 from ablations.report.rundata import RunData
@@ -258,7 +259,7 @@ def claims_table(run: RunData, results: list[ClaimResult], adaptive=None) -> Tab
     rows = [r.row for r in results]
     if adaptive is not None:
         for r in rows:
-            adaptive.apply(r, f"claim/{r['claim']}", claim=True)
+            adaptive.apply(r, Key(claim=r["claim"]))
             if r.get("scope") and r.get("verdict") not in (S.NEEDS_SEEDS, S.UNTESTED):
                 r["verdict"] = f"{r['verdict']} {r['scope']}"
         return Table("claims", pd.DataFrame(rows), ADAPTIVE_CLAIM_COLUMNS, group="group")

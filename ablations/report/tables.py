@@ -20,9 +20,11 @@ from scipy import stats as _st
 
 from ablations import stats as S
 from ablations.plan.claims import arm_name
+from ablations.plan.compared import Key
 from ablations.stats import finite
 from ablations.report.comparisons import ClaimIndex, Pair, Side
-from ablations.report.rundata import RunData, normalise_trials
+from ablations.report.rundata import RunData
+from ablations.store.best import normalise_trials
 from ablations.report.tablespec import (
     EMPTY,
     Col,
@@ -313,7 +315,7 @@ def ablation_table(run: RunData, axis: str, level: str | None = None, n_boot: in
     if adaptive is not None:
         for r in rows:
             if "p_both" in r:
-                adaptive.apply(r, f"{axis}/{r['arm']}")
+                adaptive.apply(r, Key(axis, r["arm"]))
     columns = [Col("Arm", lambda r: (f"{r['level']}'s reference recipe" if r["arm"] == "reference" else r["arm"])
                    + (" (reference)" if r["is_reference"] else "")),
                Col("Changes vs reference", text("changes"), note=True),

@@ -72,7 +72,7 @@ for any N, including one chosen from correlated validation numbers.
 
 How the driver calls it
 =======================
-    comparisons = comparisons_from_plan(plan)                     # claims and axis arms, as series pairs
+    comparisons = comparisons_from_plan(plan)                     # claims and axis arms (ablations.plan.compared)
     print(worst_case(comparisons, planned_seeds, N, cost).line())  # --dry-run: every compared config at N seeds
     ... run the planned seeds ...
     k = 0
@@ -86,8 +86,8 @@ How the driver calls it
     rows = verdicts(test_diffs(), comparisons, image_p(), max_seeds=N, stop_reason=rp.stop_reason,
                     val_decided=rp.decided)                       # the report; method text: method_lines(...)
 
-``val_series()`` gives {series: {seed: validation accuracy}} of finished trials (``series_key`` for TTA modes; a
-class claim's per-seed recall difference under 'classes:<id>'), ``tried_seeds()`` {config: seeds started},
+``val_series()`` gives {series: {seed: validation accuracy}} of finished trials (a config in a TTA mode, or a
+class claim's per-seed recall difference: the caller's keys), ``tried_seeds()`` {config: seeds started},
 ``test_diffs()`` {comparison id: {seed: test difference}}. ``plan_round`` is a pure function of what has finished:
 a resumed driver rebuilds the state from its trials and gets the same plan (and with running extrema and Holm
 monotone in every p, a comparison once decided stays decided as seeds are added). Pass the same ``procedure`` to
@@ -99,7 +99,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import optimize as _opt
@@ -109,8 +109,6 @@ from pipeline.errors import ConfigError
 
 from ablations import stats as S
 
-if TYPE_CHECKING:  # grids imports torch; the core here needs only numpy and scipy
-    from ablations.plan.grids import Plan
 
 ALPHA = S.ALPHA
 PRIOR_G = 4.0  # variance of the standardised effect under the alternative's prior (its SD: 2 seed SDs)
@@ -328,26 +326,21 @@ def holm_directional(p_higher, p_lower) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One difference, better minus worse, per seed, between two series of per-seed values (a series is usually a
-    config id; ``series_key`` names a TTA mode of a config). ``worse`` None: ``better`` already holds per-seed
-    differences (a class-group claim). ``margin`` is in the values' units (accuracy fractions: a claim's pp / 100):
-    "higher" means beyond it, "lower" means below 0. ``configs``: the trained configs that give it seeds (default:
-    the series themselves)."""
+    """One difference, better minus worse, per seed, between two series of per-seed values. ``id``, ``better`` and
+    ``worse`` are keys of the caller's (hashable values: ``ablations.plan.compared`` gives typed ones); ``worse``
+    None: ``better`` already holds per-seed differences (a class-group claim). ``margin`` is in the values' units
+    (accuracy fractions: a claim's pp / 100): "higher" means beyond it, "lower" means below 0. ``configs``: the
+    trained configs that give it seeds (default: the series themselves)."""
 
-    id: str
-    better: str
-    worse: str | None = None
+    id: Hashable
+    better: Hashable
+    worse: Hashable | None = None
     margin: float = 0.0
-    configs: tuple[str, ...] = ()
+    configs: tuple[Hashable, ...] = ()
     kind: str = "axis"  # 'axis' or 'claim'
 
-    def trained(self) -> tuple[str, ...]:
+    def trained(self) -> tuple[Hashable, ...]:
         return self.configs or tuple(s for s in (self.better, self.worse) if s is not None)
-
-
-def series_key(config_id: str, mode: str = "none") -> str:
-    """The series of a config's accuracy under a TTA mode: the config id itself without TTA."""
-    return config_id if mode in (None, "none") else f"{config_id}@{mode}"
 
 
 def paired(series: Mapping[str, Mapping[int, float]], c: Comparison) -> dict[int, float] | None:
@@ -640,41 +633,6 @@ def worst_case(comparisons: Iterable[Comparison], planned: Mapping[str, int], ma
 
     hours = sum((seeds[k] - planned.get(k, 0)) * cost(k) for k in seeds)
     return WorstCase(seeds, max_seeds, sum(planned.values()), sum(seeds.values()), hours)
-
-
-# ============================================================================ from a grid's plan
-
-
-def comparisons_from_plan(plan: Plan) -> list[Comparison]:
-    """Every axis arm against its axis's reference (an evaluation-only TTA axis: a TTA mode of the level's
-    reference against no TTA) and every claim the plan can measure, as Comparisons over series keys
-    (``series_key``; a class claim's series is 'classes:<id>', per-seed differences of mean recalls of the level's
-    reference). Claim margins in pp become fractions."""
-    pts = plan.points
-    refs = {p.level: p.config_id for p in pts if p.axis == "reference"}
-    arms: dict[tuple[str, str], tuple[str, str]] = {}  # (axis, arm) -> (config, mode)
-    axis_ref: dict[str, tuple[str, str]] = {}  # an evaluation axis compares with no TTA, 'none' an arm or not
-    for p in (p for p in pts if p.axis != "reference"):
-        is_eval = p.axis in plan.eval_axes
-        arms.setdefault((p.axis, p.arm), (p.config_id, p.arm if is_eval else "none"))
-        if p.is_reference or is_eval:
-            axis_ref.setdefault(p.axis, (p.config_id, "none"))
-    for ax, side in axis_ref.items():  # claims may name an axis's reference arm 'reference'
-        arms.setdefault((ax, "reference"), side)
-
-    def comp(cid: str, a: tuple[str, str], b: tuple[str, str], margin: float = 0.0, kind: str = "axis"):
-        return Comparison(cid, series_key(*a), series_key(*b), margin, tuple(dict.fromkeys((a[0], b[0]))), kind)
-
-    out = [comp(f"{ax}/{arm}", side, axis_ref[ax]) for (ax, arm), side in arms.items() if side != axis_ref[ax]]
-    for c in plan.claims:
-        cid, margin = f"claim/{c.id}", c.margin / 100
-        if c.kind == "levels" and c.better in refs and c.worse in refs:
-            out.append(comp(cid, (refs[c.better], "none"), (refs[c.worse], "none"), margin, "claim"))
-        elif c.kind == "arms" and (c.axis, c.better) in arms and (c.axis, c.worse) in arms:
-            out.append(comp(cid, arms[(c.axis, c.better)], arms[(c.axis, c.worse)], margin, "claim"))
-        elif c.kind == "classes" and c.level in refs:
-            out.append(Comparison(cid, f"classes:{c.id}", None, margin, (refs[c.level],), "claim"))
-    return out
 
 
 # ============================================================================ method text

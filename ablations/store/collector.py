@@ -47,7 +47,7 @@ class Collector:
             return
         import pandas as pd
 
-        from ablations.report.rundata import best_config_ids
+        from ablations.store.best import best_config_ids
 
         keep_cfg = set(best_config_ids(pd.DataFrame(rows)).values())
         keep = {r["trial_id"] for r in rows if r["config_id"] in keep_cfg} | self.parents
