@@ -606,16 +606,17 @@ def check_image(cluster: ClusterConfig, chain: Chain) -> str | tuple[str, str]:
 def check_orphans(cluster: ClusterConfig) -> str | tuple[str, str]:
     """Instances tagged for the cluster that run without a head: no autoscaler is left to stop them, and they bill
     until terminated (a head lost to a failure, or terminated by hand)."""
-    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+    from ablations.driver.cluster import launcher_tags
 
+    name_tag, kind_tag, head_kind = launcher_tags()
     ec2 = client("ec2", cluster.region)
     pages = call("ec2 describe-instances", lambda: ec2.get_paginator("describe_instances").paginate(Filters=[
-        {"Name": f"tag:{TAG_RAY_CLUSTER_NAME}", "Values": [cluster.name]},
+        {"Name": f"tag:{name_tag}", "Values": [cluster.name]},
         {"Name": "instance-state-name", "Values": ["pending", "running"]}]).build_full_result())
-    nodes = [(i["InstanceId"], {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get(TAG_RAY_NODE_KIND),
+    nodes = [(i["InstanceId"], {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get(kind_tag),
               i["InstanceType"]) for r in pages.get("Reservations", []) for i in r["Instances"]]
-    heads = [n for n in nodes if n[1] == NODE_KIND_HEAD]
-    others = [n for n in nodes if n[1] != NODE_KIND_HEAD]
+    heads = [n for n in nodes if n[1] == head_kind]
+    others = [n for n in nodes if n[1] != head_kind]
     if others and not heads:
         listed = ", ".join(f"{i} ({t})" for i, _, t in others)
         raise AwsError(f"{len(others)} instance(s) of cluster {cluster.name} run without a head: {listed}; no "

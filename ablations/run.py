@@ -27,7 +27,15 @@ from ablations.plan import grids
 from ablations.plan.overrides import parse_overrides
 from ablations.command import rounds as A
 from ablations.driver import preflight
-from ablations.driver.cluster import AutoscalerDemand, connect, head_memory_mib, max_cluster_resources
+from ablations.driver.cluster import (
+    AutoscalerDemand,
+    connect,
+    disconnect,
+    head_memory_mib,
+    max_cluster_resources,
+    resources,
+    share,
+)
 from ablations.plan.resources import DEFAULT_CLUSTER_WAIT_S, ClusterOptions, GpuMemory, Resources, awaits_gpu_memory, cluster_address, fmt_resources, gpu_share, local_resources, plan_resources
 from ablations.store.collector import Collector
 from ablations.store.ledger import Ledger
@@ -284,7 +292,6 @@ class Command:
                 print(first.line(), flush=True)
             start_folder(self.folder, self.meta, self.splits, self.ledger, self.mirror)
             return
-        import ray
 
         connect(self.opts)
         install_stop_handlers()  # ray.init's failure handler took SIGTERM over (it would exit without the finally)
@@ -304,11 +311,10 @@ class Command:
                 self.ledger.close()
                 if self.mirror:
                     self.mirror.push()
-            ray.shutdown()  # stops a local instance; only disconnects from a cluster given by --address
+            disconnect()  # stops a local instance; only disconnects from a cluster given by --address
 
     def _start(self) -> None:
         """Resources, the preflight, the folder's first writes, the estimates, the session and the shared data."""
-        import ray
 
         wanted = max(len(self.pending), len(A.compared_configs(self.rounds.comparisons)) if self.rounds else 0)
         peak = heaviest(self.plan.trials().values())
@@ -335,7 +341,7 @@ class Command:
         self.progress.status(force=True)
         self.session = Session(self.ledger, self.collector, self.progress, self.args.retries,
                                on_change=self.mirror.push if self.mirror else None)  # every finished trial goes up
-        self.data = {"ref": ray.put({**self.splits.arrays(), "train_idx": self.splits.train_idx}),  # the index keys
+        self.data = {"ref": share({**self.splits.arrays(), "train_idx": self.splits.train_idx}),  # the index keys
                      "classes": list(self.splits.classes)}                                          # augmentation
 
     def run_trials(self, tids: list[str]) -> None:
@@ -451,9 +457,8 @@ def cluster_resources(opts: ClusterOptions, n_trials: int, peak=None, gpu: GpuMe
     """Per-trial resources on the connected cluster (``plan.resources.plan_resources``), printed. ``gpu``: the
     GPU the preflight measured (before it: --gpus-per-trial auto plans one trial per GPU, and says that the
     preflight measures next)."""
-    import ray
 
-    cluster = ray.cluster_resources()
+    cluster = resources()
     on_cluster = bool(cluster_address(opts))
     res = plan_resources(opts, cluster, n_trials, on_cluster=on_cluster,
                          head_memory_mib=head_memory_mib() if on_cluster else None,

@@ -1,6 +1,6 @@
 """The driver's own parts without Ray: the ledger (incremental, atomic, idempotent), the collector, the
 progress printer and its ETA, and portable paths. Real files in a real results folder; synthetic trial
-results shaped as the workers write them (``ablations.bench.synthetic_checkpoint``)."""
+results shaped as the workers write them (``ablations.driver.measure.synthetic_checkpoint``)."""
 from __future__ import annotations
 
 import io
@@ -14,7 +14,7 @@ import pytest
 
 from ablations.plan import grids
 from ablations.store import portable
-from ablations.bench.sections import SCALE_GRID, synthetic_checkpoint
+from ablations.driver.measure import SCALE_GRID, synthetic_checkpoint
 from ablations.store.collector import Collector
 from ablations.store.ledger import Ledger
 from ablations.command.progress import (

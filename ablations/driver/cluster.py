@@ -91,6 +91,35 @@ def connect(opts: ClusterOptions, env_vars: dict[str, str] | None = None) -> Non
                             f"{one_line(e)}{hint}") from None
 
 
+def launcher_tags() -> tuple[str, str, str]:
+    """The tags Ray's cluster launcher puts on its instances: (cluster name key, node kind key, the head's kind)."""
+    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+
+    return TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND, NODE_KIND_HEAD
+
+
+def disconnect() -> None:
+    """Stop a local instance, or leave a cluster given by ``--address`` (its nodes stay); nothing if not connected."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def resources() -> dict[str, float]:
+    """The resources of the connected cluster's nodes now (an autoscaling cluster may add more)."""
+    import ray
+
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def share(value: Any):
+    """``value`` in the object store once, for every trial to read: its reference."""
+    import ray
+
+    return ray.put(value)
+
+
 # ----------------------------------------------------------------------------- autoscaler demand
 
 
