@@ -36,10 +36,11 @@ def run_installed(site, *args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
 
 
-def test_the_wheel_holds_every_builtin_grid_and_the_aws_policies(installed):
+def test_the_wheel_holds_every_builtin_grid_the_measurements_and_the_aws_policies(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"ablations/plan/builtin_grids/{g}.yaml" for g in grids.builtin_names()} <= names
+    assert "ablations/plan/measured.yaml" in names  # the estimate's speeds, read at run time
     assert {f"ablations/aws_policies/{p}.json" for p in ("head", "worker", "launcher", "ec2-trust")} <= names
     assert "pipeline/train.py" in names and "ablations/run.py" in names
 

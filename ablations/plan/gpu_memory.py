@@ -1,13 +1,11 @@
-"""How much GPU memory a trial needs at its peak, from measured peaks, for ``--gpus-per-trial auto``
-(``ablations.plan.packing``), and how much memory each GPU model of the speed tables has.
+"""How much GPU memory a trial needs at its peak, for ``--gpus-per-trial auto`` (``ablations.plan.packing``), and how
+much memory each GPU model of the speed tables has; both from ``measured.yaml``, with their sources.
 
 ``PEAK_MIB``: per backbone and resolution, the most memory one trial's process allocated on the GPU
-(``torch.cuda.max_memory_allocated``, the ``gpu_peak_mib`` of every trial row) at batch 64, bf16 autocast,
-channels_last, with the whole backbone frozen (train_stages 0: the prefix cache's fills) and with stages trained
-(the most over train_stages 1, 2 and all). Sources: ``python -m ablations.bench --device cuda`` on an H100
-(examples/bench/gpu, Ray-free ``fit``) and the trials through Ray on an H200 (examples/gpu: ResNet-18 at 224 px,
-3,290-3,486 MiB); where both measured a cell, the larger. What the CUDA context and torch's caching allocator hold
-beyond it is the packing's margin, not part of these numbers.
+(``torch.cuda.max_memory_allocated``, the ``gpu_peak_mib`` of every trial row) at batch ``PEAK_BATCH``, with the
+whole backbone frozen (train_stages 0: the prefix cache's fills) and with stages trained (the most over
+train_stages 1, 2 and all). What the CUDA context and torch's caching allocator hold beyond it is the packing's
+margin, not part of these numbers.
 
 A config the table does not hold is estimated from it, on the safe side, with a note: the nearest measured
 resolution at or above its own (smaller inputs are taken as no smaller), above the largest scaled by pixels; a
@@ -20,18 +18,15 @@ from typing import Iterable
 
 from pipeline.config import TrialConfig
 
-# {backbone: {resolution: (frozen MiB, trained MiB)}} at batch 64
-PEAK_MIB: dict[str, dict[int, tuple[float, float]]] = {
-    "resnet18": {64: (306.0, 431.0), 224: (3355.0, 3486.0)},
-    "resnet50": {224: (3251.0, 3332.0)},
-    "efficientnet_lite0": {96: (1878.0, 800.0), 224: (8773.0, 3723.0)},
-    "small_cnn": {32: (202.0, 202.0)},
-}
-PEAK_BATCH = 64
+from ablations.plan.speeds import M
 
-# each table's GPU, as nvidia-smi reports its memory (examples/bench/gpu/env.txt: H100 80GB HBM3;
-# examples/gpu/env.txt: H200)
-GPU_MEMORY_MIB = {"H100": 81559.0, "H200": 143771.0}
+# {backbone: {resolution: (frozen MiB, trained MiB)}} at batch PEAK_BATCH (measured.yaml's gpu_peak_mib)
+PEAK_MIB: dict[str, dict[int, tuple[float, float]]] = {
+    b: {int(r): (float(v[0]), float(v[1])) for r, v in res.items()} for b, res in M["gpu_peak_mib"]["peaks"].items()}
+PEAK_BATCH = int(M["gpu_peak_mib"]["batch"])
+
+# each GPU model's memory, as nvidia-smi reports it (measured.yaml)
+GPU_MEMORY_MIB = {name: float(m["memory_mib"]) for name, m in M["gpu"].items() if isinstance(m, dict)}
 
 
 @dataclass(frozen=True)

@@ -21,18 +21,16 @@ from pipeline.errors import UserError
 
 from ablations.plan import packing
 from ablations.plan.gpu_memory import Peak
+from ablations.plan.speeds import M
 
 # How long a run on an existing cluster waits for a node that can run a trial: an AWS GPU instance takes a
 # few minutes to boot, and pulling Ray's GPU image onto it several more.
 DEFAULT_CLUSTER_WAIT_S = 1200.0
 
-# Head-node memory one concurrent trial holds: its Tune trial actor and its Ray Train controller, both pinned
-# to the head, neither importing torch (``python -m ablations.bench --only head_memory``: 241-252 MiB PSS per
-# trial with 2 and 8 at once; examples/bench/BENCH.md).
-HEAD_MIB_PER_TRIAL = 260.0
-# Share of the head node's memory that trial actors and controllers may take (the rest: GCS, dashboard,
-# the driver, the object store's pinned data).
-HEAD_MEMORY_SHARE = 0.6
+# Head-node memory one concurrent trial holds (its Tune trial actor and Ray Train controller) and the share of the
+# head's memory they may take (measured.yaml's head_memory)
+HEAD_MIB_PER_TRIAL = float(M["head_memory"]["mib_per_trial"])
+HEAD_MEMORY_SHARE = float(M["head_memory"]["share"])
 
 
 class ResourceError(UserError, RuntimeError):
