@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablations.command import rounds as A
+from ablations.session import rounds as A
 from ablations.plan.compared import comparisons_from_plan
 from ablations.store.ledger import Ledger
 from ablations.report.adaptive import run_plan

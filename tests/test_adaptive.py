@@ -1,4 +1,4 @@
-"""``--until-decided`` in the driver and the report (ablations.command.rounds, ablations.report.adaptive).
+"""``--until-decided`` in the driver and the report (ablations.session.rounds, ablations.report.adaptive).
 
 Without Ray: the round loop on a real results folder (a real grid expansion, the driver's ledger, run.json as the
 driver writes it) whose trials are synthetic: a reference, an arm that cannot learn (lr 1e-8: a large effect), an
@@ -24,7 +24,7 @@ import pytest
 
 from ablations.plan import grids
 from ablations.plan.compared import comparisons_from_plan
-from ablations.command import rounds as A
+from ablations.session import rounds as A
 from ablations.store.ledger import Ledger
 from ablations.report import write_report
 from ablations.store.results import RunFolder, RunFolderError

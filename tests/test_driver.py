@@ -17,14 +17,14 @@ from ablations.store import portable
 from ablations.driver.measure import SCALE_GRID, synthetic_checkpoint
 from ablations.store.collector import Collector
 from ablations.store.ledger import Ledger
-from ablations.command.progress import (
+from ablations.session.progress import (
     Eta,
     Progress,
     duration,
     estimate_comparison,
     labels,
 )
-from ablations.driver.session import Session, epoch_row
+from ablations.session.events import Session, epoch_row
 from ablations.store.results import LEDGER, RunFolder
 from pipeline.data import CIFAR10_CLASSES
 

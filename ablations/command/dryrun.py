@@ -15,7 +15,7 @@ from typing import Any
 from pipeline import data as D
 
 from ablations.plan import grids
-from ablations.command import rounds as A
+from ablations.session import rounds as A
 from ablations.plan.resources import GpuMemory, Resources
 from ablations.driver.spec import with_execution
 from ablations.plan.compared import comparisons_from_plan
@@ -184,3 +184,24 @@ def estimate_line(configs: dict[str, Any], res: Resources, sizes: tuple[int, int
     line = (f"estimated time: {total / 60:.1f} trial-minutes, about {wall / 60:.1f} min wall with "
             f"{res.concurrency} concurrent ({basis}; rough)")
     return line + "".join(f"\n  estimate note: {n}" for n in sorted(target.notes))
+
+
+def dry_run(args) -> int:
+    """``--dry-run``: the plan, each trial's resources and the time estimate; no Ray, nothing written."""
+    from pipeline import data as D
+
+    from ablations.command.planned import planned
+    from ablations.driver.trackers import parse_log
+    from ablations.plan.gpu_memory import heaviest
+    from ablations.plan.resources import ClusterOptions, local_resources, plan_resources
+
+    parse_log(args.log)  # an unknown tracker is bad input here too
+    p = planned(args)
+    counts = D.count(args.data)  # the data's own images per class; limits it cannot meet are refused here too
+    sizes = data_sizes(p.plan, counts)
+    opts = ClusterOptions.from_args(args)
+    cluster, note = local_resources(opts)
+    trials = p.plan.trials()
+    res = plan_resources(opts, cluster, len(trials), peak=heaviest(trials.values()), gpu=planned_gpu(args.gpu_model))
+    print_dry_run(p.plan, res, args.json, note, (args.gpu_speed, args.gpu_model), p.settings, counts, sizes)
+    return 0

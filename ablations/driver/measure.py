@@ -246,15 +246,15 @@ TUNE_KEYS = {"timestamp": 0, "done": False, "date": "2026-01-01_00-00-00", "time
 
 
 class DriverFeed:
-    """A driver session (``ablations.driver.session``: ledger, collector, progress) fed synthetic events, each
+    """A driver session (``ablations.session.events``: ledger, collector, progress) fed synthetic events, each
     timed (and, with ``trace_memory``, the traced memory after it); with ``tensorboard_dir`` each result also goes
     to the TensorBoard callback (``ablations.driver.trackers``), timed apart."""
 
     def __init__(self, plan, folder_dir: Path, concurrency: int, tensorboard_dir: Path | None, trace_memory: bool):
         from ablations.store.collector import Collector
         from ablations.store.ledger import Ledger
-        from ablations.command.progress import Eta, Progress, labels
-        from ablations.driver.session import Session
+        from ablations.session.progress import Eta, Progress, labels
+        from ablations.session.events import Session
         from ablations.store.results import RunFolder
 
         self.folder = RunFolder(folder_dir)

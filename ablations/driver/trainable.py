@@ -13,7 +13,7 @@ Two ways to run one trial (``Resources.runner``):
 
 Either way every epoch is reported as ``{"kind": "epoch", ...}`` and the end as ``{"kind": "final",
 "checkpoint_path": ...}``, a directory in storage holding ``final.json``, ``logits.npz`` and ``model.pt``, which
-the driver copies into the results folder (``ablations.driver.session``).
+the driver copies into the results folder (``ablations.session.events``).
 """
 from __future__ import annotations
 

@@ -15,8 +15,6 @@ and errors only.
 """
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -177,13 +175,3 @@ def estimate_comparison(wall_s: float, estimated_s: float, trials: int) -> str:
     which = f"these {trials} trials" if trials > 1 else "its one trial"
     return f"wall time {duration(wall_s)} against the dry run's estimate of {duration(estimated_s)} for {which}: {ratio:.2f}x"
 
-
-def quiet_ray(verbose: bool) -> None:
-    """Without --verbose, Ray Tune prints neither its experiment box nor a traceback per failed trial: the
-    driver prints one line per failure (the error column of trials.parquet holds the same), and Ray's full
-    error file stays in the Tune folder. Set before ``Tuner.fit``."""
-    if verbose:
-        return
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the old reporter prints nothing at verbose=0
-    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
-    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # "Trials did not complete: [...]"
