@@ -19,7 +19,6 @@ from ablations.plan.resources import DEFAULT_CLUSTER_WAIT_S, gpu_share
 from ablations.plan.speeds import DEFAULT_GPU, GPU
 from ablations.session import rounds as A
 
-
 # ----------------------------------------------------------------------------- CLI
 
 

@@ -2,7 +2,7 @@
 
     python scripts/make_subset.py SRC DEST --train-per-class N --test-per-class M   (0 = every image)
 
-Used for the GPU machine, which receives at most 64 MiB of files (scripts/gpu_ray_check.sh):
+Used for the GPU machine, which receives at most 64 MiB of files (examples/gpu/gpu_ray_check.sh):
     python scripts/make_subset.py ../shared/data/cifar10-jpg.tar.gz .devdata/cifar10-10k.tar.gz \
         --train-per-class 1000 --test-per-class 0
 """

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.store.results import RunFolder
 from pipeline import data as D
+
+from ablations.store.results import RunFolder
 
 SUBSET = Path(__file__).resolve().parent / "data" / "cifar10-subset.tar.gz"
 

@@ -22,18 +22,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.plan import grids
-from ablations.plan.compared import comparisons_from_plan
-from ablations.session import rounds as A
-from ablations.store.ledger import Ledger
-from ablations.report import write_report
-from ablations.store.results import RunFolder, RunFolderError
-from ablations.run import main
-from ablations.store.runfolder import plan_in_folder
-from ablations.stats import sequential as Q
 from pipeline.data import CIFAR10_CLASSES
 from pipeline.errors import ConfigError
 from pipeline.evaluate import summary
+
+from ablations.plan import grids
+from ablations.plan.compared import comparisons_from_plan
+from ablations.report import write_report
+from ablations.run import main
+from ablations.session import rounds as A
+from ablations.stats import sequential as Q
+from ablations.store.ledger import Ledger
+from ablations.store.results import RunFolder, RunFolderError
+from ablations.store.runfolder import plan_in_folder
 
 from .conftest import GRIDS, read_trials, run_cli, start_cli, wait_for
 from .test_report import correct_set, make_logits

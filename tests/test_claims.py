@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.evaluate import summary
+
 from ablations.plan import grids
 from ablations.report import main, write_report
 from ablations.store.best import best_config_ids
 from ablations.store.results import RunFolder
-from pipeline.evaluate import summary
 
 from .conftest import run_cli
 from .test_report import make_logits

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.plan import grids
-from ablations.store import portable
+from pipeline.data import CIFAR10_CLASSES
+
 from ablations.driver.measure import SCALE_GRID, synthetic_checkpoint
-from ablations.store.collector import Collector
-from ablations.store.ledger import Ledger
+from ablations.plan import grids
+from ablations.session.events import Session, epoch_row
 from ablations.session.progress import (
     Eta,
     Progress,
@@ -24,9 +24,10 @@ from ablations.session.progress import (
     estimate_comparison,
     labels,
 )
-from ablations.session.events import Session, epoch_row
+from ablations.store import portable
+from ablations.store.collector import Collector
+from ablations.store.ledger import Ledger
 from ablations.store.results import LEDGER, RunFolder
-from pipeline.data import CIFAR10_CLASSES
 
 EPOCHS = SCALE_GRID["base"]["epochs"]
 

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
+from pipeline.config import ConfigError, TrialConfig
+
 from ablations.plan import grids
 from ablations.plan.overrides import parse_overrides
-from pipeline.config import ConfigError, TrialConfig
 
 from .conftest import run_cli
 

@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.config import TrialConfig
+from pipeline.errors import ConfigError
+from pipeline.ids import ID_BASELINE, ID_SCHEMA, identity, legacy_trial_id
+
 from ablations.plan import grids
 from ablations.store.ledger import Ledger
 from ablations.store.results import RunFolder, RunFolderError
 from ablations.store.runfolder import plan_in_folder, refuse_stale
-from pipeline.config import TrialConfig
-from pipeline.errors import ConfigError
-from pipeline.ids import ID_BASELINE, ID_SCHEMA, identity, legacy_trial_id
 
 from .conftest import GRIDS
 

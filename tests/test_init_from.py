@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ablations.plan import grids
 from pipeline import views
 from pipeline.config import TrialConfig
 from pipeline.train import epoch_seed, fit
+
+from ablations.plan import grids
 
 from .conftest import GRIDS, run_cli
 

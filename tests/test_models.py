@@ -146,11 +146,12 @@ def test_a_new_backbone_is_one_registry_entry(monkeypatch, small_splits):
     """Registered once (pipeline.registry), a backbone is a valid config value, builds, normalizes, trains on the
     prefix cache, gets a dry-run estimate (a stated stand-in speed: it has none measured) and an offline-weights
     line from ablations.check."""
-    from ablations.check import check_weights
-    from ablations.plan.estimate import Target, plan_seconds
     from pipeline import registry as R
     from pipeline.config import ConfigError, effective_normalization
     from pipeline.train import fit
+
+    from ablations.check import check_weights
+    from ablations.plan.estimate import Target, plan_seconds
 
     with pytest.raises(ConfigError, match="backbone='tiny': must be one of"):
         _cfg(backbone="tiny", pretrained=False)

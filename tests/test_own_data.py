@@ -9,9 +9,10 @@ import re
 import numpy as np
 import pytest
 
+from pipeline import data as D
+
 from ablations.plan import claims as C
 from ablations.plan import grids
-from pipeline import data as D
 
 from .conftest import GRIDS, OTHER_CLASSES, make_imagefolder, run_cli
 

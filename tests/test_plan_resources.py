@@ -7,11 +7,20 @@ import argparse
 
 import pytest
 
+from pipeline.config import TrialConfig
+
 from ablations.plan import packing
-from ablations.plan.resources import HEAD_MEMORY_SHARE, HEAD_MIB_PER_TRIAL, ClusterOptions, GpuMemory, ResourceError, gpu_share, plan_resources
 from ablations.plan.estimate import Target, packing_gain, trial_seconds
 from ablations.plan.gpu_memory import PEAK_MIB, Peak, heaviest, trial_peak
-from pipeline.config import TrialConfig
+from ablations.plan.resources import (
+    HEAD_MEMORY_SHARE,
+    HEAD_MIB_PER_TRIAL,
+    ClusterOptions,
+    GpuMemory,
+    ResourceError,
+    gpu_share,
+    plan_resources,
+)
 
 
 def flags(**kw) -> ClusterOptions:

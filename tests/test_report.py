@@ -24,12 +24,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import data as D
+from pipeline.evaluate import summary
+
 from ablations.plan import grids
 from ablations.report import main, write_report
 from ablations.store.best import best_config_ids, finished
 from ablations.store.results import RunFolder
-from pipeline import data as D
-from pipeline.evaluate import summary
 
 CLASSES = ("cat", "dog", "ship", "truck")
 N_TEST, N_VAL = 200, 40
@@ -538,8 +539,9 @@ def test_report_tables_paste_with_at_most_nine_short_columns_and_prose_as_notes(
 def test_grad_cam_finds_the_data_of_a_folder_that_moved(monkeypatch, tmp_path):
     """A committed or rsync'd folder's relative data path points nowhere; the report then uses the data
     ``--data auto`` finds here, but only when its content is the run's (same fingerprint)."""
-    from ablations.report.figures import Skip, _data_here
     from pipeline import data as D
+
+    from ablations.report.figures import Skip, _data_here
 
     from .conftest import SUBSET
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-
 def machine() -> dict[str, Any]:
     import torch
 

@@ -12,7 +12,6 @@ import numpy as np
 
 from ablations.bench.common import alternate, data_subset
 
-
 THROUGHPUT_CASES = (("resnet18", 32), ("efficientnet_lite0", 64), ("efficientnet_lite0", 128))
 GPU_THROUGHPUT_CASES = (("resnet18", 224), ("efficientnet_lite0", 224), ("efficientnet_lite0", 96))
 

@@ -1,10 +1,6 @@
 """Each section's result as BENCH.md's markdown (its measure is in the module that measures it)."""
 from __future__ import annotations
 
-
-
-
-
 # ----------------------------------------------------------------------------- rendering, one function per section
 
 

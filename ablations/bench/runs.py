@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-
-
 # ----------------------------------------------------------------------------- 4. driver memory
 
 MEMORY_GRID = """\

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-
 from ablations.bench.common import machine
 from ablations.bench.notebook import (
     GPU_THROUGHPUT_CASES,
@@ -69,7 +68,6 @@ from ablations.bench.render import (
 )
 from ablations.bench.runs import bench_driver_memory, bench_fail_fast, bench_runner, bench_smoke
 from ablations.driver.measure import bench_driver_scale, bench_head_memory, bench_overhead
-
 
 # ----------------------------------------------------------------------------- the sections: measure + render
 

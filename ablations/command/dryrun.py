@@ -10,18 +10,19 @@ import dataclasses
 import functools
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from pipeline import data as D
 
-from ablations.plan import grids
-from ablations.session import rounds as A
-from ablations.plan.resources import GpuMemory, Resources
 from ablations.driver.spec import with_execution
+from ablations.plan import grids
 from ablations.plan.compared import comparisons_from_plan
 from ablations.plan.estimate import Target, plan_seconds, trial_seconds
 from ablations.plan.gpu_memory import GPU_MEMORY_MIB
+from ablations.plan.resources import GpuMemory, Resources
 from ablations.plan.speeds import DEFAULT_GPU, GPU_NAMES
+from ablations.session import rounds as A
 from ablations.stats import sequential as Q
 
 GpuChoice = tuple[float, "str | None"]  # (--gpu-speed, --gpu-model) for the estimate
@@ -204,4 +205,54 @@ def dry_run(args) -> int:
     trials = p.plan.trials()
     res = plan_resources(opts, cluster, len(trials), peak=heaviest(trials.values()), gpu=planned_gpu(args.gpu_model))
     print_dry_run(p.plan, res, args.json, note, (args.gpu_speed, args.gpu_model), p.settings, counts, sizes)
+    folder = Path(args.results) / (args.name or p.plan.grid)
+    if p.settings is not None and not args.json and (folder / "trials.parquet").exists():
+        print("\n".join(first_round_on(folder, p.settings)))
     return 0
+
+
+def first_round_on(folder: Path, settings: A.Settings) -> list[str]:
+    """What --until-decided's first round would add to the run in ``folder``: its plan, decided on the run's
+    validation numbers (never test), each added seed of a config costed at what its first seed took (with its
+    ``init_from`` parent's), one trial at a time. Reads a copy of the folder (its logits and labels.npz stay on
+    the machine that ran it); changes nothing."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.ids import trial_id
+
+    from ablations.plan.compared import comparisons_from_plan
+    from ablations.report.adaptive import run_plan
+    from ablations.report.rundata import RunData
+    from ablations.store.ledger import Ledger
+    from ablations.store.results import RunFolder
+
+    if not (folder / "labels.npz").exists():
+        return [f"--until-decided on {folder}: no labels.npz there (the machine that ran it keeps it): no preview"]
+    with tempfile.TemporaryDirectory() as d:
+        dst = Path(d) / folder.name
+        shutil.copytree(folder, dst, ignore=shutil.ignore_patterns("ray", "models", "logs"))
+        copy = RunFolder(dst)
+        plan = run_plan(RunData(dst))
+        labels = np.load(dst / "labels.npz", allow_pickle=True)
+        classes = [str(c) for c in labels["classes"]]
+        recall = A.recall_from_logits(lambda t: copy.read_logits(t) if copy.logits_path(t).exists() else None,
+                                      labels["val"], len(classes))
+        rows = pd.read_parquet(dst / "trials.parquet")
+        measured = dict(zip(rows.trial_id, rows.trial_seconds))
+        ledger = Ledger(copy, plan)
+        ledger.open()
+        rounds = A.Rounds(ledger, settings, A.planned_seeds(plan), comparisons_from_plan(plan),
+                          class_recall=recall, classes=classes,
+                          cost_hours=lambda pl: A.config_hours(pl, lambda cfg: measured.get(trial_id(cfg), 0.0),
+                                                               1 / 3600))
+        rp = rounds.next()
+        ledger.close()
+    return [f"--until-decided on the run in {folder} ({settings.test}, cap {settings.max_seeds}), on its validation "
+            f"numbers and measured trial times: {rp.line()}",
+            f"  decided on validation: {', '.join(map(str, rp.decided)) or 'none'}",
+            f"  open: {', '.join(map(str, [*rp.open, *rp.at_cap])) or 'none'}",
+            f"  configs given another seed: {len(rp.add_seeds)}"]

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablations.command.planned import Planned, planned
 from ablations.command.dryrun import estimate_target, trial_estimates, trial_estimator, wall_estimate
+from ablations.command.planned import Planned, planned
 from ablations.driver import preflight
 from ablations.driver.cluster import (
     AutoscalerDemand,

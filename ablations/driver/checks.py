@@ -21,8 +21,8 @@ def check_ray(args) -> str:
     import ray
 
     from ablations.driver.cluster import connect
-    from ablations.plan.resources import cluster_address, fmt_resources
     from ablations.driver.torch_backend import lazy_backend_supported
+    from ablations.plan.resources import cluster_address, fmt_resources
 
     connect(_opts(args))
     missing = lazy_backend_supported()
@@ -34,8 +34,8 @@ def check_ray(args) -> str:
 def check_task_gpus(args) -> str | tuple[str, str]:
     import ray
 
-    from ablations.plan.resources import cluster_address, wants_gpu
     from ablations.driver.preflight import cuda_failure, device_report
+    from ablations.plan.resources import cluster_address, wants_gpu
 
     if cluster_address(_opts(args)) and wants_gpu(_opts(args)):  # an autoscaling cluster may have no GPU node yet: get one
         return _preflight_on_cluster(args)

@@ -8,8 +8,8 @@ Ray Train makes, guarded), ``ablations.plan.resources`` refuses at once a reques
 """
 from __future__ import annotations
 
-import os
 import logging
+import os
 import socket
 import time
 from typing import Any

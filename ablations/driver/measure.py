@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-
-
 # ----------------------------------------------------------------------------- 3. Ray overhead
 
 
@@ -251,10 +249,10 @@ class DriverFeed:
     to the TensorBoard callback (``ablations.driver.trackers``), timed apart."""
 
     def __init__(self, plan, folder_dir: Path, concurrency: int, tensorboard_dir: Path | None, trace_memory: bool):
+        from ablations.session.events import Session
+        from ablations.session.progress import Eta, Progress, labels
         from ablations.store.collector import Collector
         from ablations.store.ledger import Ledger
-        from ablations.session.progress import Eta, Progress, labels
-        from ablations.session.events import Session
         from ablations.store.results import RunFolder
 
         self.folder = RunFolder(folder_dir)

@@ -18,8 +18,8 @@ from typing import Any
 
 from pipeline.errors import one_line
 
-from ablations.store.mirror import filesystem
 from ablations.plan.resources import GpuMemory, ResourceError, Resources, fmt_resources
+from ablations.store.mirror import filesystem
 
 
 def needed(res: Resources, on_cluster: bool) -> bool:
@@ -63,10 +63,10 @@ def nvidia_gpus() -> list[tuple[str, float, float]]:
 def device_report(want_cuda: bool) -> dict[str, Any]:
     """What a trial's worker on this node would see: torch, its CUDA build, the driver, and whether a CUDA
     tensor operation works (with the error if not); with CUDA, the GPU's memory and what is free on it."""
+    import glob
+
     import ray
     import torch
-
-    import glob
 
     driver, driver_cuda = nvidia_driver()
     out: dict[str, Any] = {"node_ip": ray.util.get_node_ip_address(), "torch": torch.__version__,

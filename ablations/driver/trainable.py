@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ablations.store.mirror import filesystem
 from ablations.driver.spec import TrialSpec
+from ablations.store.mirror import filesystem
 
 FINAL_FILES = ("final.json", "logits.npz", "model.pt")
 

@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from ablations.plan import grids
 from ablations import stats as S
+from ablations.plan import grids
 from ablations.plan.claims import NOT_TESTABLE
 from ablations.plan.compared import Key, comparisons_from_plan
+from ablations.report.claimtable import NotMeasured, class_claim_data
+from ablations.report.rundata import RunData
+from ablations.report.tables import BOOT_SEED, CONFIDENCE
 from ablations.stats import sequential as Q
 from ablations.stats.sequential import Settings
-from ablations.report.rundata import RunData
-from ablations.report.claimtable import NotMeasured, class_claim_data
-from ablations.report.tables import BOOT_SEED, CONFIDENCE
 
 CLAIM_WORDS = {Q.HIGHER: "confirmed", Q.LOWER: "contradicted", Q.OPEN: S.INCONCLUSIVE}
 AXIS_WORDS = {Q.HIGHER: "higher", Q.LOWER: "lower", Q.OPEN: S.INCONCLUSIVE}

@@ -26,13 +26,13 @@ import pandas as pd
 
 from ablations import stats as S
 from ablations.plan.claims import GROUPS, Claim, absent_classes, not_testable
-from ablations.stats import finite
 from ablations.plan.compared import Key
 from ablations.report import setting as ST
 from ablations.report.comparisons import ClaimIndex, ClaimVerdict, Pair, Side
 from ablations.report.rundata import RunData
 from ablations.report.tables import BOOT_SEED, CONFIDENCE, N_BOOT, compare, mde_note
-from ablations.report.tablespec import Col, Table, adaptive_columns, both_ci, boot_ci, p_value, per_seed_diff, text
+from ablations.report.tablespec import Col, Table, adaptive_columns, boot_ci, both_ci, p_value, per_seed_diff, text
+from ablations.stats import finite
 
 CLAIM_VERDICTS = {"higher": "confirmed", "lower": "contradicted"}
 

@@ -10,10 +10,10 @@ import pandas as pd
 
 from pipeline.registry import TRAIN_STAGES
 
-from ablations.store.results import atomic_write
-from ablations.stats import MIN_SEEDS, finite
 from ablations.report.rundata import RunData, config_keys
 from ablations.report.tablespec import fmt_value, seed_values
+from ablations.stats import MIN_SEEDS, finite
+from ablations.store.results import atomic_write
 
 GRADCAM_PER_CLASS = 3
 ORDINAL = {"train_stages": TRAIN_STAGES}

@@ -21,10 +21,8 @@ from scipy import stats as _st
 from ablations import stats as S
 from ablations.plan.claims import arm_name
 from ablations.plan.compared import Key
-from ablations.stats import finite
 from ablations.report.comparisons import ClaimIndex, Pair, Side
 from ablations.report.rundata import RunData
-from ablations.store.best import normalise_trials
 from ablations.report.tablespec import (
     EMPTY,
     Col,
@@ -40,6 +38,8 @@ from ablations.report.tablespec import (
     seed_values,
     text,
 )
+from ablations.stats import finite
+from ablations.store.best import normalise_trials
 
 N_BOOT = 10000
 BOOT_SEED = 0

@@ -29,10 +29,10 @@ from pipeline.provenance import code_version
 
 from ablations import stats as S
 from ablations.plan.claims import DEFAULT_EQUIVALENCE_PP
-from ablations.store.mirror import is_remote
-from ablations.store.results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
 from ablations.report import timing
 from ablations.report.adaptive import StudyVerdicts
+from ablations.report.claimtable import ClaimResult, claim_index, claims_table, measure_claims
+from ablations.report.comparisons import ClaimIndex
 from ablations.report.figures import (
     GRADCAM_PER_CLASS,
     Skip,
@@ -44,8 +44,6 @@ from ablations.report.figures import (
     load_test_images,
 )
 from ablations.report.rundata import RunData
-from ablations.report.claimtable import ClaimResult, claim_index, claims_table, measure_claims
-from ablations.report.comparisons import ClaimIndex
 from ablations.report.tables import (
     BOOT_SEED,
     N_BOOT,
@@ -58,6 +56,8 @@ from ablations.report.tables import (
     tta_table,
 )
 from ablations.report.tablespec import Col, Table, number, pct, text
+from ablations.store.mirror import is_remote
+from ablations.store.results import STATUSES, RunFolder, atomic_write, atomic_write_text, now
 
 # ============================================================================ writing
 

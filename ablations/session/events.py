@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ablations.session.progress import Progress
 from ablations.store.collector import Collector
 from ablations.store.ledger import Ledger
-from ablations.session.progress import Progress
 
 # what Tune adds to every result, and our own markers: the rest of an epoch result is the epoch's row
 NOT_EPOCH_COLUMNS = {"kind", "trial_id", "checkpoint_path", "checkpoint_dir_name", "done", "should_checkpoint",

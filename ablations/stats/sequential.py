@@ -109,7 +109,6 @@ from pipeline.errors import ConfigError
 
 from ablations import stats as S
 
-
 ALPHA = S.ALPHA
 PRIOR_G = 4.0  # variance of the standardised effect under the alternative's prior (its SD: 2 seed SDs)
 HIGHER, LOWER, OPEN = "higher", "lower", "open"

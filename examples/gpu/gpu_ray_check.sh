@@ -9,9 +9,9 @@
 #              --implementation cp --platform manylinux2014_x86_64 -d .offline typing-extensions
 #   .devdata/  python scripts/make_subset.py ../shared/data/cifar10-jpg.tar.gz .devdata/cifar10-10k.tar.gz \
 #                  --train-per-class 1000 --test-per-class 0      (10,000 training + all 10,000 test images, 6 MB)
-# then   bash scripts/gpu_ray_check.sh   (writes into $OUT; at most GPU_CHECK_BUDGET_S = 470 s, install included).
+# then   bash examples/gpu/gpu_ray_check.sh   (writes into $OUT; at most GPU_CHECK_BUDGET_S = 470 s, install included).
 #
-# Phases, in this order, each a `python -m ablations.run` of scripts/gpu_ray_check.yaml (ResNet-18 at 224 px,
+# Phases, in this order, each a `python -m ablations.run` of examples/gpu/gpu_ray_check.yaml (ResNet-18 at 224 px,
 # random init; 9,000 training / 1,000 validation images, the 10,000 test images) under its own time limit, each
 # packed into $OUT/NAME.tgz as soon as it ends (its run folder without weights, and the GPU's memory sampled
 # every 0.5 s while it ran: NAME.gpu.csv), so a cut run still returns what it finished (8 files come back):
@@ -26,10 +26,10 @@
 # (--gpus-per-trial auto, 1 CPU per trial); only the runner differs. Each trial row records its GPU
 # (device_name) and peak memory (gpu_peak_mib); run.json's session records the resources the run chose.
 # GPU_CHECK_PHASES="packing lite0" runs only those phases; GPU_CHECK_SCALE=2 doubles every limit (the budget
-# still bounds the whole). Summaries: python scripts/gpu_summary.py <folder the .tgz files were unpacked into>.
+# still bounds the whole). Summaries: python examples/gpu/gpu_summary.py <folder the .tgz files were unpacked into>.
 #
 # A dry run of every step on a CPU machine (tiny data, --device cpu, no bundle: the given Python's Ray):
-#   GPU_CHECK_DEVICE=cpu GPU_CHECK_INSTALL=0 PYTHON=.venv/bin/python OUT=/tmp/gpu-check bash scripts/gpu_ray_check.sh
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_INSTALL=0 PYTHON=.venv/bin/python OUT=/tmp/gpu-check bash examples/gpu/gpu_ray_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 PY=${PYTHON:-python3}
@@ -40,7 +40,7 @@ WORK=${GPU_CHECK_WORK:-/tmp/gpu-check-work}
 BUDGET=${GPU_CHECK_BUDGET_S:-470}  # the whole script, from its start
 GRACE=10                           # a phase at its limit gets SIGTERM, then SIGKILL this much later
 SCALE=${GPU_CHECK_SCALE:-1}
-GRID=scripts/gpu_ray_check.yaml
+GRID=examples/gpu/gpu_ray_check.yaml
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1

@@ -1,7 +1,7 @@
-"""The GPU check's numbers (scripts/gpu_ray_check.sh) as Markdown tables, from its run folders:
+"""The GPU check's numbers (examples/gpu/gpu_ray_check.sh) as Markdown tables, from its run folders:
 
-    python scripts/gpu_summary.py examples/gpu        # the H200 check of issue 20 (gpu1, gpu4, nocache)
-    python scripts/gpu_summary.py FOLDER              # a later check: its .tgz files unpacked into FOLDER
+    python examples/gpu/gpu_summary.py examples/gpu        # the H200 check of issue 20 (gpu1, gpu4, nocache)
+    python examples/gpu/gpu_summary.py FOLDER              # a later check: its .tgz files unpacked into FOLDER
 
 Every folder under FOLDER holding a trials.parquet is a run, in the order the runs started.
 
@@ -24,14 +24,15 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pipeline.config import TrialConfig  # noqa: E402
 
 from ablations.plan import speeds as S  # noqa: E402
-from ablations.plan.packing import footprint_mib  # noqa: E402
 from ablations.plan.estimate import Target, trial_seconds  # noqa: E402
 from ablations.plan.gpu_memory import trial_peak  # noqa: E402
+from ablations.plan.packing import footprint_mib  # noqa: E402
 from ablations.report.timing import where_the_time_went  # noqa: E402
-from pipeline.config import TrialConfig  # noqa: E402
 
 LEGACY = {"gpu1": 1, "gpu4": 4, "nocache": 1}  # issue 20's runs (run.json has no resources): trials per GPU
 OLD_OVERHEAD_S = 16.0  # the estimate's per-trial overhead when those ran (all devices)
