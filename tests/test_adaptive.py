@@ -350,6 +350,31 @@ def _main(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def test_dry_run_until_decided_on_a_finished_run_previews_its_first_round(tmp_path):
+    """--dry-run --until-decided on a folder that holds a finished fixed run: the first round as the planner would
+    make it from the run's validation numbers (the synthetic world: at 3 seeds nothing can be called yet, so every
+    comparison is open and each compared config gets a 4th seed); nothing in the folder changes."""
+    folder = RunFolder(tmp_path / "synthetic")
+    plan, _ = plan_in_folder(folder, command_plan(), None, extend=False)
+    folder.path.mkdir(parents=True)
+    folder.write_labels(LABELS, CIFAR10_CLASSES)
+    ledger = Ledger(folder, plan)
+    ledger.open()
+    World(folder).run(ledger, ledger.pending())
+    ledger.close()
+    write_meta(folder, plan)
+    grid = tmp_path / "synthetic.json"
+    grid.write_text(json.dumps(SPEC))
+    before = {p.name: p.stat().st_mtime_ns for p in folder.path.rglob("*") if p.is_file()}
+    code, out, _ = _main("--grid", str(grid), "--dry-run", "--until-decided", "--max-seeds", "6", "--num-cpus", "2",
+                         "--results", str(tmp_path))
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("--until-decided on the run in"))
+    assert "(mixture, cap 6)" in line and "round 1: 4 of 4 verdicts open on validation; adding 3 trials" in line
+    assert "  configs given another seed: 3" in out and "decided on validation: none" in out
+    assert {p.name: p.stat().st_mtime_ns for p in folder.path.rglob("*") if p.is_file()} == before
+
+
 def test_dry_run_shows_the_planned_seeds_and_the_worst_case(tmp_path):
     grid = tmp_path / "synthetic.json"
     grid.write_text(json.dumps(SPEC))

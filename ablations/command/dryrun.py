@@ -242,7 +242,7 @@ def first_round_on(folder: Path, settings: A.Settings) -> list[str]:
         recall = A.recall_from_logits(lambda t: copy.read_logits(t) if copy.logits_path(t).exists() else None,
                                       labels["val"], len(classes))
         rows = pd.read_parquet(dst / "trials.parquet")
-        measured = dict(zip(rows.trial_id, rows.trial_seconds))
+        measured = dict(zip(rows.trial_id, rows["trial_seconds"])) if "trial_seconds" in rows else {}
         ledger = Ledger(copy, plan)
         ledger.open()
         rounds = A.Rounds(ledger, settings, A.planned_seeds(plan), comparisons_from_plan(plan),
