@@ -119,7 +119,7 @@ def test_no_node_for_a_trial_fails_with_one_line_after_the_wait(autoscaling, min
 
 
 
-# ----------------------------------------------------------------------------- issue 19: a dead run holds no GPUs
+# ----------------------------------------------------------------------------- a dead run holds no GPUs
 
 
 def ray_status(address: str, *flags: str) -> str:

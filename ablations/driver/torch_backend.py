@@ -1,17 +1,17 @@
-"""Ray Train's torch backend, minus the torch import in the Train controller.
+"""Ray Train's torch backend, minus the torch import in the Tune trial actor and the Train controller.
 
 Ray Train pickles the backend (``TorchConfig`` and its ``_TorchBackend``) into every run's controller actor,
-and unpickling them imports ``ray.train.torch.config``, which imports torch: 1.5-3 s of a fresh process per
-trial on a 2-core machine, for a process that never touches a tensor. ``LazyTorchConfig`` sets up the same
-process group with the same Ray functions, but imports them on the workers only, where torch is loaded anyway.
-``python -m ablations.bench --only overhead`` measures an empty trial with our settings (this among them)
-against Ray's defaults (stock config): 7.4 s against 8.9 s with our settings before this module.
+and unpickling them imports ``ray.train.torch.config``, which imports torch; ``TorchTrainer`` imports it in the
+calling Tune trial actor too. Both processes live on the head node, one pair per running trial, and never touch a
+tensor. ``LazyTorchConfig`` sets up the same process group with the same Ray functions, but imports them on the
+workers only, where torch is loaded anyway: the head's memory per running trial (``plan/measured.yaml``,
+``head_memory``, which says what torch would add) and each trial's start stay small.
 
 A one-worker trial sets up no process group at all (nothing to synchronise; no NCCL init that could fail).
 
 It relies on private parts of Ray Train (the helpers of ``ray.train.torch.config``, ``get_address_and_port``,
 Train V2's ``TrainingFramework`` and its worker group's ``execute*`` methods); ``torch_config()`` checks that
-every one of them exists and otherwise falls back to the stock ``TorchConfig``, so a Ray upgrade costs speed,
+every one of them exists and otherwise falls back to the stock ``TorchConfig``, so a Ray upgrade costs memory and speed,
 never correctness. pyproject.toml bounds Ray to the versions this was tested with.
 """
 from __future__ import annotations

@@ -112,8 +112,7 @@ def trial_seconds(cfg: TrialConfig, n_train: int, n_val: int, n_test: int, targe
     """Seconds one trial takes: its overhead, training, and evaluation (validation every epoch, then val and test
     for each TTA view). On a GPU shared by ``target.per_gpu`` trials, each is slowed by per_gpu / gain(per_gpu).
     On a CPU, ``computed``: the prefix-cache entries earlier trials of the run computed (this trial adds its own);
-    the trial's compute is taken as ``target.cpus`` times faster than one thread's (measured here: one 2-thread
-    trial ran 2.3x as fast as each of two 1-thread trials at once)."""
+    the trial's compute is taken as ``target.cpus`` times faster than one thread's."""
     target = target or Target()
     views = len(TTA_MODES[cfg.tta])
     if not target.gpu:

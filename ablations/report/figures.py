@@ -34,7 +34,7 @@ def _figure(w: float, h: float):
 
 def _save_fig(fig, path: Path, dpi: int = 110, colors: int = 0) -> None:
     """Save as PNG; ``colors``: quantize to a palette of that many colours (photographic figures such as Grad-CAM
-    grids shrink about 5x, to ~200 KB, and are committed with every worked example)."""
+    grids, committed with every worked example, are stored small this way)."""
     if not colors:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
         return
