@@ -183,9 +183,9 @@ def header(ctx: Context) -> list[str]:
     n_test = sizes.get("test", len(run.labels["test"]) if run.labels is not None else None)
     if tpc > 0:
         test_txt = (f"**Test set: a class-balanced subset**, the first {tpc} test images of each class "
-                    f"({n_test} images), not the full official test set; accuracies are on this subset.")
+                    f"({n_test} images), not the whole test set; accuracies are on this subset.")
     else:
-        test_txt = f"Test set: the full official test set ({n_test} images)."
+        test_txt = f"Test set: every image of the data's test set ({n_test} images)."
     sub_txt = f", {d['train_per_class']} training images per class" if d.get("train_per_class") else ""
     stored_txt = f" ({describe_stored(d['stored'])})" if d.get("stored") else ""
     out = [f"# Ablation report: {meta.get('grid')}", "",
