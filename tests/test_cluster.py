@@ -129,27 +129,37 @@ def ray_status(address: str, *flags: str) -> str:
 
 
 def why_nodes_stay(address: str) -> str:
-    """What a worker node that does not go away holds: Ray's per-node usage (`ray status -v`: resources in use
-    and object store memory, which keeps a node from being idle while it pins primary copies), the object store
-    per node (`ray memory --stats-only`), and the actors still alive."""
+    """What a worker node that does not go away holds: Ray's per-node usage (`ray status -v`: resources in use,
+    reserved in placement groups, object store memory), the object store (`ray memory --stats-only`), and from the
+    GCS (no dashboard needed) the placement groups, the jobs and the actors not dead."""
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     memory = subprocess.run([ray, "memory", "--stats-only", "--address", address], capture_output=True, text=True,
                             timeout=120)
     return (f"ray status -v:\n{ray_status(address, '-v')}\nray memory --stats-only:\n{memory.stdout[-3000:]}"
-            f"{memory.stderr[-500:]}\nactors alive:\n{actors_alive(address)}")
+            f"{memory.stderr[-500:]}\nfrom the GCS:\n{gcs_state(address)}")
+
+
+def gcs_state(address: str) -> str:
+    """Placement groups (state, bundles, nodes), jobs (dead or not) and actors not dead, one line each, read from
+    the GCS (Ray's private state module: a diagnostic only)."""
+    out = in_cluster(address, """
+from ray._private import state
+from ray.util import placement_group_table
+for pg in placement_group_table().values():
+    print("placement group", pg["placement_group_id"][:8], pg["state"], pg["bundles"], pg["bundles_to_node_id"],
+          pg["stats"]["scheduling_state"])
+for j in state.jobs():
+    print("job", j.get("JobID"), "dead" if j.get("IsDead") else "alive", j.get("DriverPid"))
+for a in state.actors().values():
+    if a.get("State") != "DEAD":
+        print("actor", a.get("ActorClassName"), a.get("State"), a.get("JobID"), a.get("Address", {}).get("NodeID"))
+""")
+    return out.stdout[-6000:] + out.stderr[-1500:]
 
 
 def requested(address: str) -> bool:
     """Whether `ray status` shows a request to the autoscaler (request_resources) in force."""
     return "from request_resources()" in ray_status(address)
-
-
-def actors_alive(address: str) -> str:
-    """The actors still alive, one line each (class, state, node, namespace)."""
-    out = in_cluster(address, "from ray.util.state import list_actors\n"
-                              "for a in list_actors(filters=[('state', '!=', 'DEAD')]):\n"
-                              "    print(a.class_name, a.state, a.node_id, a.ray_namespace)")
-    return out.stdout + out.stderr[-1000:]
 
 
 def test_a_killed_driver_leaves_no_demand_and_the_cluster_shrinks(autoscaling, s3, mini_archive, tmp_path):
