@@ -164,7 +164,8 @@ def requested(address: str) -> bool:
 
 def test_a_killed_driver_leaves_no_demand_and_the_cluster_shrinks(autoscaling, s3, mini_archive, tmp_path):
     """SIGKILL to the driver's whole process group mid-grid (no finally runs): its request to the autoscaler is
-    withdrawn by the detached keeper when the heartbeats stop (60 s), within 150 s, and the idle nodes go."""
+    withdrawn by the detached keeper when the heartbeats stop (60 s), within 150 s, and the idle nodes go: also
+    those a Train controller's placement group, created after the kill, would hold (the keeper removes it)."""
     args = ["--grid", str(GRIDS / "resume.yaml"), "--seeds", "6", "--data", str(mini_archive), "--results",
             str(tmp_path), "--no-report", "--log", "none", *cluster_args(autoscaling, "killed")]
     proc = subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO, stdout=subprocess.PIPE,

@@ -133,6 +133,41 @@ class KeeperClosing(RuntimeError):
     """The keeper is exiting (no run's part left): ask again, a new keeper takes the request."""
 
 
+def remove_orphan_placement_groups() -> list[str]:
+    """Remove the placement groups Ray left reserved for a dead creator; their ids (hex). Ray removes a group
+    that is not detached when its creator (job or actor) dies, but a group whose create request reaches the GCS
+    after its creator died (a Train controller killed with its driver while it reserves a worker group) stays
+    CREATED for good, and its node never goes idle. Such a group is one whose creator actor, or (created by a
+    driver) creator job, is dead. Ray's GCS records, through private parts: guarded, a Ray without them removes
+    nothing."""
+    try:
+        from ray._private import state
+        from ray._raylet import PlacementGroupID
+        from ray.core.generated import gcs_pb2
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+        accessor = state.state._connect_and_get_accessor()
+        dead_actors = {a for a, info in state.actors().items() if info.get("State") == "DEAD"}
+        dead_jobs = {j["JobID"] for j in state.jobs() if j.get("IsDead")}
+        removed = []
+        for pg_id, info in placement_group_table().items():
+            if info.get("state") != "CREATED":
+                continue
+            pid = PlacementGroupID(bytes.fromhex(pg_id))
+            record = gcs_pb2.PlacementGroupTableData.FromString(accessor.get_placement_group_info(pid))
+            if record.is_detached:
+                continue
+            actor, job = record.creator_actor_id.hex(), record.creator_job_id.hex()
+            by_actor = actor.strip("f") != "" and actor in dead_actors
+            by_job = actor.strip("f") == "" and job in dead_jobs
+            if by_actor or by_job:
+                remove_placement_group(PlacementGroup(pid))
+                removed.append(pg_id)
+        return removed
+    except Exception:  # noqa: BLE001 - another Ray, or the GCS busy: the next lost run sweeps again
+        return []
+
+
 class DemandKeeper:
     """The one detached actor per cluster, on the head node, that holds the autoscaler's request for every run on
     the cluster. ``request_resources`` replaces the whole cluster's request, so runs that share a cluster must not
@@ -190,8 +225,11 @@ class DemandKeeper:
             time.sleep(1.0)
             with self.lock:
                 now = time.monotonic()
-                for run in [r for r, p in self.parts.items() if now - p["last"] > p["timeout_s"]]:
+                lost = [r for r, p in self.parts.items() if now - p["last"] > p["timeout_s"]]
+                for run in lost:
                     del self.parts[run]
+                if lost:
+                    remove_orphan_placement_groups()
                 try:
                     self._send()
                 except Exception:  # the GCS busy or restarting: the next second sends again
