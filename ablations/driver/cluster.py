@@ -220,16 +220,16 @@ class DemandKeeper:
             self.sent = bundles
 
     def _watch(self) -> None:
-        idle_since = None
+        idle_since, lost = None, []
         while True:
             time.sleep(1.0)
+            if lost:  # outside the lock: the GCS reads must not hold up the other runs' heartbeats
+                remove_orphan_placement_groups()
             with self.lock:
                 now = time.monotonic()
                 lost = [r for r, p in self.parts.items() if now - p["last"] > p["timeout_s"]]
                 for run in lost:
                     del self.parts[run]
-                if lost:
-                    remove_orphan_placement_groups()
                 try:
                     self._send()
                 except Exception:  # the GCS busy or restarting: the next second sends again
