@@ -163,9 +163,16 @@ def requested(address: str) -> bool:
 
 
 def test_a_killed_driver_leaves_no_demand_and_the_cluster_shrinks(autoscaling, s3, mini_archive, tmp_path):
-    """SIGKILL to the driver's whole process group mid-grid (no finally runs): its request to the autoscaler is
-    withdrawn by the detached keeper when the heartbeats stop (60 s), within 150 s, and the idle nodes go: also
-    those a Train controller's placement group, created after the kill, would hold (the keeper removes it)."""
+    """SIGKILL to the driver's whole process group mid-grid (no finally runs): its part of the request to the
+    autoscaler is withdrawn by the detached keeper when the heartbeats stop (60 s), within 150 s; what Ray Train's
+    coordinator still asks for the killed Train runs expires on Ray's own clock (180 s after their last renewal,
+    sent at its next 20 s tick); then the idle nodes go: also those a Train controller's placement group, created
+    after the kill, would hold (the keeper removes it)."""
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import _AutoscalingCoordinatorActor
+    from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
+        AUTOSCALING_REQUESTS_EXPIRE_TIME_S,
+    )
+
     args = ["--grid", str(GRIDS / "resume.yaml"), "--seeds", "6", "--data", str(mini_archive), "--results",
             str(tmp_path), "--no-report", "--log", "none", *cluster_args(autoscaling, "killed")]
     proc = subprocess.Popen([sys.executable, "-m", "ablations.run", *args], cwd=REPO, stdout=subprocess.PIPE,
@@ -178,8 +185,10 @@ def test_a_killed_driver_leaves_no_demand_and_the_cluster_shrinks(autoscaling, s
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed = time.monotonic()
-    wait_for(lambda: not requested(autoscaling.address), 150, every=5)
+    wait_for(lambda: keeper_parts(autoscaling.address) == {}, 150, every=5)
     withdrawn = time.monotonic() - killed
+    train_expiry = AUTOSCALING_REQUESTS_EXPIRE_TIME_S + _AutoscalingCoordinatorActor.TICK_INTERVAL_S
+    wait_for(lambda: not requested(autoscaling.address), train_expiry, every=5)
     try:
         wait_for(lambda: worker_nodes(autoscaling.address) == 0, 240, every=5)  # idle timeout 12 s
     except AssertionError:

@@ -127,42 +127,86 @@ DEMAND_TIMEOUT_S = 60.0  # a run's part of the request outlives its driver's las
 HEARTBEAT_S = 10.0
 KEEPER_IDLE_S = 10.0  # a keeper with no run's part left exits after this
 KEEPER_NAME, KEEPER_NAMESPACE = "ablations-demand", "ablations"
+RESEND_S = 15.0  # the keeper renews its request this often (Ray's coordinator drops one not renewed in time)
 
 
 class KeeperClosing(RuntimeError):
     """The keeper is exiting (no run's part left): ask again, a new keeper takes the request."""
 
 
+def ask_autoscaler(bundles: list[dict], expire_s: float = DEMAND_TIMEOUT_S) -> str:
+    """Ask Ray's autoscaler for ``bundles``, this project's whole request on the cluster (it replaces the last;
+    ``[]`` withdraws it); how it was sent. ``request_resources`` replaces the cluster's one request, and Ray Train
+    keeps a detached AutoscalingCoordinator on every cluster where a TorchTrainer ran that sends the sum of its
+    requesters' bundles through it at each request and every 20 s: a request sent beside it is erased within
+    20 s (seen: a run's waiting trials lost their request and its GPU nodes went). So where this Ray has that
+    coordinator, the request is one of its requesters' (``KEEPER_NAME``), renewed before ``expire_s``, and it
+    sends the sum. Private parts, guarded: a Ray without them, or a coordinator that cannot answer, gets the
+    plain ``request_resources``."""
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        coordinator = get_or_create_autoscaling_coordinator()
+        call = (coordinator.request_resources.remote(requester_id=KEEPER_NAME, resources=bundles,
+                                                     expire_after_s=expire_s) if bundles
+                else coordinator.cancel_request.remote(requester_id=KEEPER_NAME))
+        ray.get(call, timeout=10.0)
+        return "coordinator"
+    except Exception:  # noqa: BLE001 - another Ray, or no coordinator that answers: nothing sends beside us
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+        return "request_resources"
+
+
+def placement_group_records() -> dict:
+    """Every placement group's record in the GCS (``gcs_pb2.PlacementGroupTableData``, by id in hex), with its
+    creator (actor or job) and whether it is detached, which the public table leaves out. Ray's private parts."""
+    from ray._private import state
+    from ray.core.generated import gcs_pb2
+
+    records = (gcs_pb2.PlacementGroupTableData.FromString(b)
+               for b in state.state._connect_and_get_accessor().get_placement_group_table())
+    return {r.placement_group_id.hex(): r for r in records}
+
+
+def orphan_placement_groups(records: dict, dead_actors: set[str], dead_jobs: set[str]) -> list[str]:
+    """The ids of the groups among ``records`` that Ray left for a dead creator: not detached, not removed (pending
+    or rescheduling too: such a group would be placed once a node came, then held for good), and created by a dead
+    actor, or by a driver whose job is dead. A group a live actor made stays, even if that actor's job is gone (a
+    detached actor outlives its job)."""
+    from ray.core.generated import gcs_pb2
+
+    orphans = []
+    for pg_id, r in records.items():
+        if r.is_detached or r.state == gcs_pb2.PlacementGroupTableData.REMOVED:
+            continue
+        actor, job = r.creator_actor_id.hex(), r.creator_job_id.hex()
+        by_driver = actor.strip("f0") == ""  # a nil actor id: the group was made by a driver
+        if (actor in dead_actors) if not by_driver else (job in dead_jobs):
+            orphans.append(pg_id)
+    return orphans
+
+
 def remove_orphan_placement_groups() -> list[str]:
-    """Remove the placement groups Ray left reserved for a dead creator; their ids (hex). Ray removes a group
-    that is not detached when its creator (job or actor) dies, but a group whose create request reaches the GCS
-    after its creator died (a Train controller killed with its driver while it reserves a worker group) stays
-    CREATED for good, and its node never goes idle. Such a group is one whose creator actor, or (created by a
-    driver) creator job, is dead. Ray's GCS records, through private parts: guarded, a Ray without them removes
-    nothing."""
+    """Remove the placement groups Ray left reserved for a dead creator (``orphan_placement_groups``); their ids.
+    Ray removes a group that is not detached when its creator dies, but a group whose create request reaches the
+    GCS after its creator died (a Train controller killed with its driver while it reserves a worker group) stays
+    for good, and its node never goes idle. Guarded: a Ray without these private parts removes nothing."""
     try:
         from ray._private import state
         from ray._raylet import PlacementGroupID
-        from ray.core.generated import gcs_pb2
-        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-        accessor = state.state._connect_and_get_accessor()
         dead_actors = {a for a, info in state.actors().items() if info.get("State") == "DEAD"}
         dead_jobs = {j["JobID"] for j in state.jobs() if j.get("IsDead")}
-        removed = []
-        for pg_id, info in placement_group_table().items():
-            if info.get("state") != "CREATED":
-                continue
-            pid = PlacementGroupID(bytes.fromhex(pg_id))
-            record = gcs_pb2.PlacementGroupTableData.FromString(accessor.get_placement_group_info(pid))
-            if record.is_detached:
-                continue
-            actor, job = record.creator_actor_id.hex(), record.creator_job_id.hex()
-            by_actor = actor.strip("f") != "" and actor in dead_actors
-            by_job = actor.strip("f") == "" and job in dead_jobs
-            if by_actor or by_job:
-                remove_placement_group(PlacementGroup(pid))
-                removed.append(pg_id)
+        removed = orphan_placement_groups(placement_group_records(), dead_actors, dead_jobs)
+        for pg_id in removed:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
         return removed
     except Exception:  # noqa: BLE001 - another Ray, or the GCS busy: the next lost run sweeps again
         return []
@@ -182,6 +226,7 @@ class DemandKeeper:
 
         self.parts: dict[str, dict] = {}  # run id -> {"bundles", "timeout_s", "last"}
         self.sent: list[dict] | None = None
+        self.sent_at = 0.0
         self.closing = False
         self.lock = threading.Lock()
         threading.Thread(target=self._watch, daemon=True).start()
@@ -212,12 +257,12 @@ class DemandKeeper:
             return {run: part["bundles"] for run, part in self.parts.items()}
 
     def _send(self) -> None:
-        from ray.autoscaler.sdk import request_resources
-
+        """The sum of the parts to the autoscaler, when it changed or is due for renewal."""
         bundles = [b for part in self.parts.values() for b in part["bundles"]]
-        if bundles != self.sent:
-            request_resources(bundles=bundles)
-            self.sent = bundles
+        now = time.monotonic()
+        if bundles != self.sent or (bundles and now - self.sent_at >= RESEND_S):
+            ask_autoscaler(bundles)
+            self.sent, self.sent_at = bundles, now
 
     def _watch(self) -> None:
         idle_since, lost = None, []
