@@ -134,9 +134,9 @@ class KeeperClosing(RuntimeError):
     """The keeper is exiting (no run's part left): ask again, a new keeper takes the request."""
 
 
-def ask_autoscaler(bundles: list[dict], expire_s: float = DEMAND_TIMEOUT_S) -> str:
+def ask_autoscaler(bundles: list[dict], expire_s: float = DEMAND_TIMEOUT_S) -> None:
     """Ask Ray's autoscaler for ``bundles``, this project's whole request on the cluster (it replaces the last;
-    ``[]`` withdraws it); how it was sent. ``request_resources`` replaces the cluster's one request, and Ray Train
+    ``[]`` withdraws it). ``request_resources`` replaces the cluster's one request, and Ray Train
     keeps a detached AutoscalingCoordinator on every cluster where a TorchTrainer ran that sends the sum of its
     requesters' bundles through it at each request and every 20 s: a request sent beside it is erased within
     20 s (seen: a run's waiting trials lost their request and its GPU nodes went). So where this Ray has that
@@ -155,12 +155,10 @@ def ask_autoscaler(bundles: list[dict], expire_s: float = DEMAND_TIMEOUT_S) -> s
                                                      expire_after_s=expire_s) if bundles
                 else coordinator.cancel_request.remote(requester_id=KEEPER_NAME))
         ray.get(call, timeout=10.0)
-        return "coordinator"
     except Exception:  # noqa: BLE001 - another Ray, or no coordinator that answers: nothing sends beside us
         from ray.autoscaler.sdk import request_resources
 
         request_resources(bundles=bundles)
-        return "request_resources"
 
 
 def placement_group_records() -> dict:
@@ -186,8 +184,8 @@ def orphan_placement_groups(records: dict, dead_actors: set[str], dead_jobs: set
         if r.is_detached or r.state == gcs_pb2.PlacementGroupTableData.REMOVED:
             continue
         actor, job = r.creator_actor_id.hex(), r.creator_job_id.hex()
-        by_driver = actor.strip("f0") == ""  # a nil actor id: the group was made by a driver
-        if (actor in dead_actors) if not by_driver else (job in dead_jobs):
+        made_by_driver = actor.strip("f0") == ""  # a nil actor id
+        if (job in dead_jobs) if made_by_driver else (actor in dead_actors):
             orphans.append(pg_id)
     return orphans
 
